@@ -1,0 +1,309 @@
+//! Server configuration: one struct with defaults, validated before the server
+//! binds anything.
+//!
+//! The command line (see [`crate::cli`]) fills this struct; later sources (a
+//! config file) deserialize into the same struct, which is why it derives
+//! `Deserialize` with `deny_unknown_fields`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default base port; the four channels use base..base+3.
+pub const DEFAULT_PORT: u16 = 5555;
+/// Default admin password, as in the reference servers' documentation.
+pub const DEFAULT_ADMIN_PASSWORD: &str = "admin";
+/// Default heartbeat timeout in milliseconds.
+pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
+
+/// Everything the server needs to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the four sockets bind to.
+    pub bind: IpAddr,
+    /// Base port: commands on `port`, subscriber on `port + 1`, publisher on
+    /// `port + 2`, heartbeat on `port + 3`.
+    pub port: u16,
+    /// Password a client must give to authenticate as ADMIN.
+    pub admin_password: String,
+    /// Password every client must give; `None` makes the server public.
+    pub server_password: Option<String>,
+    /// A client silent for longer than this is disconnected (milliseconds).
+    pub timeout_ms: u64,
+    /// How often the server pings each client (milliseconds).
+    pub heartbeat_interval_ms: u64,
+    /// Verbosity of the log.
+    pub log_level: LogLevel,
+    /// Also append the log to this file.
+    pub log_file: Option<PathBuf>,
+    /// Resource limits that protect the server from clients.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            port: DEFAULT_PORT,
+            admin_password: DEFAULT_ADMIN_PASSWORD.to_owned(),
+            server_password: None,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            heartbeat_interval_ms: 1000,
+            log_level: LogLevel::Info,
+            log_file: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Bounds on what clients may make the server hold or send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest payload carried in one message; larger payloads travel in
+    /// chunks of at most this many bytes.
+    pub chunk_bytes: usize,
+    /// Largest header frame accepted (checked before decoding).
+    pub max_header_bytes: usize,
+    /// Largest encoded datablock (after reassembling its chunks).
+    pub max_datablock_bytes: usize,
+    /// Most bytes of unfinished chunked transfers one client may hold.
+    pub max_transfer_bytes_per_client: usize,
+    /// Most messages queued for one client before it is disconnected as too slow.
+    pub outbox_max_messages: usize,
+    /// Most bytes queued for one client before it is disconnected as too slow.
+    pub outbox_max_bytes: usize,
+    /// Most users in the session.
+    pub max_users: usize,
+    /// Most datablocks in the session.
+    pub max_datablocks: usize,
+    /// Most snapshot messages in flight to a joiner before it acknowledges.
+    pub snapshot_window_messages: usize,
+    /// Most snapshot bytes in flight to a joiner before it acknowledges.
+    pub snapshot_window_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            chunk_bytes: 1 << 20,
+            max_header_bytes: 1 << 20,
+            max_datablock_bytes: 512 << 20,
+            max_transfer_bytes_per_client: 1 << 30,
+            outbox_max_messages: 100_000,
+            outbox_max_bytes: 1 << 30,
+            max_users: 256,
+            max_datablocks: 1_000_000,
+            snapshot_window_messages: 4096,
+            snapshot_window_bytes: 16 << 20,
+        }
+    }
+}
+
+impl Limits {
+    /// Largest frame the sockets accept: a header or one chunk, whichever is
+    /// larger, plus room for framing. Peers sending more are disconnected by
+    /// libzmq before the frame is read.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.chunk_bytes.max(self.max_header_bytes) + 1024
+    }
+}
+
+impl Config {
+    /// Heartbeat timeout as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// Ping interval as a duration.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// The four ports, in channel order: commands, subscriber, publisher,
+    /// heartbeat. Fails when `port + 3` does not fit.
+    pub fn ports(&self) -> Result<[u16; 4], ConfigError> {
+        let last = self
+            .port
+            .checked_add(3)
+            .ok_or(ConfigError::PortRange(self.port))?;
+        if self.port == 0 {
+            return Err(ConfigError::PortRange(self.port));
+        }
+        Ok([self.port, self.port + 1, self.port + 2, last])
+    }
+
+    /// Checks everything that can be checked before binding, with errors a
+    /// person can act on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.ports()?;
+        if self.timeout_ms < 100 {
+            return Err(ConfigError::Invalid {
+                key: "timeout",
+                reason: format!("{} ms is too short; use at least 100 ms", self.timeout_ms),
+            });
+        }
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms >= self.timeout_ms {
+            return Err(ConfigError::Invalid {
+                key: "heartbeat_interval_ms",
+                reason: format!(
+                    "{} ms must be above 0 and below the timeout ({} ms)",
+                    self.heartbeat_interval_ms, self.timeout_ms
+                ),
+            });
+        }
+        if self.admin_password.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "admin_password",
+                reason: "must not be empty".into(),
+            });
+        }
+        let l = &self.limits;
+        if l.chunk_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "limits.chunk_bytes",
+                reason: "must be at least 1024".into(),
+            });
+        }
+        if l.max_header_bytes < 4096 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_header_bytes",
+                reason: "must be at least 4096".into(),
+            });
+        }
+        if l.outbox_max_bytes < l.max_datablock_bytes {
+            return Err(ConfigError::Invalid {
+                key: "limits.outbox_max_bytes",
+                reason: "must be at least limits.max_datablock_bytes, or no client could receive the largest datablock".into(),
+            });
+        }
+        if l.max_transfer_bytes_per_client < l.max_datablock_bytes {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_transfer_bytes_per_client",
+                reason: "must be at least limits.max_datablock_bytes".into(),
+            });
+        }
+        if l.snapshot_window_messages == 0 || l.snapshot_window_bytes < l.chunk_bytes {
+            return Err(ConfigError::Invalid {
+                key: "limits.snapshot_window_bytes",
+                reason: "the window must hold at least one message and one chunk".into(),
+            });
+        }
+        if l.outbox_max_messages == 0 || l.max_users == 0 || l.max_datablocks == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits",
+                reason: "outbox_max_messages, max_users and max_datablocks must be above 0".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Log verbosity, spelled as the reference servers spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum LogLevel {
+    Error,
+    Warning,
+    Info,
+    Debug,
+}
+
+impl LogLevel {
+    /// The matching `tracing` level.
+    pub fn as_tracing(self) -> tracing::Level {
+        match self {
+            Self::Error => tracing::Level::ERROR,
+            Self::Warning => tracing::Level::WARN,
+            Self::Info => tracing::Level::INFO,
+            Self::Debug => tracing::Level::DEBUG,
+        }
+    }
+}
+
+impl FromStr for LogLevel {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "ERROR" => Ok(Self::Error),
+            "WARNING" | "WARN" => Ok(Self::Warning),
+            "INFO" => Ok(Self::Info),
+            "DEBUG" => Ok(Self::Debug),
+            _ => Err(ConfigError::LogLevel(s.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Error => "ERROR",
+            Self::Warning => "WARNING",
+            Self::Info => "INFO",
+            Self::Debug => "DEBUG",
+        })
+    }
+}
+
+/// A configuration a person has to fix.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("port {0} is out of range: the four ports base..base+3 must lie within 1..=65535")]
+    PortRange(u16),
+    #[error("invalid log level {0:?}: use ERROR, WARNING, INFO or DEBUG")]
+    LogLevel(String),
+    #[error("invalid {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        assert_eq!(Config::default().ports().unwrap(), [5555, 5556, 5557, 5558]);
+    }
+
+    #[test]
+    fn base_plus_three_must_fit() {
+        let config = Config {
+            port: 65533,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Err(ConfigError::PortRange(65533)));
+        let config = Config {
+            port: 65532,
+            ..Config::default()
+        };
+        assert!(config.validate().is_ok());
+        let config = Config {
+            port: 0,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn log_level_is_case_insensitive() {
+        assert_eq!("debug".parse::<LogLevel>(), Ok(LogLevel::Debug));
+        assert_eq!("Warning".parse::<LogLevel>(), Ok(LogLevel::Warning));
+        assert!("LOUD".parse::<LogLevel>().is_err());
+    }
+
+    #[test]
+    fn heartbeat_must_be_shorter_than_timeout() {
+        let config = Config {
+            timeout_ms: 1000,
+            heartbeat_interval_ms: 1000,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,32 @@
+//! replication-serve: a dedicated replication server for collaborative Blender
+//! sessions.
+//!
+//! Map of the modules:
+//!
+//! - [`config`]: the configuration struct, its defaults and validation.
+//! - [`cli`]: the command line (including the single-dash `-pwd` style flags).
+//! - [`logging`]: log output to stderr and a file, without garbling the console.
+//! - [`protocol`]: the wire format: messages, protocol version, size limits,
+//!   the MessagePack codec and datablock patches. The only module that calls
+//!   rmp-serde.
+//! - [`room`]: one session's state (datablocks, owners, users) and the rules
+//!   that change it. Pure logic, no I/O.
+//! - [`core`]: the actor that owns every room; the transport and the console
+//!   feed it events over bounded channels.
+//! - [`transport`]: the four ZeroMQ sockets, on the thread that owns them, with
+//!   a bounded outbox per client.
+//! - [`console`]: the admin console on stdin.
+//! - [`client`]: a blocking Rust client, used by the tests and tools.
+//! - [`server`]: wires the pieces together: `run(config, shutdown)`.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod console;
+pub mod core;
+pub mod logging;
+pub mod protocol;
+pub mod room;
+pub mod server;
+pub mod transport;

@@ -1,0 +1,3 @@
+//! The wire format of protocol v1 (see docs/protocol.md).
+
+pub mod patch;
