@@ -1,0 +1,613 @@
+//! Turning each inbound message into a room operation, after checking who
+//! sent it.
+
+use bytes::Bytes;
+use rand::RngExt;
+use tokio::time::Instant;
+
+use super::auth::password_matches;
+use super::transfers::Pending;
+use super::{Core, Session, kick_reason, protocol_error};
+use crate::protocol::{
+    AuthStatus, BlockSpec, Channel, CommandRequest, ErrorCode, HeartbeatMessage, PROTOCOL_VERSION,
+    PayloadSpec, ProtocolError, PublisherMessage, RefersTo, Role, ServerMessage, SubscriberRequest,
+    UploadStep, Wire, check_name, encode, validate_value,
+};
+use crate::room::{ClientId, Effects, RoomError};
+use crate::transport::{ClientMessage, Command, Identity, Inbound};
+
+impl Core {
+    pub(super) async fn inbound(&mut self, event: Inbound) {
+        match event {
+            Inbound::TooSlow { identity } => {
+                if let Some(&id) = self.by_identity.get(&identity) {
+                    self.disconnect(id, "too slow").await;
+                } else {
+                    self.transport
+                        .send(Command::Disconnect {
+                            identity,
+                            last: None,
+                        })
+                        .await;
+                }
+            }
+            Inbound::Message {
+                channel,
+                identity,
+                token,
+                peer_address,
+                message,
+                payload,
+            } => {
+                let sender = match (&identity, &token) {
+                    (Some(identity), _) => self.by_identity.get(identity).copied(),
+                    (None, Some(token)) => self.by_token.get(token).copied(),
+                    (None, None) => None,
+                };
+                if let Some(id) = sender {
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        s.last_seen = Instant::now();
+                    }
+                }
+                let message = match message {
+                    Ok(m) => m,
+                    Err(e) => return self.malformed(channel, identity, sender, e).await,
+                };
+                match (message, identity, sender) {
+                    (ClientMessage::Command(request), Some(identity), _) => {
+                        self.command(identity, sender, peer_address, request, payload)
+                            .await;
+                    }
+                    (ClientMessage::Publisher(msg), _, Some(id)) => {
+                        self.publisher(id, msg, payload).await;
+                    }
+                    (ClientMessage::Subscriber(request), _, Some(id)) => {
+                        self.subscriber(id, request).await;
+                    }
+                    (ClientMessage::Heartbeat(msg), Some(identity), Some(id)) => {
+                        self.heartbeat_message(id, identity, msg).await;
+                    }
+                    _ => {
+                        tracing::warn!(
+                            channel = channel.name(),
+                            "dropped a message from a client that has not authenticated"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A message that could not be decoded: ERROR where there is a reply path.
+    async fn malformed(
+        &mut self,
+        channel: Channel,
+        identity: Option<Identity>,
+        sender: Option<ClientId>,
+        error: ProtocolError,
+    ) {
+        let identity = identity
+            .or_else(|| sender.and_then(|id| self.sessions.get(&id).map(|s| s.identity.clone())));
+        let error = protocol_error(error.code(), format!("{} channel: {error}", channel.name()));
+        match identity {
+            Some(identity) if channel != Channel::Heartbeat || sender.is_some() => {
+                self.error_to(&identity, &error, RefersTo::default()).await;
+            }
+            _ => tracing::warn!(
+                channel = channel.name(),
+                "dropped a malformed message: {}",
+                error.message
+            ),
+        }
+    }
+
+    async fn command(
+        &mut self,
+        identity: Identity,
+        sender: Option<ClientId>,
+        peer_address: Option<String>,
+        request: CommandRequest,
+        payload: Option<Bytes>,
+    ) {
+        let refers_to = RefersTo {
+            kind: Some(request.kind().to_owned()),
+            id: request.id(),
+            uuid: None,
+        };
+        let result = match (request, sender) {
+            (CommandRequest::ServerInfo { id }, _) => {
+                let status = self.room.status();
+                let msg = ServerMessage::ServerInfo {
+                    id,
+                    protocol_version: PROTOCOL_VERSION,
+                    server_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    private: self.config.server_password.is_some(),
+                    state: status.state,
+                    users_online: status.users as u64,
+                    datablocks: status.datablocks as u64,
+                };
+                self.reply_to(&identity, &msg).await;
+                Ok(())
+            }
+            (request @ CommandRequest::Auth { .. }, None) => {
+                self.auth(identity.clone(), peer_address, request).await;
+                Ok(())
+            }
+            (CommandRequest::Auth { id, .. }, Some(_)) => {
+                self.reply_to(
+                    &identity,
+                    &auth_failed(
+                        id,
+                        ErrorCode::AlreadyAuthenticated,
+                        "this connection is already authenticated",
+                    ),
+                )
+                .await;
+                Ok(())
+            }
+            (_, None) => Err(protocol_error(
+                ErrorCode::NotAuthenticated,
+                "authenticate with AUTH first",
+            )),
+            (request, Some(id)) => self.session_command(id, request, payload).await,
+        };
+        if let Err(error) = result {
+            self.error_to(&identity, &error, refers_to).await;
+        }
+    }
+
+    async fn auth(
+        &mut self,
+        identity: Identity,
+        peer_address: Option<String>,
+        request: CommandRequest,
+    ) {
+        let CommandRequest::Auth {
+            id,
+            user,
+            role,
+            admin_password,
+            server_password,
+            protocol_version,
+            metadata,
+        } = request
+        else {
+            return;
+        };
+        let place = peer_address.unwrap_or_else(|| hex(&identity));
+        let now = Instant::now();
+        let refusal = if let Some(wait) = self.logins.wait(&place, now.into_std()) {
+            Some((
+                ErrorCode::TooManyAttempts,
+                format!(
+                    "too many failed logins; retry in {:.1} s",
+                    wait.as_secs_f64()
+                ),
+            ))
+        } else if protocol_version != PROTOCOL_VERSION {
+            Some((
+                ErrorCode::VersionMismatch,
+                format!(
+                    "protocol version mismatch: the client speaks version {protocol_version}, this server speaks version {PROTOCOL_VERSION}"
+                ),
+            ))
+        } else if let Err(e) = check_name("user name", &user) {
+            Some((ErrorCode::InvalidMessage, e.to_string()))
+        } else if self
+            .config
+            .server_password
+            .as_deref()
+            .is_some_and(|expected| !password_matches(expected, server_password.as_deref()))
+        {
+            self.logins.failed(&place, now.into_std());
+            Some((
+                ErrorCode::WrongServerPassword,
+                "wrong server password".to_owned(),
+            ))
+        } else if role == Role::Admin
+            && !password_matches(&self.config.admin_password, admin_password.as_deref())
+        {
+            self.logins.failed(&place, now.into_std());
+            Some((
+                ErrorCode::WrongAdminPassword,
+                "wrong admin password".to_owned(),
+            ))
+        } else {
+            None
+        };
+        if let Some((code, reason)) = refusal {
+            tracing::warn!(user, peer = %place, ?code, "login refused: {reason}");
+            self.reply_to(&identity, &auth_failed(id, code, &reason))
+                .await;
+            return;
+        }
+        let client = self.new_client_id();
+        let admin = role == Role::Admin;
+        let status = match self.room.join(client, &user, admin, metadata) {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::warn!(user, peer = %place, code = ?e.code, "login refused: {}", e.message);
+                self.reply_to(&identity, &auth_failed(id, e.code, &e.message))
+                    .await;
+                return;
+            }
+        };
+        self.logins.succeeded(&place);
+        let token = new_token();
+        let span = tracing::info_span!("client", user = %user);
+        span.in_scope(|| tracing::info!(admin, peer = %place, status = ?status, "client joined"));
+        self.sessions.insert(
+            client,
+            Session {
+                identity: identity.clone(),
+                token: token.clone(),
+                user,
+                last_seen: now,
+                ping: None,
+                transfers: Default::default(),
+                span,
+            },
+        );
+        self.by_identity.insert(identity.clone(), client);
+        self.by_token.insert(token.clone(), client);
+        let limits = &self.config.limits;
+        let msg = ServerMessage::Auth {
+            id,
+            status,
+            protocol_version: PROTOCOL_VERSION,
+            code: None,
+            reason: None,
+            token: Some(String::from_utf8_lossy(&token).into_owned()),
+            state: Some(self.room.state()),
+            heartbeat_ms: Some(self.config.heartbeat_interval_ms),
+            timeout_ms: Some(self.config.timeout_ms),
+            chunk_bytes: Some(limits.chunk_bytes as u64),
+            max_header_bytes: Some(limits.max_header_bytes as u64),
+        };
+        self.reply_to(&identity, &msg).await;
+        self.presence_changed();
+    }
+
+    /// Commands from an authenticated client.
+    async fn session_command(
+        &mut self,
+        id: ClientId,
+        request: CommandRequest,
+        payload: Option<Bytes>,
+    ) -> Result<(), RoomError> {
+        let effects = match request {
+            CommandRequest::ServerInfo { .. } | CommandRequest::Auth { .. } => Effects::default(),
+            CommandRequest::ServerSnapshot {
+                id: req_id,
+                step,
+                uuid,
+                type_id,
+                owner,
+                deps,
+                chunk,
+            } => {
+                if step != UploadStep::Set {
+                    self.room.upload(id, step, req_id, None)?
+                } else {
+                    let uuid = uuid.ok_or_else(|| {
+                        protocol_error(ErrorCode::InvalidMessage, "SET needs a uuid")
+                    })?;
+                    let spec = BlockSpec::checked(uuid, type_id, owner, deps).map_err(invalid)?;
+                    let pending = Pending::UploadSet { req_id, spec };
+                    match self.receive_payload(
+                        id,
+                        Channel::Commands,
+                        pending,
+                        chunk.spec().map_err(invalid)?,
+                        payload,
+                    )? {
+                        Some((pending, data)) => self.complete(id, pending, data)?,
+                        None => Effects::default(),
+                    }
+                }
+            }
+            CommandRequest::Chunk { transfer, index } => {
+                self.chunk(id, Channel::Commands, transfer, index, payload)?
+            }
+            CommandRequest::Right {
+                id: req_id,
+                uuids,
+                owner,
+                force,
+            } => self.room.change_owner(id, req_id, uuids, owner, force)?,
+            CommandRequest::Delete {
+                id: req_id,
+                uuid,
+                force,
+            } => self.room.delete(id, req_id, uuid, force)?,
+            CommandRequest::UpdateUserMetadata { metadata, .. } => {
+                self.room.set_metadata(id, metadata)?
+            }
+            CommandRequest::Kick {
+                id: req_id,
+                user,
+                reason,
+            } => {
+                let victim = self.room.kick_target(Some(id), &user)?;
+                let kicker = self
+                    .sessions
+                    .get(&id)
+                    .map(|s| s.user.clone())
+                    .unwrap_or_default();
+                if let Some(s) = self.sessions.get(&id) {
+                    s.span
+                        .in_scope(|| tracing::info!(target_user = %user, "kicked a user"));
+                }
+                let ack = ServerMessage::Kick { id: req_id, user };
+                if let Some(s) = self.sessions.get(&id) {
+                    self.reply_to(&s.identity, &ack).await;
+                }
+                self.disconnect(victim, &kick_reason(&kicker, reason.as_deref()))
+                    .await;
+                Effects::default()
+            }
+            CommandRequest::Disconnect { reason } => {
+                let why = reason.unwrap_or_else(|| "left".to_owned());
+                if let Some(s) = self.sessions.get(&id) {
+                    s.span
+                        .in_scope(|| tracing::info!(reason = %why, "client is leaving"));
+                }
+                self.disconnect(id, "goodbye").await;
+                Effects::default()
+            }
+        };
+        self.apply(effects).await;
+        Ok(())
+    }
+
+    async fn publisher(&mut self, id: ClientId, msg: PublisherMessage, payload: Option<Bytes>) {
+        let (refers_to, result) = match msg {
+            PublisherMessage::Update {
+                uuid,
+                type_id,
+                owner,
+                deps,
+                patch,
+                base_revision,
+                chunk,
+            } => {
+                let refers_to = RefersTo {
+                    kind: Some("UPDATE".into()),
+                    id: None,
+                    uuid: Some(uuid.clone()),
+                };
+                let result = async {
+                    let spec = BlockSpec::checked(uuid, type_id, owner, deps).map_err(invalid)?;
+                    let pending = Pending::Update {
+                        spec,
+                        patch,
+                        base_revision,
+                    };
+                    match self.receive_payload(
+                        id,
+                        Channel::Publisher,
+                        pending,
+                        chunk.spec().map_err(invalid)?,
+                        payload,
+                    )? {
+                        Some((pending, data)) => self.complete(id, pending, data),
+                        None => Ok(Effects::default()),
+                    }
+                }
+                .await;
+                (refers_to, result)
+            }
+            PublisherMessage::Chunk { transfer, index } => (
+                RefersTo {
+                    kind: Some("CHUNK".into()),
+                    id: None,
+                    uuid: None,
+                },
+                self.chunk(id, Channel::Publisher, transfer, index, payload),
+            ),
+        };
+        match result {
+            Ok(effects) => self.apply(effects).await,
+            Err(error) => {
+                if let Some(identity) = self.sessions.get(&id).map(|s| s.identity.clone()) {
+                    self.error_to(&identity, &error, refers_to).await;
+                }
+            }
+        }
+    }
+
+    async fn subscriber(&mut self, id: ClientId, request: SubscriberRequest) {
+        let refers_to = RefersTo {
+            kind: Some(request.kind().to_owned()),
+            id: match &request {
+                SubscriberRequest::Fetch { id, .. } => *id,
+                _ => None,
+            },
+            uuid: match &request {
+                SubscriberRequest::Fetch { uuid, .. } => Some(uuid.clone()),
+                _ => None,
+            },
+        };
+        let result = match request {
+            SubscriberRequest::Snapshot { window } => self.room.subscribe(id, window),
+            SubscriberRequest::SnapshotAck { received } => self.room.acknowledge(id, received),
+            SubscriberRequest::Fetch { id: req_id, uuid } => self.room.fetch(id, req_id, &uuid),
+        };
+        match result {
+            Ok(effects) => self.apply(effects).await,
+            Err(error) => {
+                if let Some(identity) = self.sessions.get(&id).map(|s| s.identity.clone()) {
+                    self.error_to(&identity, &error, refers_to).await;
+                }
+            }
+        }
+    }
+
+    async fn heartbeat_message(&mut self, id: ClientId, identity: Identity, msg: HeartbeatMessage) {
+        match msg {
+            HeartbeatMessage::Pong { seq } => {
+                let Some(session) = self.sessions.get_mut(&id) else {
+                    return;
+                };
+                if let Some((sent_seq, sent_at)) = session.ping {
+                    if sent_seq == seq {
+                        let ms = sent_at.elapsed().as_secs_f64() * 1000.0;
+                        session.ping = None;
+                        self.room.set_latency(id, (ms * 100.0).round() / 100.0);
+                    }
+                }
+            }
+            HeartbeatMessage::Ping { seq } => {
+                self.transport
+                    .send(Command::Deliver {
+                        channel: Channel::Heartbeat,
+                        to: vec![identity],
+                        wire: Wire {
+                            header: encode(&HeartbeatMessage::Pong { seq }),
+                            payload: None,
+                        },
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// Starts or completes the payload of an upload SET or an UPDATE: inline
+    /// payloads complete at once, chunked ones when their last chunk arrives.
+    fn receive_payload(
+        &mut self,
+        id: ClientId,
+        channel: Channel,
+        pending: Pending,
+        spec: PayloadSpec,
+        payload: Option<Bytes>,
+    ) -> Result<Option<(Pending, Bytes)>, RoomError> {
+        match spec {
+            PayloadSpec::Inline => {
+                let data = payload.ok_or_else(|| {
+                    protocol_error(
+                        ErrorCode::InvalidMessage,
+                        "the data frame is missing (or announce a chunked transfer)",
+                    )
+                })?;
+                Ok(Some((pending, data)))
+            }
+            PayloadSpec::Chunked {
+                transfer,
+                chunks,
+                size,
+            } => {
+                if payload.is_some() {
+                    return Err(protocol_error(
+                        ErrorCode::InvalidMessage,
+                        "a chunked transfer's header must not carry a data frame",
+                    ));
+                }
+                let session = self.sessions.get_mut(&id).ok_or_else(not_connected)?;
+                session.transfers.begin(
+                    channel,
+                    transfer,
+                    chunks,
+                    size,
+                    pending,
+                    &self.config.limits,
+                )?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn chunk(
+        &mut self,
+        id: ClientId,
+        channel: Channel,
+        transfer: u64,
+        index: u32,
+        payload: Option<Bytes>,
+    ) -> Result<Effects, RoomError> {
+        let data = payload
+            .ok_or_else(|| protocol_error(ErrorCode::InvalidMessage, "CHUNK needs a data frame"))?;
+        let session = self.sessions.get_mut(&id).ok_or_else(not_connected)?;
+        match session.transfers.chunk(channel, transfer, index, &data)? {
+            Some((pending, data)) => self.complete(id, pending, data),
+            None => Ok(Effects::default()),
+        }
+    }
+
+    /// Hands a complete payload to the room.
+    fn complete(
+        &mut self,
+        id: ClientId,
+        pending: Pending,
+        data: Bytes,
+    ) -> Result<Effects, RoomError> {
+        if data.len() > self.config.limits.max_datablock_bytes {
+            return Err(protocol_error(
+                ErrorCode::TooLarge,
+                format!(
+                    "payload of {} bytes exceeds the datablock limit of {} bytes",
+                    data.len(),
+                    self.config.limits.max_datablock_bytes
+                ),
+            ));
+        }
+        match pending {
+            Pending::UploadSet { req_id, spec } => {
+                validate_value(&data).map_err(|e| bad_data(&spec.uuid, &e))?;
+                self.room
+                    .upload(id, UploadStep::Set, req_id, Some((spec, data)))
+            }
+            Pending::Update {
+                spec,
+                patch,
+                base_revision,
+            } => {
+                if !patch {
+                    validate_value(&data).map_err(|e| bad_data(&spec.uuid, &e))?;
+                }
+                self.room.update(id, spec, patch, base_revision, data)
+            }
+        }
+    }
+}
+
+fn invalid(e: ProtocolError) -> RoomError {
+    protocol_error(e.code(), e.to_string())
+}
+
+fn bad_data(uuid: &str, e: &ProtocolError) -> RoomError {
+    protocol_error(
+        ErrorCode::Malformed,
+        format!("the data of datablock {uuid} is not one MessagePack value: {e}"),
+    )
+}
+
+fn not_connected() -> RoomError {
+    protocol_error(ErrorCode::NotAuthenticated, "this client is not connected")
+}
+
+fn auth_failed(id: Option<u64>, code: ErrorCode, reason: &str) -> ServerMessage {
+    ServerMessage::Auth {
+        id,
+        status: AuthStatus::Failed,
+        protocol_version: PROTOCOL_VERSION,
+        code: Some(code),
+        reason: Some(reason.to_owned()),
+        token: None,
+        state: None,
+        heartbeat_ms: None,
+        timeout_ms: None,
+        chunk_bytes: None,
+        max_header_bytes: None,
+    }
+}
+
+/// A fresh session token: 128 random bits as 32 hex characters.
+fn new_token() -> Bytes {
+    let raw: [u8; 16] = rand::rng().random();
+    Bytes::from(hex(&raw))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

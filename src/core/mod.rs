@@ -1,0 +1,320 @@
+//! The actor that owns all session state. It runs as one task; the transport
+//! thread and the console send it events over bounded channels, and nothing
+//! else touches the state, so it needs no locks.
+
+mod auth;
+mod dispatch;
+mod transfers;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::protocol::{
+    Channel, ErrorCode, HeartbeatMessage, RefersTo, ServerMessage, SessionState, UserState, Wire,
+    encode,
+};
+use crate::room::{ClientId, Effects, Room, RoomError};
+use crate::transport::{Command, Identity, Inbound, TransportHandle};
+
+use auth::LoginThrottle;
+use transfers::Transfers;
+
+/// Delay that gathers presence changes into one CLIENTS_STATE broadcast.
+const PRESENCE_DELAY: Duration = Duration::from_millis(30);
+
+/// Requests from the admin console, answered through a oneshot.
+#[derive(Debug)]
+pub enum ConsoleRequest {
+    Users(oneshot::Sender<Vec<UserState>>),
+    Kick {
+        user: String,
+        reason: Option<String>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Status(oneshot::Sender<StatusReport>),
+}
+
+/// What `status` shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusReport {
+    pub state: SessionState,
+    pub datablocks: usize,
+    pub bytes: usize,
+    pub users: usize,
+    pub uptime: Duration,
+}
+
+/// One authenticated connection.
+#[derive(Debug)]
+struct Session {
+    identity: Identity,
+    token: Bytes,
+    user: String,
+    /// When the client last sent anything, on any channel.
+    last_seen: Instant,
+    /// The last ping sent and when, to measure the round trip.
+    ping: Option<(u64, Instant)>,
+    transfers: Transfers,
+    span: tracing::Span,
+}
+
+/// The core's state.
+pub struct Core {
+    config: Config,
+    room: Room,
+    sessions: HashMap<ClientId, Session>,
+    by_identity: HashMap<Identity, ClientId>,
+    by_token: HashMap<Bytes, ClientId>,
+    next_client: u64,
+    next_ping: u64,
+    logins: LoginThrottle,
+    transport: TransportHandle,
+    started: Instant,
+    /// When the next CLIENTS_STATE broadcast is due, if one is.
+    presence_due: Option<Instant>,
+}
+
+impl Core {
+    pub fn new(config: Config, transport: TransportHandle) -> Self {
+        Self {
+            room: Room::new(config.limits.clone()),
+            config,
+            sessions: HashMap::new(),
+            by_identity: HashMap::new(),
+            by_token: HashMap::new(),
+            next_client: 1,
+            next_ping: 1,
+            logins: LoginThrottle::default(),
+            transport,
+            started: Instant::now(),
+            presence_due: None,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled, then tells every client and closes
+    /// the transport.
+    pub async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut console: mpsc::Receiver<ConsoleRequest>,
+        shutdown: CancellationToken,
+    ) {
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval());
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(256);
+        loop {
+            let presence_due = self.presence_due;
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                n = inbound.recv_many(&mut batch, 256) => {
+                    if n == 0 {
+                        tracing::error!("transport stopped unexpectedly");
+                        break;
+                    }
+                    for event in batch.drain(..) {
+                        self.inbound(event).await;
+                    }
+                }
+                Some(request) = console.recv() => self.console(request).await,
+                _ = heartbeat.tick() => self.heartbeat().await,
+                () = sleep_until(presence_due), if presence_due.is_some() => {
+                    self.presence_due = None;
+                    self.broadcast_presence().await;
+                }
+            }
+        }
+        let ids: Vec<ClientId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.disconnect(id, "server shutting down").await;
+        }
+        tracing::info!("server stopped");
+        self.transport.shutdown().await;
+    }
+
+    async fn console(&mut self, request: ConsoleRequest) {
+        match request {
+            ConsoleRequest::Users(reply) => {
+                let _ = reply.send(self.room.users());
+            }
+            ConsoleRequest::Status(reply) => {
+                let s = self.room.status();
+                let _ = reply.send(StatusReport {
+                    state: s.state,
+                    datablocks: s.datablocks,
+                    bytes: s.bytes,
+                    users: s.users,
+                    uptime: self.started.elapsed(),
+                });
+            }
+            ConsoleRequest::Kick {
+                user,
+                reason,
+                reply,
+            } => {
+                let result = match self.room.kick_target(None, &user) {
+                    Ok(victim) => {
+                        let why = kick_reason("the server admin", reason.as_deref());
+                        tracing::info!(user, "kicked from the console");
+                        self.disconnect(victim, &why).await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e.message),
+                };
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// Pings everyone, measures latency, drops the silent.
+    async fn heartbeat(&mut self) {
+        let now = Instant::now();
+        let timeout = self.config.timeout();
+        let silent: Vec<ClientId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| now.duration_since(s.last_seen) > timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in silent {
+            self.disconnect(id, "timed out").await;
+        }
+        self.logins.forget(now.into_std());
+        if self.sessions.is_empty() {
+            return;
+        }
+        let seq = self.next_ping;
+        self.next_ping += 1;
+        let wire = Wire {
+            header: encode(&HeartbeatMessage::Ping { seq }),
+            payload: None,
+        };
+        let mut to = Vec::with_capacity(self.sessions.len());
+        for session in self.sessions.values_mut() {
+            session.ping = Some((seq, now));
+            to.push(session.identity.clone());
+        }
+        self.transport
+            .send(Command::Deliver {
+                channel: Channel::Heartbeat,
+                to,
+                wire,
+            })
+            .await;
+        self.presence_changed();
+    }
+
+    fn presence_changed(&mut self) {
+        if self.presence_due.is_none() {
+            self.presence_due = Some(Instant::now() + PRESENCE_DELAY);
+        }
+    }
+
+    async fn broadcast_presence(&mut self) {
+        let delivery = self.room.clients_state();
+        self.deliver(delivery.to, delivery.channel, delivery.wire)
+            .await;
+    }
+
+    /// Carries out what the room asked for.
+    async fn apply(&mut self, effects: Effects) {
+        for d in effects.deliveries {
+            self.deliver(d.to, d.channel, d.wire).await;
+        }
+        for (id, reason) in effects.disconnect {
+            self.disconnect(id, &reason).await;
+        }
+        if effects.presence_changed {
+            self.presence_changed();
+        }
+    }
+
+    async fn deliver(&mut self, to: Vec<ClientId>, channel: Channel, wire: Wire) {
+        let to: Vec<Identity> = to
+            .iter()
+            .filter_map(|id| self.sessions.get(id).map(|s| s.identity.clone()))
+            .collect();
+        if !to.is_empty() {
+            self.transport
+                .send(Command::Deliver { channel, to, wire })
+                .await;
+        }
+    }
+
+    /// Sends a message on the command channel to any identity, authenticated
+    /// or not.
+    async fn reply_to(&self, identity: &Identity, msg: &ServerMessage) {
+        self.transport
+            .send(Command::Deliver {
+                channel: Channel::Commands,
+                to: vec![identity.clone()],
+                wire: Wire::message(msg),
+            })
+            .await;
+    }
+
+    /// Sends an ERROR to a client and logs it.
+    async fn error_to(&self, identity: &Identity, error: &RoomError, refers_to: RefersTo) {
+        tracing::warn!(code = ?error.code, kind = refers_to.kind.as_deref().unwrap_or("?"), "refused: {}", error.message);
+        let msg = ServerMessage::Error {
+            code: error.code,
+            message: error.message.clone(),
+            refers_to,
+        };
+        self.reply_to(identity, &msg).await;
+    }
+
+    /// Removes a client: tells it why, frees its locks, tells the others.
+    async fn disconnect(&mut self, id: ClientId, reason: &str) {
+        let Some(session) = self.sessions.remove(&id) else {
+            return;
+        };
+        self.by_identity.remove(&session.identity);
+        self.by_token.remove(&session.token);
+        session
+            .span
+            .in_scope(|| tracing::info!(reason, "client disconnected"));
+        let last = Wire::message(&ServerMessage::Disconnect {
+            reason: reason.to_owned(),
+        });
+        self.transport
+            .send(Command::Disconnect {
+                identity: session.identity,
+                last: Some(last),
+            })
+            .await;
+        let effects = self.room.leave(id);
+        Box::pin(self.apply(effects)).await;
+    }
+
+    fn new_client_id(&mut self) -> ClientId {
+        let id = ClientId(self.next_client);
+        self.next_client += 1;
+        id
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn kick_reason(by: &str, reason: Option<&str>) -> String {
+    match reason {
+        Some(r) if !r.trim().is_empty() => format!("kicked by {by}: {r}"),
+        _ => format!("kicked by {by}"),
+    }
+}
+
+/// An error for a request the server could not parse or accept.
+fn protocol_error(code: ErrorCode, message: impl Into<String>) -> RoomError {
+    RoomError::new(code, message)
+}

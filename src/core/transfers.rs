@@ -1,0 +1,239 @@
+//! Reassembly of payloads a client sends in chunks.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::config::Limits;
+use crate::protocol::{BlockSpec, Channel, ErrorCode};
+use crate::room::RoomError;
+
+/// What to do with a payload once all its chunks are in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pending {
+    /// A datablock of the initial upload (SERVER_SNAPSHOT SET).
+    UploadSet {
+        req_id: Option<u64>,
+        spec: BlockSpec,
+    },
+    /// A live UPDATE.
+    Update {
+        spec: BlockSpec,
+        patch: bool,
+        base_revision: Option<u64>,
+    },
+}
+
+#[derive(Debug)]
+struct Partial {
+    pending: Pending,
+    chunks: u32,
+    size: u64,
+    next_index: u32,
+    data: BytesMut,
+}
+
+/// A client's unfinished transfers, keyed by channel and transfer id.
+#[derive(Debug, Default)]
+pub struct Transfers {
+    partial: HashMap<(Channel, u64), Partial>,
+    /// Bytes announced by unfinished transfers.
+    reserved: u64,
+}
+
+impl Transfers {
+    /// Registers a transfer announced by a header.
+    pub fn begin(
+        &mut self,
+        channel: Channel,
+        transfer: u64,
+        chunks: u32,
+        size: u64,
+        pending: Pending,
+        limits: &Limits,
+    ) -> Result<(), RoomError> {
+        let max_datablock = limits.max_datablock_bytes;
+        let max_reserved = limits.max_transfer_bytes_per_client;
+        if size > max_datablock as u64 {
+            return Err(RoomError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "payload of {size} bytes exceeds the datablock limit of {max_datablock} bytes"
+                ),
+            ));
+        }
+        if u64::from(chunks) > size {
+            return Err(RoomError::new(
+                ErrorCode::TransferFailed,
+                format!("{chunks} chunks cannot carry {size} bytes"),
+            ));
+        }
+        if self.partial.contains_key(&(channel, transfer)) {
+            return Err(RoomError::new(
+                ErrorCode::TransferFailed,
+                format!("transfer {transfer} is already in progress"),
+            ));
+        }
+        if self.reserved + size > max_reserved as u64 {
+            return Err(RoomError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "unfinished transfers would exceed {max_reserved} bytes; wait for the others to finish"
+                ),
+            ));
+        }
+        self.reserved += size;
+        self.partial.insert(
+            (channel, transfer),
+            Partial {
+                pending,
+                chunks,
+                size,
+                next_index: 0,
+                data: BytesMut::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Adds a chunk; returns the finished payload with its purpose after the
+    /// last one. A chunk out of order, too large or unknown aborts the
+    /// transfer.
+    pub fn chunk(
+        &mut self,
+        channel: Channel,
+        transfer: u64,
+        index: u32,
+        data: &[u8],
+    ) -> Result<Option<(Pending, Bytes)>, RoomError> {
+        let key = (channel, transfer);
+        let Some(partial) = self.partial.get_mut(&key) else {
+            return Err(RoomError::new(
+                ErrorCode::TransferFailed,
+                format!(
+                    "no transfer {transfer} in progress on the {} channel",
+                    channel.name()
+                ),
+            ));
+        };
+        let failure = if index != partial.next_index {
+            Some(format!(
+                "chunk {index} arrived; expected chunk {}",
+                partial.next_index
+            ))
+        } else if partial.data.len() as u64 + data.len() as u64 > partial.size {
+            Some(format!(
+                "chunks exceed the announced size of {} bytes",
+                partial.size
+            ))
+        } else if index + 1 == partial.chunks
+            && partial.data.len() as u64 + data.len() as u64 != partial.size
+        {
+            Some(format!(
+                "the last chunk leaves {} of {} bytes",
+                partial.data.len() + data.len(),
+                partial.size
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = failure {
+            self.abort(channel, transfer);
+            return Err(RoomError::new(
+                ErrorCode::TransferFailed,
+                format!("transfer {transfer} aborted: {message}"),
+            ));
+        }
+        partial.data.extend_from_slice(data);
+        partial.next_index += 1;
+        if partial.next_index < partial.chunks {
+            return Ok(None);
+        }
+        let Some(done) = self.partial.remove(&key) else {
+            return Ok(None);
+        };
+        self.reserved -= done.size;
+        Ok(Some((done.pending, done.data.freeze())))
+    }
+
+    fn abort(&mut self, channel: Channel, transfer: u64) {
+        if let Some(p) = self.partial.remove(&(channel, transfer)) {
+            self.reserved -= p.size;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_datablock_bytes: usize, max_transfer_bytes_per_client: usize) -> Limits {
+        Limits {
+            max_datablock_bytes,
+            max_transfer_bytes_per_client,
+            ..Limits::default()
+        }
+    }
+
+    fn pending() -> Pending {
+        Pending::Update {
+            spec: BlockSpec::checked("u".into(), None, None, None).unwrap(),
+            patch: false,
+            base_revision: None,
+        }
+    }
+
+    #[test]
+    fn reassembles_in_order() {
+        let mut t = Transfers::default();
+        t.begin(Channel::Publisher, 7, 3, 5, pending(), &limits(100, 100))
+            .unwrap();
+        assert!(t.chunk(Channel::Publisher, 7, 0, b"ab").unwrap().is_none());
+        assert!(t.chunk(Channel::Publisher, 7, 1, b"cd").unwrap().is_none());
+        let (_, data) = t.chunk(Channel::Publisher, 7, 2, b"e").unwrap().unwrap();
+        assert_eq!(&data[..], b"abcde");
+        assert_eq!(t.reserved, 0);
+    }
+
+    #[test]
+    fn out_of_order_or_oversized_chunks_abort() {
+        let mut t = Transfers::default();
+        t.begin(Channel::Publisher, 1, 2, 4, pending(), &limits(100, 100))
+            .unwrap();
+        assert!(t.chunk(Channel::Publisher, 1, 1, b"ab").is_err());
+        assert!(
+            t.chunk(Channel::Publisher, 1, 0, b"ab").is_err(),
+            "aborted transfers are gone"
+        );
+        t.begin(Channel::Publisher, 2, 2, 4, pending(), &limits(100, 100))
+            .unwrap();
+        assert!(t.chunk(Channel::Publisher, 2, 0, b"abcde").is_err());
+        t.begin(Channel::Publisher, 3, 2, 4, pending(), &limits(100, 100))
+            .unwrap();
+        t.chunk(Channel::Publisher, 3, 0, b"a").unwrap();
+        assert!(
+            t.chunk(Channel::Publisher, 3, 1, b"b").is_err(),
+            "short total"
+        );
+        assert_eq!(t.reserved, 0);
+    }
+
+    #[test]
+    fn limits_are_enforced_at_announcement() {
+        let mut t = Transfers::default();
+        assert!(
+            t.begin(Channel::Publisher, 1, 1, 101, pending(), &limits(100, 1000))
+                .is_err()
+        );
+        t.begin(Channel::Publisher, 1, 1, 60, pending(), &limits(100, 100))
+            .unwrap();
+        assert!(
+            t.begin(Channel::Publisher, 2, 1, 60, pending(), &limits(100, 100))
+                .is_err()
+        );
+        assert!(
+            t.begin(Channel::Publisher, 3, 9, 5, pending(), &limits(100, 100))
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! Encoding and decoding of frames, with size and depth limits checked before
+//! any allocation that depends on the input.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{MAX_DEPTH, ProtocolError};
+
+/// Decodes a header frame of at most `limit` bytes into a message.
+pub fn decode_header<T: DeserializeOwned>(frame: &[u8], limit: usize) -> Result<T, ProtocolError> {
+    if frame.len() > limit {
+        return Err(ProtocolError::TooLarge {
+            size: frame.len(),
+            limit,
+        });
+    }
+    // Walk the frame once without allocating: it bounds nesting before serde
+    // recurses, and rejects trailing garbage.
+    validate_value(frame)?;
+    let mut de = rmp_serde::Deserializer::from_read_ref(frame);
+    de.set_max_depth(MAX_DEPTH);
+    T::deserialize(&mut de).map_err(|e| ProtocolError::Invalid(e.to_string()))
+}
+
+/// Encodes a server message as a MessagePack map with string keys.
+pub fn encode<T: Serialize>(msg: &T) -> Bytes {
+    // Serializing into a Vec only fails for types MessagePack cannot express
+    // (non-string map keys from serde structs never occur here).
+    match rmp_serde::to_vec_named(msg) {
+        Ok(v) => Bytes::from(v),
+        Err(e) => unreachable_encode(&e),
+    }
+}
+
+#[cold]
+fn unreachable_encode(e: &rmp_serde::encode::Error) -> Bytes {
+    tracing::error!(error = %e, "failed to encode a server message");
+    Bytes::new()
+}
+
+/// Encodes any MessagePack value (used for datablock data the server itself
+/// produced, e.g. after applying a patch).
+pub fn encode_value(value: &rmpv::Value) -> Bytes {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = rmpv::encode::write_value(&mut out, value);
+    Bytes::from(out)
+}
+
+/// Decodes one MessagePack value that [`validate_value`] accepted.
+pub fn decode_value(bytes: &[u8]) -> Result<rmpv::Value, ProtocolError> {
+    validate_value(bytes)?;
+    let mut rd = bytes;
+    rmpv::decode::read_value_with_max_depth(&mut rd, MAX_DEPTH + 1)
+        .map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
+/// Checks that `bytes` holds exactly one well-formed MessagePack value nested
+/// at most [`MAX_DEPTH`] deep, without allocating or recursing. Used on every
+/// datablock payload the server stores and forwards without decoding.
+pub fn validate_value(bytes: &[u8]) -> Result<(), ProtocolError> {
+    let mut pos = 0usize;
+    // Items still to read at each open container level.
+    let mut pending: Vec<u64> = Vec::new();
+    let mut remaining_top: u64 = 1;
+    loop {
+        // Close finished containers.
+        while let Some(&0) = pending.last() {
+            pending.pop();
+        }
+        let slot = match pending.last_mut() {
+            Some(n) => n,
+            None if remaining_top > 0 => &mut remaining_top,
+            None => break,
+        };
+        *slot -= 1;
+        let marker = *bytes.get(pos).ok_or_else(|| truncated(pos, "a value"))?;
+        pos += 1;
+        let (skip, children): (u64, u64) = match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
+            0x90..=0x9f => (0, u64::from(marker & 0x0f)),
+            0xa0..=0xbf => (u64::from(marker & 0x1f), 0),
+            0xc1 => {
+                return Err(ProtocolError::Malformed(format!(
+                    "reserved byte 0xc1 at offset {}",
+                    pos - 1
+                )));
+            }
+            0xc4 | 0xd9 => (read_len(bytes, &mut pos, 1)?, 0),
+            0xc5 | 0xda => (read_len(bytes, &mut pos, 2)?, 0),
+            0xc6 | 0xdb => (read_len(bytes, &mut pos, 4)?, 0),
+            0xc7 => (read_len(bytes, &mut pos, 1)? + 1, 0),
+            0xc8 => (read_len(bytes, &mut pos, 2)? + 1, 0),
+            0xc9 => (read_len(bytes, &mut pos, 4)? + 1, 0),
+            0xca => (4, 0),
+            0xcb => (8, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xce | 0xd2 => (4, 0),
+            0xcf | 0xd3 => (8, 0),
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (0, read_len(bytes, &mut pos, 2)?),
+            0xdd => (0, read_len(bytes, &mut pos, 4)?),
+            0xde => (0, 2 * read_len(bytes, &mut pos, 2)?),
+            0xdf => (0, 2 * read_len(bytes, &mut pos, 4)?),
+        };
+        let end = u64::try_from(pos)
+            .ok()
+            .and_then(|p| p.checked_add(skip))
+            .filter(|&e| e <= bytes.len() as u64)
+            .ok_or_else(|| truncated(pos, "value contents"))?;
+        pos = end as usize;
+        if children > 0 {
+            // Every child needs at least one byte: reject counts the frame
+            // cannot hold before tracking them.
+            if children > (bytes.len() - pos) as u64 {
+                return Err(truncated(pos, "container elements"));
+            }
+            if pending.len() >= MAX_DEPTH {
+                return Err(ProtocolError::Malformed(format!(
+                    "nesting deeper than {MAX_DEPTH} levels at offset {pos}"
+                )));
+            }
+            pending.push(children);
+        }
+    }
+    if pos != bytes.len() {
+        return Err(ProtocolError::Malformed(format!(
+            "{} unexpected bytes after the value at offset {pos}",
+            bytes.len() - pos
+        )));
+    }
+    Ok(())
+}
+
+fn read_len(bytes: &[u8], pos: &mut usize, width: usize) -> Result<u64, ProtocolError> {
+    let raw = bytes
+        .get(*pos..*pos + width)
+        .ok_or_else(|| truncated(*pos, "a length"))?;
+    *pos += width;
+    Ok(raw.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+}
+
+fn truncated(offset: usize, what: &str) -> ProtocolError {
+    ProtocolError::Malformed(format!(
+        "truncated MessagePack: expected {what} at offset {offset}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmpv::Value;
+
+    fn enc(v: &Value) -> Vec<u8> {
+        encode_value(v).to_vec()
+    }
+
+    #[test]
+    fn accepts_every_kind_of_value() {
+        let v = Value::Map(vec![
+            (Value::from("a"), Value::from(1)),
+            (Value::from("b"), Value::from(-200_000)),
+            (Value::from("c"), Value::from(1.5f64)),
+            (Value::from("d"), Value::Binary(vec![0; 300])),
+            (Value::from("e"), Value::from("x".repeat(70_000))),
+            (
+                Value::from("f"),
+                Value::Array((0..20).map(Value::from).collect()),
+            ),
+            (Value::from("g"), Value::Ext(5, vec![1, 2, 3, 4])),
+            (Value::from("h"), Value::Nil),
+            (Value::from("i"), Value::F32(2.0)),
+        ]);
+        validate_value(&enc(&v)).unwrap();
+        assert_eq!(decode_value(&enc(&v)).unwrap(), v);
+    }
+
+    #[test]
+    fn rejects_truncation_and_trailing_bytes() {
+        let bytes = enc(&Value::from("hello"));
+        for cut in 0..bytes.len() {
+            assert!(validate_value(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(validate_value(&extra).is_err());
+    }
+
+    #[test]
+    fn rejects_huge_claimed_lengths_without_allocating() {
+        // array32 claiming 4 billion elements in a 5-byte frame
+        assert!(validate_value(&[0xdd, 0xff, 0xff, 0xff, 0xff]).is_err());
+        // bin32 claiming 4 GiB
+        assert!(validate_value(&[0xc6, 0xff, 0xff, 0xff, 0xff, 1]).is_err());
+    }
+
+    #[test]
+    fn rejects_deep_nesting() {
+        let deep = vec![0x91u8; 10_000];
+        let err = validate_value(&deep).unwrap_err();
+        assert!(err.to_string().contains("nesting"), "{err}");
+        let mut ok = vec![0x91u8; MAX_DEPTH];
+        ok.push(0xc0);
+        validate_value(&ok).unwrap();
+    }
+
+    #[test]
+    fn header_limit_is_checked_first() {
+        let err = decode_header::<Value>(&[0u8; 100], 10).unwrap_err();
+        assert_eq!(
+            err,
+            ProtocolError::TooLarge {
+                size: 100,
+                limit: 10
+            }
+        );
+    }
+}

@@ -1,0 +1,891 @@
+//! One collaborative session: its datablocks, owners, users and state, and
+//! the rules that change them. Pure logic: methods take a request and return
+//! the messages to deliver; the [`crate::core`] actor does the I/O.
+//!
+//! Every method checks everything before changing anything, so a refused
+//! request leaves the room exactly as it was.
+
+mod download;
+mod members;
+mod repository;
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use rmpv::Value;
+
+pub use download::Download;
+pub use members::Member;
+pub use repository::{Content, Datablock, Repository};
+
+use crate::config::Limits;
+use crate::protocol::patch::Patch;
+use crate::protocol::wire::with_payload;
+use crate::protocol::{
+    AuthStatus, BlockSpec, COMMON, CatalogueEntry, Channel, ErrorCode, ServerMessage, SessionState,
+    SnapshotStep, UploadStatus, UploadStep, UserState, UserStatus, Wire, codec::decode_value,
+};
+
+/// Identifies a connected client for the lifetime of its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub u64);
+
+/// Catalogue entries per CATALOGUE message.
+const CATALOGUE_PAGE: usize = 1024;
+
+/// A refused request: what to tell the sender.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct RoomError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RoomError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Messages the room wants delivered, and clients it wants disconnected.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub deliveries: Vec<Delivery>,
+    /// Clients to disconnect, with the reason they are told.
+    pub disconnect: Vec<(ClientId, String)>,
+    /// The user list or someone's presence changed: CLIENTS_STATE is due.
+    pub presence_changed: bool,
+}
+
+impl Effects {
+    fn send(&mut self, to: ClientId, channel: Channel, wire: Wire) {
+        self.deliveries.push(Delivery {
+            to: vec![to],
+            channel,
+            wire,
+        });
+    }
+
+    fn reply(&mut self, to: ClientId, msg: &ServerMessage) {
+        self.send(to, Channel::Commands, Wire::message(msg));
+    }
+}
+
+/// One message for one or more clients on one channel, encoded once.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub to: Vec<ClientId>,
+    pub channel: Channel,
+    pub wire: Wire,
+}
+
+/// A summary for the console's `status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomStatus {
+    pub state: SessionState,
+    pub datablocks: usize,
+    pub bytes: usize,
+    pub users: usize,
+}
+
+/// One session.
+#[derive(Debug)]
+pub struct Room {
+    state: SessionState,
+    repository: Repository,
+    members: members::Members,
+    /// The admin uploading the initial scene, while SRV_SYNC.
+    uploader: Option<ClientId>,
+    limits: Limits,
+    /// Transfer ids for payloads the server sends in chunks.
+    next_transfer: u64,
+}
+
+impl Room {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            state: SessionState::Waiting,
+            repository: Repository::default(),
+            members: members::Members::default(),
+            uploader: None,
+            limits,
+            next_transfer: 1,
+        }
+    }
+
+    pub fn state(&self) -> SessionState {
+        self.state
+    }
+
+    pub fn repository(&self) -> &Repository {
+        &self.repository
+    }
+
+    pub fn member(&self, id: ClientId) -> Option<&Member> {
+        self.members.get(id)
+    }
+
+    pub fn find_user(&self, name: &str) -> Option<ClientId> {
+        self.members.find(name)
+    }
+
+    pub fn status(&self) -> RoomStatus {
+        RoomStatus {
+            state: self.state,
+            datablocks: self.repository.len(),
+            bytes: self.repository.bytes(),
+            users: self.members.len(),
+        }
+    }
+
+    /// Every user, in join order.
+    pub fn users(&self) -> Vec<UserState> {
+        self.members.states()
+    }
+
+    /// Every connected client, in join order.
+    pub fn client_ids(&self) -> Vec<ClientId> {
+        self.members.ids()
+    }
+
+    /// The CLIENTS_STATE message and who gets it (everyone).
+    pub fn clients_state(&self) -> Delivery {
+        Delivery {
+            to: self.members.ids(),
+            channel: Channel::Commands,
+            wire: Wire::message(&ServerMessage::ClientsState {
+                users: self.members.states(),
+            }),
+        }
+    }
+
+    /// Admits a user. The caller authenticated them.
+    pub fn join(
+        &mut self,
+        id: ClientId,
+        name: &str,
+        admin: bool,
+        metadata: Option<Value>,
+    ) -> Result<AuthStatus, RoomError> {
+        if name.eq_ignore_ascii_case(COMMON) {
+            return Err(RoomError::new(
+                ErrorCode::InvalidMessage,
+                format!("the user name {COMMON} is reserved"),
+            ));
+        }
+        if self.members.find(name).is_some() {
+            return Err(RoomError::new(
+                ErrorCode::NameTaken,
+                format!("the user name {name:?} is already in use in this session"),
+            ));
+        }
+        if self.members.len() >= self.limits.max_users {
+            return Err(RoomError::new(
+                ErrorCode::SessionFull,
+                format!("the session is full ({} users)", self.limits.max_users),
+            ));
+        }
+        let metadata = metadata.map(members::check_metadata).transpose()?;
+        self.members
+            .add(id, Member::new(name, admin, metadata.unwrap_or_default()));
+        Ok(match self.state {
+            SessionState::Active => AuthStatus::Running,
+            SessionState::Waiting | SessionState::SrvSync => AuthStatus::Lobby,
+        })
+    }
+
+    /// Removes a client (left, kicked, timed out, too slow). Everything it
+    /// owned becomes COMMON and the others are told.
+    pub fn leave(&mut self, id: ClientId) -> Effects {
+        let mut fx = Effects::default();
+        let Some(member) = self.members.remove(id) else {
+            return fx;
+        };
+        if self.uploader == Some(id) {
+            tracing::warn!(user = %member.name, "uploader left during the initial upload; the partial scene is discarded");
+            self.uploader = None;
+            self.repository.clear();
+            self.state = SessionState::Waiting;
+        }
+        let released = self.repository.reassign(&member.name, COMMON);
+        if !released.is_empty() {
+            let msg = ServerMessage::Right {
+                id: None,
+                uuids: released,
+                owner: COMMON.to_owned(),
+                sender: Some(member.name.clone()),
+            };
+            self.broadcast(None, Wire::message(&msg), &mut fx);
+        }
+        fx.presence_changed = true;
+        fx
+    }
+
+    /// The client asks for the session on its subscriber channel. When the
+    /// session is live its download starts now; in the lobby it starts when
+    /// the upload completes.
+    pub fn subscribe(&mut self, id: ClientId, window: Option<u32>) -> Result<Effects, RoomError> {
+        let member = self.members.get_mut(id).ok_or_else(not_member)?;
+        if member.subscribed {
+            return Err(RoomError::new(
+                ErrorCode::InvalidMessage,
+                "SNAPSHOT was already requested on this connection",
+            ));
+        }
+        member.subscribed = true;
+        member.window = window.map(|w| w.max(1) as usize);
+        let mut fx = Effects::default();
+        if self.state == SessionState::Active {
+            self.start_download(id, &mut fx);
+        }
+        Ok(fx)
+    }
+
+    /// Snapshot acknowledgement from a downloading client.
+    pub fn acknowledge(&mut self, id: ClientId, received: u64) -> Result<Effects, RoomError> {
+        let member = self.members.get_mut(id).ok_or_else(not_member)?;
+        let Some(download) = member.download.as_mut() else {
+            // The whole stream may be out before the last acknowledgements
+            // arrive: those are fine, anything beyond the stream is not.
+            if member.subscribed && received <= member.snapshot_sent {
+                return Ok(Effects::default());
+            }
+            return Err(RoomError::new(
+                ErrorCode::InvalidMessage,
+                format!(
+                    "acknowledged {received} snapshot messages but {} were sent",
+                    member.snapshot_sent
+                ),
+            ));
+        };
+        let released = download
+            .acknowledge(received)
+            .map_err(|m| RoomError::new(ErrorCode::InvalidMessage, m))?;
+        let mut fx = Effects::default();
+        self.deliver_released(id, released, &mut fx);
+        Ok(fx)
+    }
+
+    fn start_download(&mut self, id: ClientId, fx: &mut Effects) {
+        let max = self.limits.snapshot_window_messages;
+        let Some(window) = self
+            .members
+            .get(id)
+            .map(|m| m.window.unwrap_or(max).min(max))
+        else {
+            return;
+        };
+        let queue = self.snapshot_stream(window);
+        let limits = &self.limits;
+        let Some(member) = self.members.get_mut(id) else {
+            return;
+        };
+        member.status = UserStatus::Syncing;
+        let mut download = Download::new(queue, window, limits.snapshot_window_bytes);
+        let released = download.pump();
+        member.download = Some(download);
+        fx.presence_changed = true;
+        self.deliver_released(id, released, fx);
+    }
+
+    fn deliver_released(&mut self, id: ClientId, released: download::Released, fx: &mut Effects) {
+        for wire in released.wires {
+            fx.send(id, Channel::Subscriber, wire);
+        }
+        if released.finished {
+            if let Some(member) = self.members.get_mut(id) {
+                member.snapshot_sent = member.download.as_ref().map_or(0, Download::sent);
+                member.download = None;
+                member.status = UserStatus::Active;
+                fx.presence_changed = true;
+            }
+        }
+    }
+
+    /// Captures the whole session as a stream: BEGIN, the catalogue, every
+    /// datablock (dependencies first), END.
+    fn snapshot_stream(&mut self, window: usize) -> VecDeque<Wire> {
+        let order: Vec<String> = self
+            .repository
+            .snapshot_order()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        // Datablocks first: encoding patched ones settles their sizes before
+        // BEGIN and the catalogue announce them.
+        let mut blocks = Vec::with_capacity(order.len());
+        for uuid in &order {
+            blocks.extend(self.datablock_wires(uuid, None));
+        }
+        let mut stream = VecDeque::with_capacity(blocks.len() + 3);
+        stream.push_back(Wire::message(&ServerMessage::Snapshot {
+            step: SnapshotStep::Begin,
+            window: Some(window as u64),
+            window_bytes: Some(self.limits.snapshot_window_bytes as u64),
+            datablocks: Some(order.len() as u64),
+            bytes: Some(self.repository.bytes() as u64),
+            entries: None,
+        }));
+        for page in order.chunks(CATALOGUE_PAGE) {
+            let entries = page
+                .iter()
+                .filter_map(|uuid| {
+                    let b = self.repository.get(uuid)?;
+                    Some(CatalogueEntry {
+                        uuid: uuid.clone(),
+                        type_id: b.type_id.clone(),
+                        revision: b.revision,
+                        size: b.content.size() as u64,
+                    })
+                })
+                .collect();
+            stream.push_back(Wire::message(&ServerMessage::Snapshot {
+                step: SnapshotStep::Catalogue,
+                window: None,
+                window_bytes: None,
+                datablocks: None,
+                bytes: None,
+                entries: Some(entries),
+            }));
+        }
+        stream.extend(blocks);
+        stream.push_back(Wire::message(&ServerMessage::Snapshot {
+            step: SnapshotStep::End,
+            window: None,
+            window_bytes: None,
+            datablocks: Some(order.len() as u64),
+            bytes: None,
+            entries: None,
+        }));
+        stream
+    }
+
+    /// A DATABLOCK message (and its chunks) for one datablock.
+    fn datablock_wires(&mut self, uuid: &str, id: Option<u64>) -> Vec<Wire> {
+        let transfer = self.next_transfer;
+        let Some((header, payload)) = self
+            .repository
+            .edit(uuid, |b| (b.header(uuid), b.content.encoded()))
+        else {
+            return Vec::new();
+        };
+        if payload.len() > self.limits.chunk_bytes {
+            self.next_transfer += 1;
+        }
+        with_payload(
+            |chunk| ServerMessage::Datablock { header, id, chunk },
+            payload,
+            self.limits.chunk_bytes,
+            transfer,
+        )
+    }
+
+    /// Sends `wire` on the subscriber channel to every subscribed client but
+    /// `except`: directly to live ones, held back behind the snapshot for
+    /// downloading ones.
+    fn broadcast(&mut self, except: Option<ClientId>, wire: Wire, fx: &mut Effects) {
+        let mut live = Vec::new();
+        let held_limit = self.limits.outbox_max_bytes;
+        for (id, member) in self.members.iter_mut() {
+            if Some(id) == except || !member.subscribed {
+                continue;
+            }
+            match member.download.as_mut() {
+                Some(download) => {
+                    let held = download.hold(wire.clone());
+                    if held > held_limit {
+                        fx.disconnect.push((id, "too slow".to_owned()));
+                    }
+                }
+                None if self.state == SessionState::Active => live.push(id),
+                None => {}
+            }
+        }
+        if !live.is_empty() {
+            fx.deliveries.push(Delivery {
+                to: live,
+                channel: Channel::Subscriber,
+                wire,
+            });
+        }
+    }
+
+    /// SERVER_SNAPSHOT INIT / SET / END from an admin uploading the scene.
+    pub fn upload(
+        &mut self,
+        id: ClientId,
+        step: UploadStep,
+        req_id: Option<u64>,
+        block: Option<(BlockSpec, Bytes)>,
+    ) -> Result<Effects, RoomError> {
+        let member = self.members.get(id).ok_or_else(not_member)?;
+        let mut fx = Effects::default();
+        let answer = |status, reason: Option<String>, datablocks| ServerMessage::ServerSnapshot {
+            id: req_id,
+            step,
+            status,
+            reason,
+            datablocks,
+        };
+        match step {
+            UploadStep::Init => {
+                let refusal = if !member.admin {
+                    Some("only an admin may upload the initial scene".to_owned())
+                } else {
+                    match (self.state, self.uploader.and_then(|u| self.members.get(u))) {
+                        (SessionState::Waiting, _) => None,
+                        (SessionState::SrvSync, Some(up)) => {
+                            Some(format!("{} is already uploading the scene", up.name))
+                        }
+                        (SessionState::SrvSync, None) => Some("an upload is in progress".into()),
+                        (SessionState::Active, _) => {
+                            Some("the session already has a scene".to_owned())
+                        }
+                    }
+                };
+                if let Some(reason) = refusal {
+                    fx.reply(id, &answer(UploadStatus::Rejected, Some(reason), None));
+                    return Ok(fx);
+                }
+                self.state = SessionState::SrvSync;
+                self.uploader = Some(id);
+                if let Some(m) = self.members.get_mut(id) {
+                    m.status = UserStatus::Uploading;
+                }
+                fx.presence_changed = true;
+                fx.reply(id, &answer(UploadStatus::Accepted, None, None));
+            }
+            UploadStep::Set => {
+                self.check_uploader(id)?;
+                let (spec, payload) = block.ok_or_else(|| {
+                    RoomError::new(ErrorCode::InvalidMessage, "SET needs a datablock")
+                })?;
+                let name = member.name.clone();
+                self.create(&name, spec, payload)?;
+            }
+            UploadStep::End => {
+                self.check_uploader(id)?;
+                self.state = SessionState::Active;
+                self.uploader = None;
+                if let Some(m) = self.members.get_mut(id) {
+                    m.status = UserStatus::Active;
+                    m.subscribed = true;
+                    m.download = None;
+                }
+                let count = self.repository.len() as u64;
+                tracing::info!(
+                    datablocks = count,
+                    bytes = self.repository.bytes(),
+                    "initial upload complete; session is ACTIVE"
+                );
+                fx.reply(id, &answer(UploadStatus::Done, None, Some(count)));
+                let waiting: Vec<ClientId> = self
+                    .members
+                    .iter_mut()
+                    .filter(|(other, m)| *other != id && m.subscribed)
+                    .map(|(other, _)| other)
+                    .collect();
+                for other in waiting {
+                    self.start_download(other, &mut fx);
+                }
+                fx.presence_changed = true;
+            }
+        }
+        Ok(fx)
+    }
+
+    fn check_uploader(&self, id: ClientId) -> Result<(), RoomError> {
+        if self.uploader == Some(id) {
+            Ok(())
+        } else {
+            Err(RoomError::new(
+                ErrorCode::NoUpload,
+                "no upload in progress from this client; send SERVER_SNAPSHOT INIT first",
+            ))
+        }
+    }
+
+    /// Adds a new datablock for `user` after checking it.
+    fn create(&mut self, user: &str, spec: BlockSpec, payload: Bytes) -> Result<(), RoomError> {
+        if self.repository.contains(&spec.uuid) {
+            return Err(RoomError::new(
+                ErrorCode::DuplicateDatablock,
+                format!("datablock {} already exists", spec.uuid),
+            ));
+        }
+        let type_id = spec.type_id.ok_or_else(|| {
+            RoomError::new(
+                ErrorCode::InvalidMessage,
+                format!("new datablock {} needs a type_id", spec.uuid),
+            )
+        })?;
+        let owner = match spec.owner.as_deref() {
+            None => user.to_owned(),
+            Some(o) if o == COMMON || o == user => o.to_owned(),
+            Some(o) => {
+                return Err(RoomError::new(
+                    ErrorCode::InvalidMessage,
+                    format!("a new datablock belongs to its creator or {COMMON}, not {o:?}"),
+                ));
+            }
+        };
+        if self.repository.len() >= self.limits.max_datablocks {
+            return Err(RoomError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the session holds the maximum of {} datablocks",
+                    self.limits.max_datablocks
+                ),
+            ));
+        }
+        self.repository.insert(
+            spec.uuid,
+            type_id,
+            owner,
+            spec.deps.unwrap_or_default(),
+            Content::from_encoded(payload),
+        );
+        Ok(())
+    }
+
+    /// A live UPDATE: full data or a patch. Applied, then forwarded to every
+    /// other subscribed client with the sender's bytes unchanged.
+    pub fn update(
+        &mut self,
+        id: ClientId,
+        spec: BlockSpec,
+        patch: bool,
+        base_revision: Option<u64>,
+        payload: Bytes,
+    ) -> Result<Effects, RoomError> {
+        let member = self.members.get(id).ok_or_else(not_member)?;
+        if self.state != SessionState::Active {
+            return Err(RoomError::new(
+                ErrorCode::SessionNotActive,
+                format!(
+                    "the session is {}; updates are accepted once it is ACTIVE",
+                    self.state
+                ),
+            ));
+        }
+        let user = member.name.clone();
+        let uuid = spec.uuid.clone();
+        match self.repository.get(&uuid) {
+            None if patch => {
+                return Err(RoomError::new(
+                    ErrorCode::UnknownDatablock,
+                    format!("cannot patch unknown datablock {uuid}"),
+                ));
+            }
+            None => {
+                if base_revision.is_some_and(|r| r != 0) {
+                    return Err(RoomError::new(
+                        ErrorCode::StaleRevision,
+                        format!(
+                            "datablock {uuid} does not exist (base_revision must be 0 or absent)"
+                        ),
+                    ));
+                }
+                self.create(&user, spec, payload.clone())?;
+            }
+            Some(block) => {
+                check_owner(block, &uuid, &user, false, member.admin)?;
+                if let Some(base) = base_revision.filter(|&b| b != block.revision) {
+                    return Err(RoomError::new(
+                        ErrorCode::StaleRevision,
+                        format!(
+                            "datablock {uuid} is at revision {}, not {base}",
+                            block.revision
+                        ),
+                    ));
+                }
+                if spec.type_id.as_ref().is_some_and(|t| *t != block.type_id) {
+                    return Err(RoomError::new(
+                        ErrorCode::InvalidMessage,
+                        format!(
+                            "datablock {uuid} is a {}; its type cannot change",
+                            block.type_id
+                        ),
+                    ));
+                }
+                if spec.owner.as_ref().is_some_and(|o| *o != block.owner) {
+                    return Err(RoomError::new(
+                        ErrorCode::InvalidMessage,
+                        "an UPDATE cannot change the owner; send RIGHT",
+                    ));
+                }
+                let parsed = if patch {
+                    let value = decode_value(&payload)
+                        .map_err(|e| RoomError::new(ErrorCode::PatchFailed, e.to_string()))?;
+                    Some(
+                        Patch::from_value(value)
+                            .map_err(|e| RoomError::new(ErrorCode::PatchFailed, e.to_string()))?,
+                    )
+                } else {
+                    None
+                };
+                let max = self.limits.max_datablock_bytes;
+                self.repository
+                    .edit(&uuid, |b| {
+                        match &parsed {
+                            Some(p) => {
+                                // A patch grows the data by at most its own
+                                // size; measure exactly only near the limit.
+                                if b.content.size_bound() + payload.len() > max
+                                    && b.content.encoded().len() + payload.len() > max
+                                {
+                                    return Err(RoomError::new(
+                                        ErrorCode::TooLarge,
+                                        format!("this patch could grow datablock {uuid} beyond the limit of {max} bytes; send the full data instead"),
+                                    ));
+                                }
+                                b.content.apply(p, payload.len()).map_err(|e| {
+                                    RoomError::new(ErrorCode::PatchFailed, e.to_string())
+                                })?;
+                            }
+                            None => b.content = Content::from_encoded(payload.clone()),
+                        }
+                        if let Some(deps) = spec.deps {
+                            b.deps = deps;
+                        }
+                        b.revision += 1;
+                        Ok::<(), RoomError>(())
+                    })
+                    .unwrap_or(Ok(()))?;
+            }
+        }
+        let Some(block) = self.repository.get(&uuid) else {
+            return Ok(Effects::default());
+        };
+        let header = block.header(&uuid);
+        let transfer = self.next_transfer;
+        if payload.len() > self.limits.chunk_bytes {
+            self.next_transfer += 1;
+        }
+        let wires = with_payload(
+            |chunk| ServerMessage::Update {
+                header,
+                sender: user,
+                patch,
+                chunk,
+            },
+            payload,
+            self.limits.chunk_bytes,
+            transfer,
+        );
+        let mut fx = Effects::default();
+        for wire in wires {
+            self.broadcast(Some(id), wire, &mut fx);
+        }
+        Ok(fx)
+    }
+
+    /// RIGHT: gives the listed datablocks to `owner` (a user in the session or
+    /// COMMON). All or nothing.
+    pub fn change_owner(
+        &mut self,
+        id: ClientId,
+        req_id: Option<u64>,
+        uuids: Vec<String>,
+        owner: String,
+        force: bool,
+    ) -> Result<Effects, RoomError> {
+        let member = self.members.get(id).ok_or_else(not_member)?;
+        self.require_active()?;
+        if uuids.is_empty() {
+            return Err(RoomError::new(
+                ErrorCode::InvalidMessage,
+                "RIGHT needs at least one uuid",
+            ));
+        }
+        if owner != COMMON && self.members.find(&owner).is_none() {
+            return Err(RoomError::new(
+                ErrorCode::UnknownUser,
+                format!("no user named {owner:?} is in the session"),
+            ));
+        }
+        for uuid in &uuids {
+            let block = self.repository.get(uuid).ok_or_else(|| unknown(uuid))?;
+            check_owner(block, uuid, &member.name, force, member.admin)?;
+        }
+        let sender = member.name.clone();
+        for uuid in &uuids {
+            self.repository.edit(uuid, |b| b.owner.clone_from(&owner));
+        }
+        let mut fx = Effects::default();
+        fx.reply(
+            id,
+            &ServerMessage::Right {
+                id: req_id,
+                uuids: uuids.clone(),
+                owner: owner.clone(),
+                sender: None,
+            },
+        );
+        let msg = ServerMessage::Right {
+            id: None,
+            uuids,
+            owner,
+            sender: Some(sender),
+        };
+        self.broadcast(Some(id), Wire::message(&msg), &mut fx);
+        Ok(fx)
+    }
+
+    /// DELETE of one datablock.
+    pub fn delete(
+        &mut self,
+        id: ClientId,
+        req_id: Option<u64>,
+        uuid: String,
+        force: bool,
+    ) -> Result<Effects, RoomError> {
+        let member = self.members.get(id).ok_or_else(not_member)?;
+        self.require_active()?;
+        let block = self.repository.get(&uuid).ok_or_else(|| unknown(&uuid))?;
+        check_owner(block, &uuid, &member.name, force, member.admin)?;
+        let sender = member.name.clone();
+        self.repository.remove(&uuid);
+        let mut fx = Effects::default();
+        fx.reply(
+            id,
+            &ServerMessage::Delete {
+                id: req_id,
+                uuid: uuid.clone(),
+                sender: None,
+            },
+        );
+        let msg = ServerMessage::Delete {
+            id: None,
+            uuid,
+            sender: Some(sender),
+        };
+        self.broadcast(Some(id), Wire::message(&msg), &mut fx);
+        Ok(fx)
+    }
+
+    /// FETCH: the current state of one datablock, on the subscriber channel
+    /// (behind the snapshot if the client is still downloading).
+    pub fn fetch(
+        &mut self,
+        id: ClientId,
+        req_id: Option<u64>,
+        uuid: &str,
+    ) -> Result<Effects, RoomError> {
+        self.members.get(id).ok_or_else(not_member)?;
+        self.require_active()?;
+        if !self.repository.contains(uuid) {
+            return Err(unknown(uuid));
+        }
+        let wires = self.datablock_wires(uuid, req_id);
+        let mut fx = Effects::default();
+        let Some(member) = self.members.get_mut(id) else {
+            return Ok(fx);
+        };
+        match member.download.as_mut() {
+            Some(download) => {
+                for wire in wires {
+                    download.hold(wire);
+                }
+            }
+            None => {
+                for wire in wires {
+                    fx.send(id, Channel::Subscriber, wire);
+                }
+            }
+        }
+        Ok(fx)
+    }
+
+    /// Merges presence metadata into the user's map.
+    pub fn set_metadata(&mut self, id: ClientId, metadata: Value) -> Result<Effects, RoomError> {
+        let member = self.members.get_mut(id).ok_or_else(not_member)?;
+        member.merge_metadata(metadata)?;
+        Ok(Effects {
+            presence_changed: true,
+            ..Effects::default()
+        })
+    }
+
+    /// Records a measured round trip.
+    pub fn set_latency(&mut self, id: ClientId, latency_ms: f64) {
+        if let Some(m) = self.members.get_mut(id) {
+            m.latency_ms = Some(latency_ms);
+        }
+    }
+
+    /// Checks that `by` (None for the console) may kick `target`; returns the
+    /// client to disconnect. The caller then disconnects it and calls
+    /// [`Room::leave`].
+    pub fn kick_target(&self, by: Option<ClientId>, target: &str) -> Result<ClientId, RoomError> {
+        if let Some(by) = by {
+            let member = self.members.get(by).ok_or_else(not_member)?;
+            if !member.admin {
+                return Err(RoomError::new(
+                    ErrorCode::NotAdmin,
+                    "only an admin may kick users",
+                ));
+            }
+        }
+        self.members.find(target).ok_or_else(|| {
+            RoomError::new(
+                ErrorCode::UnknownUser,
+                format!("no user named {target:?} is in the session"),
+            )
+        })
+    }
+
+    fn require_active(&self) -> Result<(), RoomError> {
+        if self.state == SessionState::Active {
+            Ok(())
+        } else {
+            Err(RoomError::new(
+                ErrorCode::SessionNotActive,
+                format!("the session is {}; wait until it is ACTIVE", self.state),
+            ))
+        }
+    }
+}
+
+/// The ownership rule: a datablock may be changed by anyone while COMMON, by
+/// its owner, and by an admin who forces it.
+fn check_owner(
+    block: &Datablock,
+    uuid: &str,
+    user: &str,
+    force: bool,
+    admin: bool,
+) -> Result<(), RoomError> {
+    if block.owner == COMMON || block.owner == user || (force && admin) {
+        return Ok(());
+    }
+    let hint = if force {
+        " (only admins may force)"
+    } else {
+        ""
+    };
+    Err(RoomError::new(
+        ErrorCode::NotOwner,
+        format!("datablock {uuid} is owned by {}{hint}", block.owner),
+    ))
+}
+
+fn not_member() -> RoomError {
+    RoomError::new(
+        ErrorCode::NotAuthenticated,
+        "this client is not in the session",
+    )
+}
+
+fn unknown(uuid: &str) -> RoomError {
+    RoomError::new(
+        ErrorCode::UnknownDatablock,
+        format!("no datablock {uuid} in the session"),
+    )
+}
+
+#[cfg(test)]
+mod tests;

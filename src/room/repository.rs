@@ -1,0 +1,287 @@
+//! The datablocks of one session and their current state.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use rmpv::Value;
+
+use crate::protocol::codec::{decode_value, encode_value};
+use crate::protocol::patch::Patch;
+use crate::protocol::{DatablockHeader, ProtocolError};
+
+/// A datablock's data. Kept encoded as the client sent it (so it is forwarded
+/// and snapshotted without re-encoding), and decoded only once patches start
+/// arriving; after that, patches edit the decoded value in place and the
+/// encoding is rebuilt lazily, when someone needs the full bytes.
+#[derive(Debug, Clone)]
+pub struct Content {
+    encoded: Option<Bytes>,
+    decoded: Option<Value>,
+    /// Size of the last encoding, for accounting while only decoded.
+    size: usize,
+    /// Bytes of patches applied since the last encoding: the data can have
+    /// grown by at most this much.
+    growth: usize,
+}
+
+impl Content {
+    /// Content from a client's encoded data (already validated).
+    pub fn from_encoded(bytes: Bytes) -> Self {
+        Self {
+            size: bytes.len(),
+            encoded: Some(bytes),
+            decoded: None,
+            growth: 0,
+        }
+    }
+
+    /// Encoded size in bytes (as of the last encoding when patched since).
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// An upper bound of the encoded size, without encoding.
+    pub fn size_bound(&self) -> usize {
+        self.size + self.growth
+    }
+
+    /// The encoded data, encoding it first if patches changed it.
+    pub fn encoded(&mut self) -> Bytes {
+        if let Some(bytes) = &self.encoded {
+            return bytes.clone();
+        }
+        let bytes = self.decoded.as_ref().map(encode_value).unwrap_or_default();
+        self.size = bytes.len();
+        self.growth = 0;
+        self.encoded = Some(bytes.clone());
+        bytes
+    }
+
+    /// Applies a patch of `patch_bytes` encoded bytes atomically; on error
+    /// nothing changes.
+    pub fn apply(&mut self, patch: &Patch, patch_bytes: usize) -> Result<(), ProtocolError> {
+        if self.decoded.is_none() {
+            let bytes = self.encoded.as_deref().unwrap_or_default();
+            self.decoded = Some(decode_value(bytes)?);
+        }
+        let Some(value) = self.decoded.as_mut() else {
+            return Err(ProtocolError::Invalid("datablock has no data".into()));
+        };
+        patch
+            .apply(value)
+            .map_err(|e| ProtocolError::Invalid(e.to_string()))?;
+        self.encoded = None;
+        self.growth += patch_bytes;
+        Ok(())
+    }
+}
+
+/// One replicated datablock.
+#[derive(Debug, Clone)]
+pub struct Datablock {
+    pub type_id: String,
+    /// A user name, or `COMMON`.
+    pub owner: String,
+    /// Uuids this datablock refers to; sent before it in snapshots.
+    pub deps: Vec<String>,
+    /// Starts at 1, and grows by one with every accepted change of the data.
+    pub revision: u64,
+    pub content: Content,
+    /// Creation order, the tie-breaker for snapshot order.
+    created: u64,
+}
+
+impl Datablock {
+    /// The header the server sends with this datablock.
+    pub fn header(&self, uuid: &str) -> DatablockHeader {
+        DatablockHeader {
+            uuid: uuid.to_owned(),
+            type_id: self.type_id.clone(),
+            owner: self.owner.clone(),
+            deps: self.deps.clone(),
+            revision: self.revision,
+        }
+    }
+}
+
+/// Every datablock of a session, by uuid.
+#[derive(Debug, Default)]
+pub struct Repository {
+    blocks: HashMap<String, Datablock>,
+    next_created: u64,
+    /// Sum of the blocks' encoded sizes.
+    bytes: usize,
+}
+
+impl Repository {
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    /// Total encoded size of all datablocks.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn get(&self, uuid: &str) -> Option<&Datablock> {
+        self.blocks.get(uuid)
+    }
+
+    pub fn contains(&self, uuid: &str) -> bool {
+        self.blocks.contains_key(uuid)
+    }
+
+    /// Adds a new datablock at revision 1. The caller checked it is absent.
+    pub fn insert(
+        &mut self,
+        uuid: String,
+        type_id: String,
+        owner: String,
+        deps: Vec<String>,
+        content: Content,
+    ) -> &mut Datablock {
+        self.bytes += content.size();
+        let created = self.next_created;
+        self.next_created += 1;
+        let block = Datablock {
+            type_id,
+            owner,
+            deps,
+            revision: 1,
+            content,
+            created,
+        };
+        self.blocks.entry(uuid).insert_entry(block).into_mut()
+    }
+
+    /// Runs `edit` on a datablock and keeps the byte total in step with the
+    /// size it ends with.
+    pub fn edit<T>(&mut self, uuid: &str, edit: impl FnOnce(&mut Datablock) -> T) -> Option<T> {
+        let block = self.blocks.get_mut(uuid)?;
+        let before = block.content.size();
+        let out = edit(block);
+        self.bytes = self.bytes - before + block.content.size();
+        Some(out)
+    }
+
+    pub fn remove(&mut self, uuid: &str) -> Option<Datablock> {
+        let block = self.blocks.remove(uuid)?;
+        self.bytes -= block.content.size();
+        Some(block)
+    }
+
+    pub fn clear(&mut self) {
+        self.blocks.clear();
+        self.bytes = 0;
+    }
+
+    /// Sets every datablock owned by `user` to `new_owner`; returns their uuids.
+    pub fn reassign(&mut self, user: &str, new_owner: &str) -> Vec<String> {
+        let mut moved = Vec::new();
+        for (uuid, block) in &mut self.blocks {
+            if block.owner == user {
+                new_owner.clone_into(&mut block.owner);
+                moved.push(uuid.clone());
+            }
+        }
+        moved.sort();
+        moved
+    }
+
+    /// Uuids in snapshot order: every datablock after the datablocks it
+    /// depends on (dependencies that are not in the session are ignored),
+    /// otherwise in creation order. A dependency cycle is broken at the
+    /// datablock created first.
+    pub fn snapshot_order(&self) -> Vec<&str> {
+        let mut by_creation: Vec<(&str, &Datablock)> =
+            self.blocks.iter().map(|(u, b)| (u.as_str(), b)).collect();
+        by_creation.sort_by_key(|(_, b)| b.created);
+        let mut placed: HashMap<&str, bool> = HashMap::with_capacity(by_creation.len());
+        let mut order = Vec::with_capacity(by_creation.len());
+        // Iterative depth-first walk; `placed[uuid] == false` marks a
+        // datablock whose dependencies are being placed (cycle guard).
+        for &(root, _) in &by_creation {
+            if placed.contains_key(root) {
+                continue;
+            }
+            let mut stack: Vec<(&str, usize)> = vec![(root, 0)];
+            placed.insert(root, false);
+            while let Some((uuid, next_dep)) = stack.pop() {
+                let deps = self.blocks.get(uuid).map_or(&[][..], |b| &b.deps[..]);
+                match deps.get(next_dep) {
+                    Some(dep) => {
+                        stack.push((uuid, next_dep + 1));
+                        if let Some((dep_key, _)) = self.blocks.get_key_value(dep.as_str()) {
+                            if !placed.contains_key(dep_key.as_str()) {
+                                placed.insert(dep_key.as_str(), false);
+                                stack.push((dep_key.as_str(), 0));
+                            }
+                        }
+                    }
+                    None => {
+                        placed.insert(uuid, true);
+                        order.push(uuid);
+                    }
+                }
+            }
+        }
+        order
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(repo: &mut Repository, uuid: &str, deps: &[&str]) {
+        repo.insert(
+            uuid.into(),
+            "Object".into(),
+            "COMMON".into(),
+            deps.iter().map(|d| (*d).to_owned()).collect(),
+            Content::from_encoded(Bytes::from_static(&[0xc0])),
+        );
+    }
+
+    #[test]
+    fn dependencies_come_first() {
+        let mut repo = Repository::default();
+        add(&mut repo, "object", &["mesh", "material"]);
+        add(&mut repo, "mesh", &["material", "missing"]);
+        add(&mut repo, "material", &[]);
+        add(&mut repo, "scene", &["object"]);
+        assert_eq!(
+            repo.snapshot_order(),
+            ["material", "mesh", "object", "scene"]
+        );
+    }
+
+    #[test]
+    fn cycles_do_not_hang_or_drop_blocks() {
+        let mut repo = Repository::default();
+        add(&mut repo, "a", &["b"]);
+        add(&mut repo, "b", &["a"]);
+        add(&mut repo, "c", &["c"]);
+        let order = repo.snapshot_order();
+        assert_eq!(order.len(), 3);
+        assert_eq!(order, ["b", "a", "c"]);
+    }
+
+    #[test]
+    fn byte_total_follows_edits_and_removals() {
+        let mut repo = Repository::default();
+        add(&mut repo, "a", &[]);
+        add(&mut repo, "b", &[]);
+        assert_eq!(repo.bytes(), 2);
+        repo.edit("a", |b| {
+            b.content = Content::from_encoded(Bytes::from_static(b"\xa3abc"))
+        });
+        assert_eq!(repo.bytes(), 5);
+        repo.remove("b");
+        assert_eq!(repo.bytes(), 4);
+    }
+}

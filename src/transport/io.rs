@@ -1,0 +1,378 @@
+//! The transport thread's loop: poll, read, hand to the core, flush outboxes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
+
+use super::outbox::Outbox;
+use super::waker::WakeReceiver;
+use super::{ClientMessage, Command, Identity, Inbound, Sockets, TransportLimits};
+use crate::protocol::{Channel, ProtocolError, Wire, decode_header};
+
+/// Messages read from one socket before looking at the others.
+const READ_BATCH: usize = 256;
+/// Commands taken from the core before flushing.
+const COMMAND_BATCH: usize = 4096;
+/// Frames a client message may have after the identity or token frame.
+const MAX_FRAMES: usize = 2;
+/// Longest pause between retries to a blocked connection.
+const MAX_BACKOFF: Duration = Duration::from_millis(64);
+/// How long shutdown lets libzmq flush the last messages (DISCONNECT).
+const SHUTDOWN_LINGER_MS: i32 = 250;
+
+type Key = (Channel, Identity);
+
+struct Io {
+    sockets: Sockets,
+    limits: TransportLimits,
+    outboxes: HashMap<Key, Outbox>,
+    /// Outboxes with queued messages.
+    active: HashSet<Key>,
+    /// When each blocked outbox is retried next, and the current backoff.
+    retry: HashMap<Key, (Instant, Duration)>,
+    /// Clients reported too slow; traffic to them is dropped until the core
+    /// disconnects them.
+    slow: HashSet<Identity>,
+    /// Messages for the core that did not fit in its queue yet. While any
+    /// wait here, no socket is read.
+    pending: VecDeque<Inbound>,
+}
+
+pub(super) fn run(
+    sockets: Sockets,
+    limits: TransportLimits,
+    mut commands: mpsc::Receiver<Command>,
+    inbound: mpsc::Sender<Inbound>,
+    mut wake: WakeReceiver,
+) {
+    let mut io = Io {
+        sockets,
+        limits,
+        outboxes: HashMap::new(),
+        active: HashSet::new(),
+        retry: HashMap::new(),
+        slow: HashSet::new(),
+        pending: VecDeque::new(),
+    };
+    let mut readable = [false; 4];
+    loop {
+        for _ in 0..COMMAND_BATCH {
+            match commands.try_recv() {
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
+                    io.finish();
+                    return;
+                }
+                Ok(command) => io.command(command),
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        let now = Instant::now();
+        io.flush(now);
+        if !io.forward_pending(&inbound) {
+            return;
+        }
+        for channel in Channel::ALL {
+            if readable[channel as usize] && io.pending.is_empty() {
+                io.read(channel, &inbound);
+            }
+        }
+        if !io.forward_pending(&inbound) {
+            return;
+        }
+
+        wake.arm();
+        let timeout = if !commands.is_empty() {
+            0
+        } else if !io.pending.is_empty() {
+            1
+        } else {
+            io.next_retry_ms(Instant::now())
+        };
+        let events = if io.pending.is_empty() {
+            zmq::POLLIN
+        } else {
+            zmq::PollEvents::empty()
+        };
+        let [s0, s1, s2, s3] = &io.sockets.sockets;
+        let mut items = [
+            s0.as_poll_item(events),
+            s1.as_poll_item(events),
+            s2.as_poll_item(events),
+            s3.as_poll_item(events),
+            zmq::PollItem::from_fd(wake.fd(), zmq::POLLIN),
+        ];
+        if let Err(e) = zmq::poll(&mut items, timeout) {
+            tracing::error!(error = %e, "polling the sockets failed");
+        }
+        for (i, flag) in readable.iter_mut().enumerate() {
+            *flag = items.get(i).is_some_and(zmq::PollItem::is_readable);
+        }
+        wake.disarm();
+    }
+}
+
+impl Io {
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Deliver { channel, to, wire } => {
+                for identity in to {
+                    self.enqueue(channel, identity, wire.clone());
+                }
+            }
+            Command::Disconnect { identity, last } => {
+                for channel in Channel::ALL {
+                    let key = (channel, identity.clone());
+                    self.outboxes.remove(&key);
+                    self.active.remove(&key);
+                    self.retry.remove(&key);
+                }
+                self.slow.remove(&identity);
+                if let Some(wire) = last {
+                    let _ = self.send(Channel::Commands, &identity, &wire);
+                }
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn enqueue(&mut self, channel: Channel, identity: Identity, wire: Wire) {
+        if channel == Channel::Heartbeat {
+            // Pings are periodic: one that cannot go now is simply skipped.
+            let _ = self.send(channel, &identity, &wire);
+            return;
+        }
+        if self.slow.contains(&identity) {
+            return;
+        }
+        let key = (channel, identity);
+        let outbox = self.outboxes.entry(key.clone()).or_default();
+        let within = outbox.push(
+            wire,
+            self.limits.outbox_max_messages,
+            self.limits.outbox_max_bytes,
+        );
+        self.active.insert(key.clone());
+        if !within {
+            self.report_slow(key.1, "outbox over its limit");
+        }
+    }
+
+    fn report_slow(&mut self, identity: Identity, why: &str) {
+        if self.slow.insert(identity.clone()) {
+            tracing::warn!(reason = why, "client cannot keep up; disconnecting it");
+            for channel in Channel::ALL {
+                let key = (channel, identity.clone());
+                if let Some(outbox) = self.outboxes.get_mut(&key) {
+                    outbox.clear();
+                }
+                self.active.remove(&key);
+                self.retry.remove(&key);
+            }
+            self.pending.push_back(Inbound::TooSlow { identity });
+        }
+    }
+
+    /// Hands queued messages to libzmq until each connection is full.
+    fn flush(&mut self, now: Instant) {
+        let keys: Vec<Key> = self.active.iter().cloned().collect();
+        for key in keys {
+            if self.retry.get(&key).is_some_and(|(at, _)| *at > now) {
+                continue;
+            }
+            let Some(outbox) = self.outboxes.get_mut(&key) else {
+                self.active.remove(&key);
+                continue;
+            };
+            let socket = &self.sockets.sockets[key.0 as usize];
+            let mut progressed = false;
+            let mut blocked = false;
+            while let Some(wire) = outbox.front() {
+                match send_on(socket, &key.1, wire) {
+                    Ok(()) => {
+                        outbox.pop();
+                        progressed = true;
+                    }
+                    Err(zmq::Error::EAGAIN) => {
+                        blocked = true;
+                        break;
+                    }
+                    Err(zmq::Error::EHOSTUNREACH) => {
+                        // Not connected on this channel (yet, or any more):
+                        // the heartbeat timeout decides the client's fate.
+                        tracing::debug!(
+                            channel = key.0.name(),
+                            "peer not connected; dropping its queued messages"
+                        );
+                        outbox.clear();
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(channel = key.0.name(), error = %e, "send failed; message dropped");
+                        outbox.pop();
+                    }
+                }
+            }
+            if progressed {
+                outbox.blocked_since = None;
+            }
+            if outbox.is_empty() {
+                outbox.blocked_since = None;
+                self.active.remove(&key);
+                self.retry.remove(&key);
+                continue;
+            }
+            if blocked {
+                let since = *outbox.blocked_since.get_or_insert(now);
+                if now.duration_since(since) > self.limits.blocked_timeout {
+                    self.report_slow(key.1.clone(), "connection blocked longer than the timeout");
+                    continue;
+                }
+                let backoff = match self.retry.get(&key) {
+                    Some((_, b)) if !progressed => (*b * 2).min(MAX_BACKOFF),
+                    _ => Duration::from_millis(1),
+                };
+                self.retry.insert(key, (now + backoff, backoff));
+            }
+        }
+    }
+
+    fn next_retry_ms(&self, now: Instant) -> i64 {
+        let Some(next) = self.retry.values().map(|(at, _)| *at).min() else {
+            return -1;
+        };
+        let ms = next.saturating_duration_since(now).as_millis();
+        i64::try_from(ms)
+            .unwrap_or(i64::MAX)
+            .max(if self.active.is_empty() { 0 } else { 1 })
+    }
+
+    fn send(&self, channel: Channel, identity: &Identity, wire: &Wire) -> Result<(), zmq::Error> {
+        send_on(&self.sockets.sockets[channel as usize], identity, wire)
+    }
+
+    /// Passes waiting messages to the core; false when the core is gone.
+    fn forward_pending(&mut self, inbound: &mpsc::Sender<Inbound>) -> bool {
+        while let Some(msg) = self.pending.pop_front() {
+            match inbound.try_send(msg) {
+                Ok(()) => {}
+                Err(TrySendError::Full(msg)) => {
+                    self.pending.push_front(msg);
+                    return true;
+                }
+                Err(TrySendError::Closed(_)) => return false,
+            }
+        }
+        true
+    }
+
+    /// Reads up to a batch of messages from one socket.
+    fn read(&mut self, channel: Channel, inbound: &mpsc::Sender<Inbound>) {
+        for _ in 0..READ_BATCH {
+            let socket = &self.sockets.sockets[channel as usize];
+            let msg = match read_message(socket, channel, self.limits.max_header_bytes) {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(channel = channel.name(), error = %e, "receive failed");
+                    return;
+                }
+            };
+            match inbound.try_send(msg) {
+                Ok(()) => {}
+                Err(TrySendError::Full(msg)) | Err(TrySendError::Closed(msg)) => {
+                    self.pending.push_back(msg);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) {
+        self.flush(Instant::now());
+        for socket in &self.sockets.sockets {
+            let _ = socket.set_linger(SHUTDOWN_LINGER_MS);
+        }
+        drop(self.sockets);
+    }
+}
+
+fn send_on(socket: &zmq::Socket, identity: &Identity, wire: &Wire) -> Result<(), zmq::Error> {
+    // The first frame decides: once it is accepted libzmq takes the whole
+    // multipart message atomically.
+    socket.send(&identity[..], zmq::SNDMORE | zmq::DONTWAIT)?;
+    match &wire.payload {
+        Some(payload) => {
+            socket.send(&wire.header[..], zmq::SNDMORE | zmq::DONTWAIT)?;
+            socket.send(&payload[..], zmq::DONTWAIT)
+        }
+        None => socket.send(&wire.header[..], zmq::DONTWAIT),
+    }
+}
+
+/// Reads one whole multipart message, or None when nothing is waiting.
+fn read_message(
+    socket: &zmq::Socket,
+    channel: Channel,
+    max_header: usize,
+) -> Result<Option<Inbound>, zmq::Error> {
+    let mut first = match socket.recv_msg(zmq::DONTWAIT) {
+        Ok(m) => m,
+        Err(zmq::Error::EAGAIN) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let peer_address = if channel == Channel::Commands {
+        first.gets("Peer-Address").map(str::to_owned)
+    } else {
+        None
+    };
+    let mut more = first.get_more();
+    let mut frames: Vec<zmq::Message> = Vec::with_capacity(MAX_FRAMES);
+    let mut extra = 0usize;
+    while more {
+        let part = socket.recv_msg(0)?;
+        more = part.get_more();
+        if frames.len() < MAX_FRAMES {
+            frames.push(part);
+        } else {
+            extra += 1;
+        }
+    }
+    let route = Bytes::copy_from_slice(&first);
+    let (identity, token) = match channel {
+        Channel::Publisher => (None, Some(route)),
+        _ => (Some(route), None),
+    };
+    let mut frames = frames.into_iter();
+    let header = frames.next();
+    let payload = frames.next().map(|m| Bytes::copy_from_slice(&m));
+    let message = match header {
+        _ if extra > 0 => Err(ProtocolError::Frames(
+            MAX_FRAMES + extra,
+            "a header frame and at most one data frame",
+        )),
+        None => Err(ProtocolError::Frames(
+            0,
+            "a header frame and at most one data frame",
+        )),
+        Some(h) => decode(channel, &h, max_header),
+    };
+    Ok(Some(Inbound::Message {
+        channel,
+        identity,
+        token,
+        peer_address,
+        message,
+        payload,
+    }))
+}
+
+fn decode(channel: Channel, header: &[u8], limit: usize) -> Result<ClientMessage, ProtocolError> {
+    Ok(match channel {
+        Channel::Commands => ClientMessage::Command(decode_header(header, limit)?),
+        Channel::Subscriber => ClientMessage::Subscriber(decode_header(header, limit)?),
+        Channel::Publisher => ClientMessage::Publisher(decode_header(header, limit)?),
+        Channel::Heartbeat => ClientMessage::Heartbeat(decode_header(header, limit)?),
+    })
+}
