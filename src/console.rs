@@ -1,1 +1,384 @@
+//! The admin console on stdin: `help`, `users`, `kick`, `status`, `exit`.
+//!
+//! On a terminal it uses rustyline (history, line editing) and routes log
+//! lines above the prompt so they never garble what the admin is typing. On a
+//! pipe (`docker attach`, scripts) it reads plain lines. When stdin ends
+//! (`docker run -d`, systemd) the server keeps running headless.
 
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::core::{ConsoleRequest, StatusReport};
+use crate::protocol::UserState;
+
+/// The commands, with their one-line help, in the order `help` lists them.
+const COMMANDS: &[(&str, &str, &str)] = &[
+    (
+        "help",
+        "help [COMMAND]",
+        "list the commands, or explain one (also: ?)",
+    ),
+    (
+        "users",
+        "users",
+        "list connected users: name, role, status, latency",
+    ),
+    (
+        "kick",
+        "kick NAME [REASON]",
+        "disconnect a user, releasing everything they own",
+    ),
+    (
+        "status",
+        "status",
+        "session state, datablocks, bytes, users and uptime",
+    ),
+    (
+        "exit",
+        "exit",
+        "disconnect everyone and stop the server (also: quit, Ctrl+C)",
+    ),
+];
+
+/// A parsed console line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleCommand {
+    Empty,
+    Help(Option<String>),
+    Users,
+    Kick {
+        user: String,
+        reason: Option<String>,
+    },
+    Status,
+    Exit,
+}
+
+/// Parses one line typed by the admin.
+pub fn parse(line: &str) -> Result<ConsoleCommand, String> {
+    let line = line.trim();
+    let (word, rest) = match line.split_once(char::is_whitespace) {
+        Some((w, r)) => (w, r.trim()),
+        None => (line, ""),
+    };
+    let no_args = |cmd: ConsoleCommand| {
+        if rest.is_empty() {
+            Ok(cmd)
+        } else {
+            Err(format!("'{word}' takes no arguments"))
+        }
+    };
+    match word.to_ascii_lowercase().as_str() {
+        "" => Ok(ConsoleCommand::Empty),
+        "help" | "?" => Ok(ConsoleCommand::Help(
+            (!rest.is_empty()).then(|| rest.to_owned()),
+        )),
+        "users" => no_args(ConsoleCommand::Users),
+        "status" => no_args(ConsoleCommand::Status),
+        "exit" | "quit" | "stop" => no_args(ConsoleCommand::Exit),
+        "kick" => {
+            let (user, reason) = match rest.split_once(char::is_whitespace) {
+                Some((u, r)) => (u, Some(r.trim().to_owned()).filter(|r| !r.is_empty())),
+                None => (rest, None),
+            };
+            if user.is_empty() {
+                return Err("usage: kick NAME [REASON]".into());
+            }
+            Ok(ConsoleCommand::Kick {
+                user: user.to_owned(),
+                reason,
+            })
+        }
+        other => Err(format!(
+            "unknown command '{other}'; type 'help' for the list"
+        )),
+    }
+}
+
+/// The help text: every command, or one.
+pub fn help(topic: Option<&str>) -> String {
+    match topic {
+        None => {
+            let mut out = String::from("commands:\n");
+            for (_, usage, text) in COMMANDS {
+                out.push_str(&format!("  {usage:<20} {text}\n"));
+            }
+            out
+        }
+        Some(topic) => {
+            let topic = topic.trim().to_ascii_lowercase();
+            let topic = match topic.as_str() {
+                "?" => "help",
+                "quit" | "stop" => "exit",
+                t => t,
+            };
+            match COMMANDS.iter().find(|(name, _, _)| *name == topic) {
+                Some((_, usage, text)) => format!("{usage}: {text}\n"),
+                None => format!("no command '{topic}'; type 'help' for the list\n"),
+            }
+        }
+    }
+}
+
+/// Runs one command against the server and returns what to print. `None`
+/// means the console should stop reading (exit).
+pub fn execute(
+    command: ConsoleCommand,
+    server: &mpsc::Sender<ConsoleRequest>,
+    shutdown: &CancellationToken,
+) -> Option<String> {
+    let out = match command {
+        ConsoleCommand::Empty => String::new(),
+        ConsoleCommand::Help(topic) => help(topic.as_deref()),
+        ConsoleCommand::Exit => {
+            shutdown.cancel();
+            return None;
+        }
+        ConsoleCommand::Users => match ask(server, ConsoleRequest::Users) {
+            Some(users) => format_users(&users),
+            None => "the server is shutting down\n".into(),
+        },
+        ConsoleCommand::Status => match ask(server, ConsoleRequest::Status) {
+            Some(status) => format_status(&status),
+            None => "the server is shutting down\n".into(),
+        },
+        ConsoleCommand::Kick { user, reason } => {
+            let answer = ask(server, |reply| ConsoleRequest::Kick {
+                user: user.clone(),
+                reason,
+                reply,
+            });
+            match answer {
+                Some(Ok(())) => format!("kicked {user}\n"),
+                Some(Err(e)) => format!("cannot kick {user}: {e}\n"),
+                None => "the server is shutting down\n".into(),
+            }
+        }
+    };
+    Some(out)
+}
+
+fn ask<T>(
+    server: &mpsc::Sender<ConsoleRequest>,
+    request: impl FnOnce(oneshot::Sender<T>) -> ConsoleRequest,
+) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    server.blocking_send(request(tx)).ok()?;
+    rx.blocking_recv().ok()
+}
+
+/// One line per user.
+pub fn format_users(users: &[UserState]) -> String {
+    if users.is_empty() {
+        return "no users connected\n".into();
+    }
+    let mut out = format!(
+        "{:<24} {:<6} {:<10} {:>10}\n",
+        "NAME", "ROLE", "STATUS", "LATENCY"
+    );
+    for u in users {
+        let latency = u
+            .latency_ms
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1} ms"));
+        let role = if u.admin { "admin" } else { "user" };
+        out.push_str(&format!(
+            "{:<24} {role:<6} {:<10} {latency:>10}\n",
+            u.name,
+            u.status.to_string()
+        ));
+    }
+    out
+}
+
+/// The `status` report.
+pub fn format_status(s: &StatusReport) -> String {
+    format!(
+        "state {}, {} datablocks ({}), {} users, up {}\n",
+        s.state,
+        s.datablocks,
+        human_bytes(s.bytes),
+        s.users,
+        human_duration(s.uptime)
+    )
+}
+
+fn human_bytes(bytes: usize) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64;
+    let mut unit = "B";
+    for u in UNITS {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = u;
+    }
+    format!("{value:.1} {unit}")
+}
+
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{}h {:02}m {:02}s", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// Starts the console on its own thread (stdin reads block).
+pub fn spawn(
+    server: mpsc::Sender<ConsoleRequest>,
+    shutdown: CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("console".into())
+        .spawn(move || {
+            if std::io::stdin().is_terminal() {
+                run_terminal(&server, &shutdown);
+            } else {
+                run_plain(&server, &shutdown);
+            }
+        })
+}
+
+/// Plain lines from a pipe; replies on stdout.
+fn run_plain(server: &mpsc::Sender<ConsoleRequest>, shutdown: &CancellationToken) {
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match stdin.lock().read_line(&mut line) {
+            Ok(0) => {
+                tracing::info!("console input closed; running without a console");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the console; running without it");
+                return;
+            }
+        }
+        let output = match parse(&line) {
+            Ok(command) => execute(command, server, shutdown),
+            Err(e) => Some(format!("{e}\n")),
+        };
+        let mut stdout = std::io::stdout().lock();
+        match output {
+            Some(text) => {
+                let _ = stdout.write_all(text.as_bytes());
+                let _ = stdout.flush();
+            }
+            None => return,
+        }
+    }
+}
+
+/// rustyline on a terminal; logs are printed above the prompt.
+fn run_terminal(server: &mpsc::Sender<ConsoleRequest>, shutdown: &CancellationToken) {
+    use rustyline::ExternalPrinter;
+    use rustyline::error::ReadlineError;
+
+    let mut editor = match rustyline::DefaultEditor::new() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open the terminal console; falling back to plain input");
+            return run_plain(server, shutdown);
+        }
+    };
+    if let Ok(mut printer) = editor.create_external_printer() {
+        crate::logging::set_console_printer(Box::new(move |line| {
+            let _ = printer.print(format!("{line}\n"));
+        }));
+    }
+    println!("replication-serve console: type 'help' for the commands");
+    loop {
+        match editor.readline("> ") {
+            Ok(line) => {
+                if !line.trim().is_empty() {
+                    let _ = editor.add_history_entry(line.as_str());
+                }
+                let output = match parse(&line) {
+                    Ok(command) => execute(command, server, shutdown),
+                    Err(e) => Some(format!("{e}\n")),
+                };
+                match output {
+                    Some(text) => print!("{text}"),
+                    None => break,
+                }
+            }
+            Err(ReadlineError::Interrupted) => {
+                shutdown.cancel();
+                break;
+            }
+            Err(ReadlineError::Eof) => {
+                tracing::info!("console input closed; running without a console");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "console error; running without a console");
+                break;
+            }
+        }
+    }
+    crate::logging::clear_console_printer();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_command() {
+        assert_eq!(parse("  "), Ok(ConsoleCommand::Empty));
+        assert_eq!(parse("?"), Ok(ConsoleCommand::Help(None)));
+        assert_eq!(
+            parse("help kick"),
+            Ok(ConsoleCommand::Help(Some("kick".into())))
+        );
+        assert_eq!(parse("USERS"), Ok(ConsoleCommand::Users));
+        assert_eq!(parse("status"), Ok(ConsoleCommand::Status));
+        assert_eq!(parse("quit"), Ok(ConsoleCommand::Exit));
+        assert_eq!(
+            parse("kick bob  spamming the scene "),
+            Ok(ConsoleCommand::Kick {
+                user: "bob".into(),
+                reason: Some("spamming the scene".into())
+            })
+        );
+        assert_eq!(
+            parse("kick bob"),
+            Ok(ConsoleCommand::Kick {
+                user: "bob".into(),
+                reason: None
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_bad_lines_with_a_hint() {
+        assert!(parse("kick").unwrap_err().contains("usage"));
+        assert!(parse("users now").unwrap_err().contains("no arguments"));
+        assert!(parse("launch").unwrap_err().contains("help"));
+    }
+
+    #[test]
+    fn help_lists_and_explains() {
+        let all = help(None);
+        for (name, _, _) in COMMANDS {
+            assert!(all.contains(name), "{all}");
+        }
+        assert!(help(Some("kick")).starts_with("kick NAME"));
+        assert!(help(Some("?")).starts_with("help"));
+        assert!(help(Some("nope")).contains("no command"));
+    }
+
+    #[test]
+    fn formats_sizes_and_durations() {
+        assert_eq!(human_bytes(10), "10 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+        assert_eq!(human_duration(Duration::from_secs(3723)), "1h 02m 03s");
+    }
+}

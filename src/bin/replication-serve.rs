@@ -1,1 +1,64 @@
-fn main() {}
+//! `replication-serve`: parses the command line, sets up logging, and runs
+//! the server until `exit`, SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use replication_serve::config::Config;
+use replication_serve::server::Server;
+use replication_serve::{cli, console, logging};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let config = match cli::parse() {
+        Ok(config) => config,
+        Err(e) => e.exit(),
+    };
+    if let Err(e) = logging::init(config.log_level, config.log_file.as_deref()) {
+        eprintln!("replication-serve: error: {e}");
+        return ExitCode::FAILURE;
+    }
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("replication-serve: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    // One thread is enough for the core: it is a single actor, and the
+    // sockets and the console have threads of their own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async {
+        let server = Server::bind(config)?;
+        let shutdown = CancellationToken::new();
+        console::spawn(server.console_sender(), shutdown.clone())
+            .context("cannot start the console")?;
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        server.run(shutdown).await?;
+        Ok(())
+    })
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM (`docker stop`).
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
+    }
+    shutdown.cancel();
+}
