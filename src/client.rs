@@ -147,15 +147,14 @@ impl Client {
             let s = context.socket(zmq::DEALER)?;
             s.set_identity(&identity)?;
             s.set_linger(0)?;
-            s.set_rcvhwm(0)?;
             s.connect(&endpoint(offset))?;
             Ok(s)
         };
         let commands = dealer(0)?;
         let subscriber = dealer(1)?;
         let publisher = context.socket(zmq::PUSH)?;
+        // Lets queued updates reach the server when the client closes.
         publisher.set_linger(1000)?;
-        publisher.set_sndhwm(0)?;
         publisher.connect(&endpoint(2))?;
         let heartbeat = dealer(3)?;
         Ok(Self {
@@ -377,10 +376,12 @@ impl Client {
         let deadline = Instant::now() + timeout;
         let mut blocks = Vec::new();
         let mut total = 0;
-        loop {
-            let event = self
-                .next_event_until(deadline)?
-                .ok_or(ClientError::Timeout(timeout))?;
+        // Other traffic that arrives meanwhile is kept for the caller.
+        let mut other = Vec::new();
+        let result = loop {
+            let Some(event) = self.next_event_until(deadline)? else {
+                break Err(ClientError::Timeout(timeout));
+            };
             match event.message {
                 ServerMessage::Snapshot {
                     step: SnapshotStep::Begin,
@@ -390,7 +391,7 @@ impl Client {
                 ServerMessage::Snapshot {
                     step: SnapshotStep::End,
                     ..
-                } => return Ok(blocks),
+                } => break Ok(blocks),
                 ServerMessage::Datablock {
                     header, id: None, ..
                 } => {
@@ -401,15 +402,15 @@ impl Client {
                     progress(blocks.len() as u64, total);
                 }
                 ServerMessage::Disconnect { reason } => {
-                    return Err(ClientError::Disconnected(reason));
+                    break Err(ClientError::Disconnected(reason));
                 }
-                _ => self.events.push_back(Event {
-                    channel: event.channel,
-                    message: event.message,
-                    payload: event.payload,
-                }),
+                _ => other.push(event),
             }
+        };
+        for e in other.into_iter().rev() {
+            self.events.push_front(e);
         }
+        result
     }
 
     /// Sends a datablock's full data (creates it when new).

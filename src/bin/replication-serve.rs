@@ -7,6 +7,7 @@ use anyhow::Context;
 use replication_serve::config::Config;
 use replication_serve::server::Server;
 use replication_serve::{cli, console, logging};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -21,8 +22,8 @@ fn main() -> ExitCode {
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // One line, on stderr and in the log file.
             tracing::error!("{e:#}");
-            eprintln!("replication-serve: error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -36,28 +37,24 @@ fn run(config: Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async {
+        // Handlers are installed before the server says it is listening, so
+        // a supervisor that signals right after that line is obeyed.
+        let interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        let terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let server = Server::bind(config)?;
         let shutdown = CancellationToken::new();
         console::spawn(server.console_sender(), shutdown.clone())
             .context("cannot start the console")?;
-        tokio::spawn(stop_on_signal(shutdown.clone()));
+        tokio::spawn(stop_on_signal(interrupt, terminate, shutdown.clone()));
         server.run(shutdown).await?;
         Ok(())
     })
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM (`docker stop`).
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM");
-            return;
-        }
-    };
+async fn stop_on_signal(mut interrupt: Signal, mut terminate: Signal, shutdown: CancellationToken) {
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
         _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
     }
     shutdown.cancel();

@@ -317,15 +317,10 @@ fn read_message(
     channel: Channel,
     max_header: usize,
 ) -> Result<Option<Inbound>, zmq::Error> {
-    let mut first = match socket.recv_msg(zmq::DONTWAIT) {
+    let first = match socket.recv_msg(zmq::DONTWAIT) {
         Ok(m) => m,
         Err(zmq::Error::EAGAIN) => return Ok(None),
         Err(e) => return Err(e),
-    };
-    let peer_address = if channel == Channel::Commands {
-        first.gets("Peer-Address").map(str::to_owned)
-    } else {
-        None
     };
     let mut more = first.get_more();
     let mut frames: Vec<zmq::Message> = Vec::with_capacity(MAX_FRAMES);
@@ -339,6 +334,12 @@ fn read_message(
             extra += 1;
         }
     }
+    // Connection metadata rides on the frames the peer sent, not on the
+    // identity frame the ROUTER prepends.
+    let peer_address = match (channel, frames.first_mut()) {
+        (Channel::Commands, Some(header)) => header.gets("Peer-Address").map(str::to_owned),
+        _ => None,
+    };
     let route = Bytes::copy_from_slice(&first);
     let (identity, token) = match channel {
         Channel::Publisher => (None, Some(route)),
