@@ -140,7 +140,9 @@ impl Client {
     /// Opens the four sockets towards `options.host` (nothing is sent yet).
     pub fn connect(options: ClientOptions) -> Result<Self, ClientError> {
         let context = zmq::Context::new();
-        let identity: [u8; 16] = rand::rng().random();
+        let mut identity: [u8; 16] = rand::rng().random();
+        // libzmq reserves identities that start with a zero byte.
+        identity[0] = identity[0].max(1);
         let base = options.port;
         let endpoint = |offset: u16| format!("tcp://{}:{}", options.host, base + offset);
         let dealer = |offset: u16| -> Result<zmq::Socket, zmq::Error> {
@@ -806,8 +808,8 @@ fn upload_step(
 fn expect_upload(message: ServerMessage, want: UploadStatus) -> Result<(), ClientError> {
     match message {
         ServerMessage::ServerSnapshot { status, .. } if status == want => Ok(()),
-        ServerMessage::ServerSnapshot { reason, .. } => Err(ClientError::Refused {
-            code: "Rejected".into(),
+        ServerMessage::ServerSnapshot { code, reason, .. } => Err(ClientError::Refused {
+            code: code.map_or_else(|| "Rejected".to_owned(), |c| format!("{c:?}")),
             message: reason.unwrap_or_default(),
         }),
         other => Err(unexpected(&other)),

@@ -77,6 +77,9 @@ pub struct Limits {
     pub outbox_max_messages: usize,
     /// Most bytes queued for one client before it is disconnected as too slow.
     pub outbox_max_bytes: usize,
+    /// Most bytes of one user's presence metadata (encoded), which every
+    /// CLIENTS_STATE repeats to everyone.
+    pub max_metadata_bytes: usize,
     /// Most users in the session.
     pub max_users: usize,
     /// Most datablocks in the session.
@@ -96,6 +99,7 @@ impl Default for Limits {
             max_transfer_bytes_per_client: 1 << 30,
             outbox_max_messages: 100_000,
             outbox_max_bytes: 1 << 30,
+            max_metadata_bytes: 64 << 10,
             max_users: 256,
             max_datablocks: 1_000_000,
             snapshot_window_messages: 4096,

@@ -57,7 +57,7 @@ fn only_one_admin_uploads_and_only_admins_may() {
     let server = TestServer::start();
     let (mut bob, status) = user(&server, "bob");
     assert_eq!(status, AuthStatus::Lobby);
-    let msg = refused(bob.upload(&[], T), "Rejected");
+    let msg = refused(bob.upload(&[], T), "NotAdmin");
     assert!(msg.contains("admin"), "{msg}");
 
     let mut host = admin(&server, "host");
@@ -82,7 +82,7 @@ fn only_one_admin_uploads_and_only_admins_may() {
             ServerMessage::ServerSnapshot { id: Some(99), .. }
         )
     });
-    let msg = refused(other.upload(&[], T), "Rejected");
+    let msg = refused(other.upload(&[], T), "UploadInProgress");
     assert!(
         msg.contains("host"),
         "the refusal names the uploader: {msg}"

@@ -20,7 +20,8 @@ fn a_stalled_client_does_not_slow_a_reading_one() {
         c.timeout_ms = 60_000;
     });
     let mut host = admin(&server, "host");
-    host.upload(&[block("stroke", "Mesh", Value::from(0))], T).unwrap();
+    host.upload(&[block("stroke", "Mesh", Value::from(0))], T)
+        .unwrap();
     let (mut fast, _) = joined(&server, "fast");
     let (stalled, _) = joined(&server, "stalled");
     // From here on, `stalled` never reads again.
@@ -28,7 +29,8 @@ fn a_stalled_client_does_not_slow_a_reading_one() {
     let payload = Value::Binary(vec![42; 1024]);
     let writer = std::thread::spawn(move || {
         for _ in 0..UPDATES {
-            host.update(&block("stroke", "Mesh", payload.clone())).unwrap();
+            host.update(&block("stroke", "Mesh", payload.clone()))
+                .unwrap();
         }
         host
     });
@@ -39,7 +41,10 @@ fn a_stalled_client_does_not_slow_a_reading_one() {
         let ServerMessage::Update { header, .. } = ev.message else {
             unreachable!()
         };
-        assert_eq!(header.revision, expected_revision, "no update lost or reordered");
+        assert_eq!(
+            header.revision, expected_revision,
+            "no update lost or reordered"
+        );
         expected_revision += 1;
     }
     let _host = writer.join().unwrap();
@@ -48,13 +53,24 @@ fn a_stalled_client_does_not_slow_a_reading_one() {
     let deadline = std::time::Instant::now() + T;
     loop {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        server.console.blocking_send(ConsoleRequest::Users(tx)).unwrap();
-        let names: Vec<String> = rx.blocking_recv().unwrap().into_iter().map(|u| u.name).collect();
+        server
+            .console
+            .blocking_send(ConsoleRequest::Users(tx))
+            .unwrap();
+        let names: Vec<String> = rx
+            .blocking_recv()
+            .unwrap()
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
         if !names.contains(&"stalled".to_owned()) {
             assert_eq!(names, ["host", "fast"]);
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "stalled client still connected: {names:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stalled client still connected: {names:?}"
+        );
         // Poll the fast client meanwhile; this also paces the loop.
         let _ = fast.next_event(std::time::Duration::from_millis(50));
     }

@@ -6,12 +6,13 @@ use rand::RngExt;
 use tokio::time::Instant;
 
 use super::auth::password_matches;
+use super::payloads::invalid;
 use super::transfers::Pending;
 use super::{Core, Session, kick_reason, protocol_error};
 use crate::protocol::{
     AuthStatus, BlockSpec, Channel, CommandRequest, ErrorCode, HeartbeatMessage, PROTOCOL_VERSION,
-    PayloadSpec, ProtocolError, PublisherMessage, RefersTo, Role, ServerMessage, SubscriberRequest,
-    UploadStep, Wire, check_name, encode, validate_value,
+    ProtocolError, PublisherMessage, RefersTo, Role, ServerMessage, SubscriberRequest, UploadStep,
+    Wire, check_name, encode,
 };
 use crate::room::{ClientId, Effects, RoomError};
 use crate::transport::{ClientMessage, Command, Identity, Inbound};
@@ -90,7 +91,10 @@ impl Core {
             .or_else(|| sender.and_then(|id| self.sessions.get(&id).map(|s| s.identity.clone())));
         let error = protocol_error(error.code(), format!("{} channel: {error}", channel.name()));
         match identity {
-            Some(identity) if channel != Channel::Heartbeat || sender.is_some() => {
+            // Only the commands channel answers identities without a
+            // session; on the others they are dropped like their valid
+            // messages are.
+            Some(identity) if channel == Channel::Commands || sender.is_some() => {
                 self.error_to(&identity, &error, RefersTo::default()).await;
             }
             _ => tracing::warn!(
@@ -112,7 +116,16 @@ impl Core {
         let refers_to = RefersTo {
             kind: Some(request.kind().to_owned()),
             id: request.id(),
-            uuid: None,
+            uuid: match &request {
+                CommandRequest::Delete { uuid, .. } => Some(uuid.clone()),
+                CommandRequest::ServerSnapshot { uuid, .. } => uuid.clone(),
+                _ => None,
+            },
+            transfer: match &request {
+                CommandRequest::ServerSnapshot { chunk, .. } => chunk.transfer,
+                CommandRequest::Chunk { transfer, .. } => Some(*transfer),
+                _ => None,
+            },
         };
         let result = match (request, sender) {
             (CommandRequest::ServerInfo { id }, _) => {
@@ -294,20 +307,15 @@ impl Core {
                     })?;
                     let spec = BlockSpec::checked(uuid, type_id, owner, deps).map_err(invalid)?;
                     let pending = Pending::UploadSet { req_id, spec };
-                    match self.receive_payload(
-                        id,
-                        Channel::Commands,
-                        pending,
-                        chunk.spec().map_err(invalid)?,
-                        payload,
-                    )? {
-                        Some((pending, data)) => self.complete(id, pending, data)?,
-                        None => Effects::default(),
-                    }
+                    self.datablock_message(id, Channel::Commands, pending, &chunk, payload)
+                        .await;
+                    Effects::default()
                 }
             }
             CommandRequest::Chunk { transfer, index } => {
-                self.chunk(id, Channel::Commands, transfer, index, payload)?
+                self.chunk_message(id, Channel::Commands, transfer, index, payload)
+                    .await;
+                Effects::default()
             }
             CommandRequest::Right {
                 id: req_id,
@@ -361,7 +369,7 @@ impl Core {
     }
 
     async fn publisher(&mut self, id: ClientId, msg: PublisherMessage, payload: Option<Bytes>) {
-        let (refers_to, result) = match msg {
+        match msg {
             PublisherMessage::Update {
                 uuid,
                 type_id,
@@ -373,45 +381,26 @@ impl Core {
             } => {
                 let refers_to = RefersTo {
                     kind: Some("UPDATE".into()),
-                    id: None,
                     uuid: Some(uuid.clone()),
+                    transfer: chunk.transfer,
+                    ..RefersTo::default()
                 };
-                let result = async {
-                    let spec = BlockSpec::checked(uuid, type_id, owner, deps).map_err(invalid)?;
-                    let pending = Pending::Update {
-                        spec,
-                        patch,
-                        base_revision,
-                    };
-                    match self.receive_payload(
-                        id,
-                        Channel::Publisher,
-                        pending,
-                        chunk.spec().map_err(invalid)?,
-                        payload,
-                    )? {
-                        Some((pending, data)) => self.complete(id, pending, data),
-                        None => Ok(Effects::default()),
+                match BlockSpec::checked(uuid, type_id, owner, deps) {
+                    Ok(spec) => {
+                        let pending = Pending::Update {
+                            spec,
+                            patch,
+                            base_revision,
+                        };
+                        self.datablock_message(id, Channel::Publisher, pending, &chunk, payload)
+                            .await;
                     }
+                    Err(e) => self.error_to_client(id, &invalid(e), refers_to).await,
                 }
-                .await;
-                (refers_to, result)
             }
-            PublisherMessage::Chunk { transfer, index } => (
-                RefersTo {
-                    kind: Some("CHUNK".into()),
-                    id: None,
-                    uuid: None,
-                },
-                self.chunk(id, Channel::Publisher, transfer, index, payload),
-            ),
-        };
-        match result {
-            Ok(effects) => self.apply(effects).await,
-            Err(error) => {
-                if let Some(identity) = self.sessions.get(&id).map(|s| s.identity.clone()) {
-                    self.error_to(&identity, &error, refers_to).await;
-                }
+            PublisherMessage::Chunk { transfer, index } => {
+                self.chunk_message(id, Channel::Publisher, transfer, index, payload)
+                    .await;
             }
         }
     }
@@ -427,6 +416,7 @@ impl Core {
                 SubscriberRequest::Fetch { uuid, .. } => Some(uuid.clone()),
                 _ => None,
             },
+            transfer: None,
         };
         let result = match request {
             SubscriberRequest::Snapshot { window } => self.room.subscribe(id, window),
@@ -471,119 +461,6 @@ impl Core {
             }
         }
     }
-
-    /// Starts or completes the payload of an upload SET or an UPDATE: inline
-    /// payloads complete at once, chunked ones when their last chunk arrives.
-    fn receive_payload(
-        &mut self,
-        id: ClientId,
-        channel: Channel,
-        pending: Pending,
-        spec: PayloadSpec,
-        payload: Option<Bytes>,
-    ) -> Result<Option<(Pending, Bytes)>, RoomError> {
-        match spec {
-            PayloadSpec::Inline => {
-                let data = payload.ok_or_else(|| {
-                    protocol_error(
-                        ErrorCode::InvalidMessage,
-                        "the data frame is missing (or announce a chunked transfer)",
-                    )
-                })?;
-                Ok(Some((pending, data)))
-            }
-            PayloadSpec::Chunked {
-                transfer,
-                chunks,
-                size,
-            } => {
-                if payload.is_some() {
-                    return Err(protocol_error(
-                        ErrorCode::InvalidMessage,
-                        "a chunked transfer's header must not carry a data frame",
-                    ));
-                }
-                let session = self.sessions.get_mut(&id).ok_or_else(not_connected)?;
-                session.transfers.begin(
-                    channel,
-                    transfer,
-                    chunks,
-                    size,
-                    pending,
-                    &self.config.limits,
-                )?;
-                Ok(None)
-            }
-        }
-    }
-
-    fn chunk(
-        &mut self,
-        id: ClientId,
-        channel: Channel,
-        transfer: u64,
-        index: u32,
-        payload: Option<Bytes>,
-    ) -> Result<Effects, RoomError> {
-        let data = payload
-            .ok_or_else(|| protocol_error(ErrorCode::InvalidMessage, "CHUNK needs a data frame"))?;
-        let session = self.sessions.get_mut(&id).ok_or_else(not_connected)?;
-        match session.transfers.chunk(channel, transfer, index, &data)? {
-            Some((pending, data)) => self.complete(id, pending, data),
-            None => Ok(Effects::default()),
-        }
-    }
-
-    /// Hands a complete payload to the room.
-    fn complete(
-        &mut self,
-        id: ClientId,
-        pending: Pending,
-        data: Bytes,
-    ) -> Result<Effects, RoomError> {
-        if data.len() > self.config.limits.max_datablock_bytes {
-            return Err(protocol_error(
-                ErrorCode::TooLarge,
-                format!(
-                    "payload of {} bytes exceeds the datablock limit of {} bytes",
-                    data.len(),
-                    self.config.limits.max_datablock_bytes
-                ),
-            ));
-        }
-        match pending {
-            Pending::UploadSet { req_id, spec } => {
-                validate_value(&data).map_err(|e| bad_data(&spec.uuid, &e))?;
-                self.room
-                    .upload(id, UploadStep::Set, req_id, Some((spec, data)))
-            }
-            Pending::Update {
-                spec,
-                patch,
-                base_revision,
-            } => {
-                if !patch {
-                    validate_value(&data).map_err(|e| bad_data(&spec.uuid, &e))?;
-                }
-                self.room.update(id, spec, patch, base_revision, data)
-            }
-        }
-    }
-}
-
-fn invalid(e: ProtocolError) -> RoomError {
-    protocol_error(e.code(), e.to_string())
-}
-
-fn bad_data(uuid: &str, e: &ProtocolError) -> RoomError {
-    protocol_error(
-        ErrorCode::Malformed,
-        format!("the data of datablock {uuid} is not one MessagePack value: {e}"),
-    )
-}
-
-fn not_connected() -> RoomError {
-    protocol_error(ErrorCode::NotAuthenticated, "this client is not connected")
 }
 
 fn auth_failed(id: Option<u64>, code: ErrorCode, reason: &str) -> ServerMessage {

@@ -4,6 +4,7 @@
 
 mod auth;
 mod dispatch;
+mod payloads;
 mod transfers;
 
 use std::collections::HashMap;

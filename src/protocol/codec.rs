@@ -16,10 +16,13 @@ pub fn decode_header<T: DeserializeOwned>(frame: &[u8], limit: usize) -> Result<
         });
     }
     // Walk the frame once without allocating: it bounds nesting before serde
-    // recurses, and rejects trailing garbage.
-    validate_value(frame)?;
+    // recurses, rejects trailing garbage, and insists on a map with string
+    // keys (serde would also take an array of fields, or binary keys).
+    validate_header(frame)?;
     let mut de = rmp_serde::Deserializer::from_read_ref(frame);
-    de.set_max_depth(MAX_DEPTH);
+    // rmp-serde refuses once its budget reaches zero, so the budget is one
+    // more than the depth validate_header already allowed.
+    de.set_max_depth(MAX_DEPTH + 1);
     T::deserialize(&mut de).map_err(|e| ProtocolError::Invalid(e.to_string()))
 }
 
@@ -52,15 +55,71 @@ pub fn encode_value(value: &rmpv::Value) -> Bytes {
 pub fn decode_value(bytes: &[u8]) -> Result<rmpv::Value, ProtocolError> {
     validate_value(bytes)?;
     let mut rd = bytes;
-    rmpv::decode::read_value_with_max_depth(&mut rd, MAX_DEPTH + 1)
+    // rmpv spends two units of its budget per container level and up to
+    // three on the innermost value; validate_value already bounded the real
+    // depth (and so the recursion) to MAX_DEPTH.
+    rmpv::decode::read_value_with_max_depth(&mut rd, 2 * MAX_DEPTH + 3)
         .map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
+/// Checks that a header frame is exactly one map whose keys are all strings
+/// (values are checked like [`validate_value`]).
+pub fn validate_header(bytes: &[u8]) -> Result<(), ProtocolError> {
+    let mut pos = 1usize;
+    let entries = match bytes.first() {
+        Some(&m @ 0x80..=0x8f) => u64::from(m & 0x0f),
+        Some(0xde) => read_len(bytes, &mut pos, 2)?,
+        Some(0xdf) => read_len(bytes, &mut pos, 4)?,
+        Some(_) => {
+            // Bytes that are not MessagePack at all are malformed; valid
+            // MessagePack of another shape is an invalid message.
+            validate_value(bytes)?;
+            return Err(ProtocolError::Invalid(
+                "a message must be a MessagePack map with string keys".into(),
+            ));
+        }
+        None => return Err(ProtocolError::Malformed("empty frame".into())),
+    };
+    for _ in 0..entries {
+        match bytes.get(pos) {
+            Some(0xa0..=0xbf | 0xd9..=0xdb) => {}
+            Some(_) => {
+                return Err(ProtocolError::Invalid(format!(
+                    "map keys must be strings (offset {pos})"
+                )));
+            }
+            None => return Err(truncated(pos, "a map key")),
+        }
+        pos = skip_value(bytes, pos, MAX_DEPTH)?;
+        pos = skip_value(bytes, pos, MAX_DEPTH - 1)?;
+    }
+    if pos != bytes.len() {
+        return Err(ProtocolError::Malformed(format!(
+            "{} unexpected bytes after the message at offset {pos}",
+            bytes.len() - pos
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that `bytes` holds exactly one well-formed MessagePack value nested
 /// at most [`MAX_DEPTH`] deep, without allocating or recursing. Used on every
 /// datablock payload the server stores and forwards without decoding.
 pub fn validate_value(bytes: &[u8]) -> Result<(), ProtocolError> {
-    let mut pos = 0usize;
+    let end = skip_value(bytes, 0, MAX_DEPTH)?;
+    if end != bytes.len() {
+        return Err(ProtocolError::Malformed(format!(
+            "{} unexpected bytes after the value at offset {end}",
+            bytes.len() - end
+        )));
+    }
+    Ok(())
+}
+
+/// Walks one value starting at `start`, with at most `max_depth` levels of
+/// containers, and returns the offset just after it.
+fn skip_value(bytes: &[u8], start: usize, max_depth: usize) -> Result<usize, ProtocolError> {
+    let mut pos = start;
     // Items still to read at each open container level.
     let mut pending: Vec<u64> = Vec::new();
     let mut remaining_top: u64 = 1;
@@ -122,7 +181,7 @@ pub fn validate_value(bytes: &[u8]) -> Result<(), ProtocolError> {
             if children > (bytes.len() - pos) as u64 {
                 return Err(truncated(pos, "container elements"));
             }
-            if pending.len() >= MAX_DEPTH {
+            if pending.len() >= max_depth {
                 return Err(ProtocolError::Malformed(format!(
                     "nesting deeper than {MAX_DEPTH} levels at offset {pos}"
                 )));
@@ -130,13 +189,7 @@ pub fn validate_value(bytes: &[u8]) -> Result<(), ProtocolError> {
             pending.push(children);
         }
     }
-    if pos != bytes.len() {
-        return Err(ProtocolError::Malformed(format!(
-            "{} unexpected bytes after the value at offset {pos}",
-            bytes.len() - pos
-        )));
-    }
-    Ok(())
+    Ok(pos)
 }
 
 fn read_len(bytes: &[u8], pos: &mut usize, width: usize) -> Result<u64, ProtocolError> {
@@ -209,6 +262,29 @@ mod tests {
         let mut ok = vec![0x91u8; MAX_DEPTH];
         ok.push(0xc0);
         validate_value(&ok).unwrap();
+    }
+
+    #[test]
+    fn headers_are_maps_with_string_keys() {
+        let map = Value::Map(vec![(Value::from("type"), Value::from("PING"))]);
+        validate_header(&enc(&map)).unwrap();
+        let array = Value::Array(vec![Value::from("PING"), Value::from(1)]);
+        assert!(validate_header(&enc(&array)).is_err());
+        let bin_key = Value::Map(vec![(Value::Binary(b"type".to_vec()), Value::from("PING"))]);
+        assert!(validate_header(&enc(&bin_key)).is_err());
+        let int_key = Value::Map(vec![(Value::from(1), Value::from("PING"))]);
+        assert!(validate_header(&enc(&int_key)).is_err());
+        assert!(validate_header(&[]).is_err());
+        let mut trailing = enc(&map);
+        trailing.push(0xc0);
+        assert!(validate_header(&trailing).is_err());
+        let mut deep = vec![0x81, 0xa1, b'k'];
+        deep.extend(vec![0x91u8; MAX_DEPTH]);
+        deep.push(0xc0);
+        assert!(
+            validate_header(&deep).is_err(),
+            "nesting counts the map itself"
+        );
     }
 
     #[test]

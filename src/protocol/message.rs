@@ -371,6 +371,9 @@ pub struct RefersTo {
     pub id: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uuid: Option<String>,
+    /// The chunked transfer concerned, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<u64>,
 }
 
 /// One user as shown in CLIENTS_STATE and to the console.
@@ -447,6 +450,10 @@ pub enum ServerMessage {
         id: Option<u64>,
         step: UploadStep,
         status: UploadStatus,
+        /// Why an INIT was REJECTED: not_admin, upload_in_progress or
+        /// already_initialised.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<ErrorCode>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -88,21 +88,17 @@ impl Download {
         Ok(self.pump())
     }
 
-    /// Holds live traffic until the snapshot is out; returns the bytes held.
-    pub fn hold(&mut self, wire: Wire) -> usize {
+    /// Holds live traffic until the snapshot is out. Returns false when the
+    /// held traffic passes either limit: the client cannot keep up.
+    pub fn hold(&mut self, wire: Wire, max_messages: usize, max_bytes: usize) -> bool {
         self.held_bytes += wire.len();
         self.held.push_back(wire);
-        self.held_bytes
+        self.held.len() <= max_messages && self.held_bytes <= max_bytes
     }
 
     /// Snapshot messages sent so far.
     pub fn sent(&self) -> u64 {
         self.sent
-    }
-
-    /// Messages waiting (snapshot and held live traffic), for limits.
-    pub fn backlog(&self) -> (usize, usize) {
-        (self.queue.len() + self.held.len(), self.held_bytes)
     }
 }
 
@@ -133,11 +129,27 @@ mod tests {
         let first = d.pump();
         assert_eq!(first.wires.len(), 2);
         assert!(!first.finished);
-        d.hold(wire(7));
+        assert!(d.hold(wire(7), 10, 100));
         let rest = d.acknowledge(2).unwrap();
         assert!(rest.finished);
         assert_eq!(rest.wires.len(), 2);
         assert_eq!(rest.wires[1].len(), 7);
+    }
+
+    #[test]
+    fn held_traffic_is_bounded() {
+        let mut d = Download::new((0..3).map(|_| wire(1)).collect(), 1, 100);
+        assert!(d.hold(wire(5), 2, 100));
+        assert!(d.hold(wire(5), 2, 100));
+        assert!(
+            !d.hold(wire(5), 2, 100),
+            "three messages pass a limit of two"
+        );
+        let mut d = Download::new((0..3).map(|_| wire(1)).collect(), 1, 100);
+        assert!(
+            !d.hold(wire(11), 10, 10),
+            "eleven bytes pass a limit of ten"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use rmpv::Value;
 
 use super::{ClientId, Download, RoomError};
+use crate::protocol::codec::encode_value;
 use crate::protocol::{ErrorCode, UserState, UserStatus};
 
 /// Most keys in one user's presence map.
@@ -17,8 +18,11 @@ pub struct Member {
     /// Presence: frame, mode, view, selection, scene, colour, anything else.
     pub metadata: Vec<(Value, Value)>,
     pub latency_ms: Option<f64>,
-    /// The client asked for the session on its subscriber channel.
+    /// The client receives live traffic on its subscriber channel (it asked
+    /// with SNAPSHOT, or it uploaded the scene).
     pub subscribed: bool,
+    /// The client sent SNAPSHOT on this connection.
+    pub requested: bool,
     /// Snapshot window the client asked for.
     pub window: Option<usize>,
     /// Snapshot in progress.
@@ -29,14 +33,15 @@ pub struct Member {
 }
 
 impl Member {
-    pub fn new(name: &str, admin: bool, metadata: Vec<(Value, Value)>) -> Self {
+    pub fn new(name: &str, admin: bool) -> Self {
         Self {
             name: name.to_owned(),
             admin,
             status: UserStatus::Lobby,
-            metadata,
+            metadata: Vec::new(),
             latency_ms: None,
             subscribed: false,
+            requested: false,
             window: None,
             download: None,
             snapshot_sent: 0,
@@ -44,8 +49,9 @@ impl Member {
     }
 
     /// Merges a presence update: each key replaces the previous value; a nil
-    /// value removes the key.
-    pub fn merge_metadata(&mut self, update: Value) -> Result<(), RoomError> {
+    /// value removes the key. Refused, changing nothing, when the result
+    /// would pass `max_bytes` encoded.
+    pub fn merge_metadata(&mut self, update: Value, max_bytes: usize) -> Result<(), RoomError> {
         let entries = check_metadata(update)?;
         let mut merged = self.metadata.clone();
         for (key, value) in entries {
@@ -66,7 +72,17 @@ impl Member {
         if merged.len() > MAX_METADATA_KEYS {
             return Err(too_many_keys());
         }
-        self.metadata = merged;
+        let merged = Value::Map(merged);
+        let size = encode_value(&merged).len();
+        if size > max_bytes {
+            return Err(RoomError::new(
+                ErrorCode::LimitExceeded,
+                format!("metadata would take {size} bytes; the limit is {max_bytes}"),
+            ));
+        }
+        if let Value::Map(entries) = merged {
+            self.metadata = entries;
+        }
         Ok(())
     }
 

@@ -188,9 +188,11 @@ impl Room {
                 format!("the session is full ({} users)", self.limits.max_users),
             ));
         }
-        let metadata = metadata.map(members::check_metadata).transpose()?;
-        self.members
-            .add(id, Member::new(name, admin, metadata.unwrap_or_default()));
+        let mut member = Member::new(name, admin);
+        if let Some(metadata) = metadata {
+            member.merge_metadata(metadata, self.limits.max_metadata_bytes)?;
+        }
+        self.members.add(id, member);
         Ok(match self.state {
             SessionState::Active => AuthStatus::Running,
             SessionState::Waiting | SessionState::SrvSync => AuthStatus::Lobby,
@@ -226,15 +228,17 @@ impl Room {
 
     /// The client asks for the session on its subscriber channel. When the
     /// session is live its download starts now; in the lobby it starts when
-    /// the upload completes.
+    /// the upload completes. The uploader, live since its END, may ask too
+    /// and then gets the whole scene again.
     pub fn subscribe(&mut self, id: ClientId, window: Option<u32>) -> Result<Effects, RoomError> {
         let member = self.members.get_mut(id).ok_or_else(not_member)?;
-        if member.subscribed {
+        if member.requested {
             return Err(RoomError::new(
                 ErrorCode::InvalidMessage,
                 "SNAPSHOT was already requested on this connection",
             ));
         }
+        member.requested = true;
         member.subscribed = true;
         member.window = window.map(|w| w.max(1) as usize);
         let mut fx = Effects::default();
@@ -388,18 +392,22 @@ impl Room {
     /// downloading ones.
     fn broadcast(&mut self, except: Option<ClientId>, wire: Wire, fx: &mut Effects) {
         let mut live = Vec::new();
-        let held_limit = self.limits.outbox_max_bytes;
+        let (max_messages, max_bytes) = (
+            self.limits.outbox_max_messages,
+            self.limits.outbox_max_bytes,
+        );
         for (id, member) in self.members.iter_mut() {
             if Some(id) == except || !member.subscribed {
                 continue;
             }
-            match member.download.as_mut() {
-                Some(download) => {
-                    let held = download.hold(wire.clone());
-                    if held > held_limit {
-                        fx.disconnect.push((id, "too slow".to_owned()));
-                    }
-                }
+            // Some(within limits) for a downloading client, None for others.
+            let held = member
+                .download
+                .as_mut()
+                .map(|download| download.hold(wire.clone(), max_messages, max_bytes));
+            match held {
+                Some(true) => {}
+                Some(false) => fx.disconnect.push((id, "too slow".to_owned())),
                 None if self.state == SessionState::Active => live.push(id),
                 None => {}
             }
@@ -423,31 +431,42 @@ impl Room {
     ) -> Result<Effects, RoomError> {
         let member = self.members.get(id).ok_or_else(not_member)?;
         let mut fx = Effects::default();
-        let answer = |status, reason: Option<String>, datablocks| ServerMessage::ServerSnapshot {
-            id: req_id,
-            step,
-            status,
-            reason,
-            datablocks,
+        let answer = |status, refusal: Option<(ErrorCode, String)>, datablocks| {
+            let (code, reason) = refusal.unzip();
+            ServerMessage::ServerSnapshot {
+                id: req_id,
+                step,
+                status,
+                code,
+                reason,
+                datablocks,
+            }
         };
         match step {
             UploadStep::Init => {
                 let refusal = if !member.admin {
-                    Some("only an admin may upload the initial scene".to_owned())
+                    Some((
+                        ErrorCode::NotAdmin,
+                        "only an admin may upload the initial scene".to_owned(),
+                    ))
                 } else {
                     match (self.state, self.uploader.and_then(|u| self.members.get(u))) {
                         (SessionState::Waiting, _) => None,
-                        (SessionState::SrvSync, Some(up)) => {
-                            Some(format!("{} is already uploading the scene", up.name))
-                        }
-                        (SessionState::SrvSync, None) => Some("an upload is in progress".into()),
-                        (SessionState::Active, _) => {
-                            Some("the session already has a scene".to_owned())
-                        }
+                        (SessionState::SrvSync, up) => Some((
+                            ErrorCode::UploadInProgress,
+                            match up {
+                                Some(up) => format!("{} is already uploading the scene", up.name),
+                                None => "an upload is in progress".to_owned(),
+                            },
+                        )),
+                        (SessionState::Active, _) => Some((
+                            ErrorCode::AlreadyInitialised,
+                            "the session already has a scene".to_owned(),
+                        )),
                     }
                 };
-                if let Some(reason) = refusal {
-                    fx.reply(id, &answer(UploadStatus::Rejected, Some(reason), None));
+                if let Some(refusal) = refusal {
+                    fx.reply(id, &answer(UploadStatus::Rejected, Some(refusal), None));
                     return Ok(fx);
                 }
                 self.state = SessionState::SrvSync;
@@ -551,16 +570,23 @@ impl Room {
         Ok(())
     }
 
-    /// A live UPDATE: full data or a patch. Applied, then forwarded to every
-    /// other subscribed client with the sender's bytes unchanged.
-    pub fn update(
-        &mut self,
+    /// Whether `id` may upload a datablock now (checked when a chunked SET
+    /// is announced, before its data arrives).
+    pub fn can_upload(&self, id: ClientId) -> Result<(), RoomError> {
+        self.members.get(id).ok_or_else(not_member)?;
+        self.check_uploader(id)
+    }
+
+    /// Whether `id` may update `uuid` now: the session is live, the
+    /// datablock exists for a patch, its owner allows it and `base_revision`
+    /// matches. Checked when an update is announced and again when applied.
+    pub fn can_update(
+        &self,
         id: ClientId,
-        spec: BlockSpec,
+        uuid: &str,
         patch: bool,
         base_revision: Option<u64>,
-        payload: Bytes,
-    ) -> Result<Effects, RoomError> {
+    ) -> Result<(), RoomError> {
         let member = self.members.get(id).ok_or_else(not_member)?;
         if self.state != SessionState::Active {
             return Err(RoomError::new(
@@ -571,37 +597,52 @@ impl Room {
                 ),
             ));
         }
-        let user = member.name.clone();
-        let uuid = spec.uuid.clone();
-        match self.repository.get(&uuid) {
-            None if patch => {
-                return Err(RoomError::new(
-                    ErrorCode::UnknownDatablock,
-                    format!("cannot patch unknown datablock {uuid}"),
-                ));
-            }
-            None => {
-                if base_revision.is_some_and(|r| r != 0) {
-                    return Err(RoomError::new(
-                        ErrorCode::StaleRevision,
-                        format!(
-                            "datablock {uuid} does not exist (base_revision must be 0 or absent)"
-                        ),
-                    ));
-                }
-                self.create(&user, spec, payload.clone())?;
-            }
+        match self.repository.get(uuid) {
+            None if patch => Err(RoomError::new(
+                ErrorCode::UnknownDatablock,
+                format!("cannot patch unknown datablock {uuid}"),
+            )),
+            None if base_revision.is_some_and(|r| r != 0) => Err(RoomError::new(
+                ErrorCode::StaleRevision,
+                format!("datablock {uuid} does not exist (base_revision must be 0 or absent)"),
+            )),
+            None => Ok(()),
             Some(block) => {
-                check_owner(block, &uuid, &user, false, member.admin)?;
-                if let Some(base) = base_revision.filter(|&b| b != block.revision) {
-                    return Err(RoomError::new(
+                check_owner(block, uuid, &member.name, false, member.admin)?;
+                match base_revision {
+                    Some(base) if base != block.revision => Err(RoomError::new(
                         ErrorCode::StaleRevision,
                         format!(
                             "datablock {uuid} is at revision {}, not {base}",
                             block.revision
                         ),
-                    ));
+                    )),
+                    _ => Ok(()),
                 }
+            }
+        }
+    }
+
+    /// A live UPDATE: full data or a patch. Applied, then forwarded to every
+    /// other subscribed client with the sender's bytes unchanged.
+    pub fn update(
+        &mut self,
+        id: ClientId,
+        spec: BlockSpec,
+        patch: bool,
+        base_revision: Option<u64>,
+        payload: Bytes,
+    ) -> Result<Effects, RoomError> {
+        self.can_update(id, &spec.uuid, patch, base_revision)?;
+        let user = self
+            .members
+            .get(id)
+            .map(|m| m.name.clone())
+            .ok_or_else(not_member)?;
+        let uuid = spec.uuid.clone();
+        match self.repository.get(&uuid) {
+            None => self.create(&user, spec, payload.clone())?,
+            Some(block) => {
                 if spec.type_id.as_ref().is_some_and(|t| *t != block.type_id) {
                     return Err(RoomError::new(
                         ErrorCode::InvalidMessage,
@@ -787,8 +828,15 @@ impl Room {
         };
         match member.download.as_mut() {
             Some(download) => {
-                for wire in wires {
-                    download.hold(wire);
+                let (max_messages, max_bytes) = (
+                    self.limits.outbox_max_messages,
+                    self.limits.outbox_max_bytes,
+                );
+                if !wires
+                    .into_iter()
+                    .all(|wire| download.hold(wire, max_messages, max_bytes))
+                {
+                    fx.disconnect.push((id, "too slow".to_owned()));
                 }
             }
             None => {
@@ -802,8 +850,9 @@ impl Room {
 
     /// Merges presence metadata into the user's map.
     pub fn set_metadata(&mut self, id: ClientId, metadata: Value) -> Result<Effects, RoomError> {
+        let max = self.limits.max_metadata_bytes;
         let member = self.members.get_mut(id).ok_or_else(not_member)?;
-        member.merge_metadata(metadata)?;
+        member.merge_metadata(metadata, max)?;
         Ok(Effects {
             presence_changed: true,
             ..Effects::default()

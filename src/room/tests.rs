@@ -360,6 +360,7 @@ fn upload_init_from_an_admin_is_accepted() {
             id: Some(1),
             step: UploadStep::Init,
             status: UploadStatus::Accepted,
+            code: None,
             reason: None,
             datablocks: None,
         }

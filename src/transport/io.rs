@@ -164,9 +164,7 @@ impl Io {
             tracing::warn!(reason = why, "client cannot keep up; disconnecting it");
             for channel in Channel::ALL {
                 let key = (channel, identity.clone());
-                if let Some(outbox) = self.outboxes.get_mut(&key) {
-                    outbox.clear();
-                }
+                self.outboxes.remove(&key);
                 self.active.remove(&key);
                 self.retry.remove(&key);
             }
@@ -218,7 +216,9 @@ impl Io {
                 outbox.blocked_since = None;
             }
             if outbox.is_empty() {
-                outbox.blocked_since = None;
+                // Dropped, not kept: answers to identities that never
+                // authenticate must not leave anything behind.
+                self.outboxes.remove(&key);
                 self.active.remove(&key);
                 self.retry.remove(&key);
                 continue;

@@ -1,0 +1,199 @@
+//! Messages that carry a datablock's data (upload SET, UPDATE) and the
+//! CHUNK messages of chunked ones: reassembly, checks, and errors that name
+//! the datablock and transfer they concern.
+
+use bytes::Bytes;
+
+use super::transfers::Pending;
+use super::{Core, protocol_error};
+use crate::protocol::{
+    Channel, ChunkFields, ErrorCode, PayloadSpec, ProtocolError, RefersTo, UploadStep,
+    validate_value,
+};
+use crate::room::{ClientId, Effects, RoomError};
+
+impl Pending {
+    /// What an ERROR about this payload refers to.
+    fn refers_to(&self, transfer: Option<u64>) -> RefersTo {
+        let (kind, id, uuid) = match self {
+            Pending::UploadSet { req_id, spec } => ("SERVER_SNAPSHOT", *req_id, &spec.uuid),
+            Pending::Update { spec, .. } => ("UPDATE", None, &spec.uuid),
+        };
+        RefersTo {
+            kind: Some(kind.to_owned()),
+            id,
+            uuid: Some(uuid.clone()),
+            transfer,
+        }
+    }
+}
+
+impl Core {
+    /// A header announcing a datablock's data: inline data completes now;
+    /// a chunked transfer is checked against what the room would accept and
+    /// then waits for its chunks.
+    pub(super) async fn datablock_message(
+        &mut self,
+        id: ClientId,
+        channel: Channel,
+        pending: Pending,
+        chunk: &ChunkFields,
+        payload: Option<Bytes>,
+    ) {
+        let refers_to = pending.refers_to(chunk.transfer);
+        let spec = match chunk.spec() {
+            Ok(spec) => spec,
+            Err(e) => return self.error_to_client(id, &invalid(e), refers_to).await,
+        };
+        let started = match (spec, payload) {
+            (PayloadSpec::Inline, Some(data)) => {
+                return self.finish(id, pending, data, None).await;
+            }
+            (PayloadSpec::Inline, None) => Err(protocol_error(
+                ErrorCode::InvalidMessage,
+                "the data frame is missing (or announce a chunked transfer)",
+            )),
+            (PayloadSpec::Chunked { .. }, Some(_)) => Err(protocol_error(
+                ErrorCode::InvalidMessage,
+                "a chunked transfer's header must not carry a data frame",
+            )),
+            (
+                PayloadSpec::Chunked {
+                    transfer,
+                    chunks,
+                    size,
+                },
+                None,
+            ) => self.begin_transfer(id, channel, transfer, chunks, size, pending),
+        };
+        if let Err(e) = started {
+            self.error_to_client(id, &e, refers_to).await;
+        }
+    }
+
+    fn begin_transfer(
+        &mut self,
+        id: ClientId,
+        channel: Channel,
+        transfer: u64,
+        chunks: u32,
+        size: u64,
+        pending: Pending,
+    ) -> Result<(), RoomError> {
+        // Refuse now rather than after receiving all the data.
+        match &pending {
+            Pending::UploadSet { .. } => self.room.can_upload(id)?,
+            Pending::Update {
+                spec,
+                patch,
+                base_revision,
+            } => self
+                .room
+                .can_update(id, &spec.uuid, *patch, *base_revision)?,
+        }
+        let limits = &self.config.limits;
+        let session = self.sessions.get_mut(&id).ok_or_else(not_connected)?;
+        session
+            .transfers
+            .begin(channel, transfer, chunks, size, pending, limits)
+    }
+
+    /// A CHUNK; the last one completes its transfer.
+    pub(super) async fn chunk_message(
+        &mut self,
+        id: ClientId,
+        channel: Channel,
+        transfer: u64,
+        index: u32,
+        payload: Option<Bytes>,
+    ) {
+        let refers_to = RefersTo {
+            kind: Some("CHUNK".to_owned()),
+            transfer: Some(transfer),
+            ..RefersTo::default()
+        };
+        let Some(data) = payload else {
+            let e = protocol_error(ErrorCode::InvalidMessage, "CHUNK needs a data frame");
+            return self.error_to_client(id, &e, refers_to).await;
+        };
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        match session.transfers.chunk(channel, transfer, index, &data) {
+            Ok(None) => {}
+            Ok(Some((pending, data))) => self.finish(id, pending, data, Some(transfer)).await,
+            Err(e) => self.error_to_client(id, &e, refers_to).await,
+        }
+    }
+
+    /// Hands complete data to the room and reports a refusal.
+    async fn finish(&mut self, id: ClientId, pending: Pending, data: Bytes, transfer: Option<u64>) {
+        let refers_to = pending.refers_to(transfer);
+        match self.complete(id, pending, data) {
+            Ok(effects) => self.apply(effects).await,
+            Err(e) => self.error_to_client(id, &e, refers_to).await,
+        }
+    }
+
+    fn complete(
+        &mut self,
+        id: ClientId,
+        pending: Pending,
+        data: Bytes,
+    ) -> Result<Effects, RoomError> {
+        let max = self.config.limits.max_datablock_bytes;
+        if data.len() > max {
+            return Err(protocol_error(
+                ErrorCode::TooLarge,
+                format!(
+                    "payload of {} bytes exceeds the datablock limit of {max} bytes",
+                    data.len()
+                ),
+            ));
+        }
+        match pending {
+            Pending::UploadSet { req_id, spec } => {
+                validate_value(&data).map_err(|e| bad_data(&spec.uuid, &e))?;
+                self.room
+                    .upload(id, UploadStep::Set, req_id, Some((spec, data)))
+            }
+            Pending::Update {
+                spec,
+                patch,
+                base_revision,
+            } => {
+                if !patch {
+                    validate_value(&data).map_err(|e| bad_data(&spec.uuid, &e))?;
+                }
+                self.room.update(id, spec, patch, base_revision, data)
+            }
+        }
+    }
+
+    /// Sends an ERROR to an authenticated client.
+    pub(super) async fn error_to_client(
+        &self,
+        id: ClientId,
+        error: &RoomError,
+        refers_to: RefersTo,
+    ) {
+        if let Some(identity) = self.sessions.get(&id).map(|s| s.identity.clone()) {
+            self.error_to(&identity, error, refers_to).await;
+        }
+    }
+}
+
+pub(super) fn invalid(e: ProtocolError) -> RoomError {
+    protocol_error(e.code(), e.to_string())
+}
+
+fn bad_data(uuid: &str, e: &ProtocolError) -> RoomError {
+    protocol_error(
+        ErrorCode::Malformed,
+        format!("the data of datablock {uuid} is not one MessagePack value: {e}"),
+    )
+}
+
+fn not_connected() -> RoomError {
+    protocol_error(ErrorCode::NotAuthenticated, "this client is not connected")
+}
