@@ -139,7 +139,12 @@ struct SnapshotProgress {
 impl Client {
     /// Opens the four sockets towards `options.host` (nothing is sent yet).
     pub fn connect(options: ClientOptions) -> Result<Self, ClientError> {
-        let context = zmq::Context::new();
+        Self::connect_in(&zmq::Context::new(), options)
+    }
+
+    /// Like [`Client::connect`], in an existing ZeroMQ context, so that many
+    /// clients in one process can share its I/O thread.
+    pub fn connect_in(context: &zmq::Context, options: ClientOptions) -> Result<Self, ClientError> {
         let mut identity: [u8; 16] = rand::rng().random();
         // libzmq reserves identities that start with a zero byte.
         identity[0] = identity[0].max(1);
@@ -632,6 +637,56 @@ impl Client {
                 .unwrap_or(i64::MAX)
                 .max(1);
             self.poll_once(wait)?;
+        }
+    }
+
+    /// The next message on the subscriber channel as raw frames, without
+    /// decoding it; pings are still answered and command-channel messages
+    /// still queued as events. For tools that only count or sample traffic.
+    pub fn next_subscriber_frames(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<Vec<zmq::Message>>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.subscriber.recv_msg(zmq::DONTWAIT) {
+                Ok(first) => {
+                    let mut more = first.get_more();
+                    let mut frames = vec![first];
+                    while more {
+                        let part = self.subscriber.recv_msg(0)?;
+                        more = part.get_more();
+                        frames.push(part);
+                    }
+                    return Ok(Some(frames));
+                }
+                Err(zmq::Error::EAGAIN) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let wait = i64::try_from((deadline - now).as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1);
+            let mut items = [
+                self.commands.as_poll_item(zmq::POLLIN),
+                self.subscriber.as_poll_item(zmq::POLLIN),
+                self.heartbeat.as_poll_item(zmq::POLLIN),
+            ];
+            zmq::poll(&mut items, wait)?;
+            let (commands, heartbeat) = (items[0].is_readable(), items[2].is_readable());
+            if heartbeat {
+                while let Ok(frames) = self.heartbeat.recv_multipart(zmq::DONTWAIT) {
+                    self.on_heartbeat(&frames)?;
+                }
+            }
+            if commands {
+                while let Ok(frames) = self.commands.recv_multipart(zmq::DONTWAIT) {
+                    self.on_message(Channel::Commands, frames)?;
+                }
+            }
         }
     }
 

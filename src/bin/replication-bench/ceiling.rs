@@ -1,0 +1,136 @@
+//! The physical ceiling: the same message sizes and fan-out through a bare
+//! libzmq forwarder (PULL in, ROUTER out, no server logic), in its own
+//! process so that its CPU is measured like the server's.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::server::{CpuMeter, free_base};
+use crate::stats::{TimedPayload, now_ns};
+
+/// Runs the forwarder: reads [token, header, payload] on base+2 and sends
+/// [identity, header, payload] to every DEALER that said hello on base+1.
+pub fn serve_forwarder(base: u16, readers: usize) -> anyhow::Result<()> {
+    let ctx = zmq::Context::new();
+    let pull = ctx.socket(zmq::PULL)?;
+    pull.bind(&format!("tcp://127.0.0.1:{}", base + 2))?;
+    let router = ctx.socket(zmq::ROUTER)?;
+    router.set_router_mandatory(true)?;
+    router.bind(&format!("tcp://127.0.0.1:{}", base + 1))?;
+    let mut peers = Vec::new();
+    while peers.len() < readers {
+        let frames = router.recv_multipart(0)?;
+        if let Some(id) = frames.into_iter().next() {
+            router.send(&id[..], zmq::SNDMORE)?;
+            router.send("ready", 0)?;
+            peers.push(id);
+        }
+    }
+    loop {
+        let frames = pull.recv_multipart(0)?;
+        let (Some(header), Some(payload)) = (frames.get(1), frames.get(2)) else {
+            continue;
+        };
+        for id in &peers {
+            router.send(&id[..], zmq::SNDMORE)?;
+            router.send(&header[..], zmq::SNDMORE)?;
+            router.send(&payload[..], 0)?;
+        }
+    }
+}
+
+/// Throughput and CPU per message of the bare forwarder.
+pub struct Ceiling {
+    pub rate: f64,
+    pub cpu_us: f64,
+}
+
+pub fn measure(
+    updates: u64,
+    size: usize,
+    readers: usize,
+    first_port: u16,
+) -> anyhow::Result<Ceiling> {
+    let base = free_base(first_port);
+    let exe = std::env::current_exe()?;
+    let child = Command::new(exe)
+        .args([
+            "forwarder",
+            "--port",
+            &base.to_string(),
+            "--readers",
+            &readers.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .context("cannot start the forwarder")?;
+    let child = KillOnDrop(child);
+    let ctx = zmq::Context::new();
+    let ready = Arc::new(Barrier::new(readers + 1));
+    let handles: Vec<_> = (0..readers)
+        .map(|_| {
+            let (ctx, ready) = (ctx.clone(), ready.clone());
+            std::thread::spawn(move || -> anyhow::Result<(u64, u64)> {
+                let dealer = ctx.socket(zmq::DEALER)?;
+                dealer.connect(&format!("tcp://127.0.0.1:{}", base + 1))?;
+                dealer.send("hello", 0)?;
+                dealer.recv_msg(0)?;
+                ready.wait();
+                dealer.set_rcvtimeo(10_000)?;
+                let (mut count, mut last) = (0u64, 0u64);
+                while count < updates {
+                    let Ok(frames) = dealer.recv_multipart(0) else {
+                        break;
+                    };
+                    if frames
+                        .get(1)
+                        .and_then(|p| TimedPayload::sent_at(p))
+                        .is_some()
+                    {
+                        count += 1;
+                        last = now_ns();
+                    }
+                }
+                Ok((count, last))
+            })
+        })
+        .collect();
+    ready.wait();
+    let meter = CpuMeter::start(child.0.id());
+    let push = ctx.socket(zmq::PUSH)?;
+    push.connect(&format!("tcp://127.0.0.1:{}", base + 2))?;
+    let mut payload = TimedPayload::new(size);
+    let header = b"\x81\xa4type\xa6UPDATE";
+    let start = now_ns();
+    for _ in 0..updates {
+        push.send("token", zmq::SNDMORE)?;
+        push.send(&header[..], zmq::SNDMORE)?;
+        push.send(payload.stamped(), 0)?;
+    }
+    let mut last = start;
+    for h in handles {
+        let (count, at) = h.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        if count < updates {
+            bail!("the forwarder lost {} updates", updates - count);
+        }
+        last = last.max(at);
+    }
+    let (cpu, _) = meter.read();
+    Ok(Ceiling {
+        rate: updates as f64
+            / ((last - start) as f64 / 1e9).max(Duration::from_nanos(1).as_secs_f64()),
+        cpu_us: cpu.as_secs_f64() * 1e6 / updates as f64,
+    })
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,361 @@
+//! `replication-bench`: runs load scenarios against a real `replication-serve`
+//! process and prints a table of results (median and spread over several
+//! runs, server CPU and memory from /proc, the libzmq ceiling alongside).
+
+mod ceiling;
+mod proxy;
+mod scenarios;
+mod server;
+mod stats;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use scenarios::Setup;
+use stats::Spread;
+
+#[derive(Parser)]
+#[command(version, about = "Benchmarks for replication-serve")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// The server binary (default: replication-serve next to this tool).
+    #[arg(long)]
+    server: Option<PathBuf>,
+    /// Runs of each scenario; the table shows the median and the spread.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Tiny sizes, one run: checks that every scenario works, measures
+    /// nothing meaningful.
+    #[arg(long)]
+    quick: bool,
+    /// Only these scenarios (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Scenario>,
+    /// First base port to try.
+    #[arg(long, default_value_t = 42000)]
+    port: u16,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The bare libzmq forwarder used for the ceiling (started by the tool).
+    #[command(hide = true)]
+    Forwarder {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        readers: usize,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    LateJoin,
+    LateJoinDelay,
+    Fanout,
+    Latency,
+    BigPatch,
+    Idle,
+    Crowd,
+}
+
+/// Sizes of every scenario.
+struct Plan {
+    join_blocks: usize,
+    fanout_updates: u64,
+    readers: usize,
+    slow_rate: f64,
+    fast_rate: f64,
+    latency_seconds: f64,
+    patch_mb: usize,
+    patches: u64,
+    idle_seconds: f64,
+    crowd_clients: usize,
+    crowd_writers: usize,
+    crowd_seconds: f64,
+}
+
+impl Plan {
+    fn full() -> Self {
+        Self {
+            join_blocks: 10_000,
+            fanout_updates: 200_000,
+            readers: 8,
+            slow_rate: 1_000.0,
+            fast_rate: 50_000.0,
+            latency_seconds: 3.0,
+            patch_mb: 10,
+            patches: 100,
+            idle_seconds: 10.0,
+            crowd_clients: 64,
+            crowd_writers: 8,
+            crowd_seconds: 5.0,
+        }
+    }
+
+    fn quick() -> Self {
+        Self {
+            join_blocks: 200,
+            fanout_updates: 2_000,
+            readers: 2,
+            slow_rate: 500.0,
+            fast_rate: 2_000.0,
+            latency_seconds: 0.5,
+            patch_mb: 1,
+            patches: 5,
+            idle_seconds: 0.5,
+            crowd_clients: 6,
+            crowd_writers: 2,
+            crowd_seconds: 0.5,
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Cmd::Forwarder { port, readers }) = cli.command {
+        return ceiling::serve_forwarder(port, readers);
+    }
+    let binary = match cli.server {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory for the server binary")?
+            .join("replication-serve"),
+    };
+    anyhow::ensure!(
+        binary.exists(),
+        "server binary {} not found (build it, or pass --server)",
+        binary.display()
+    );
+    let setup = Setup {
+        binary,
+        first_port: cli.port,
+    };
+    let (plan, runs) = if cli.quick {
+        (Plan::quick(), 1)
+    } else {
+        (Plan::full(), cli.runs.max(1))
+    };
+    let wanted = |s: Scenario| cli.only.is_empty() || cli.only.contains(&s);
+    let mut table = Table::default();
+
+    if wanted(Scenario::LateJoin) || wanted(Scenario::LateJoinDelay) {
+        let mut plain = Vec::new();
+        let mut delayed = Vec::new();
+        let mut rss = (0, 0);
+        for _ in 0..runs {
+            if wanted(Scenario::LateJoin) {
+                let r = scenarios::late_join(&setup, plan.join_blocks, 1024, None)?;
+                plain.push(r.seconds * 1e3);
+                rss = (r.rss_empty, r.rss_loaded);
+            }
+            if wanted(Scenario::LateJoinDelay) {
+                let r = scenarios::late_join(
+                    &setup,
+                    plan.join_blocks,
+                    1024,
+                    Some(Duration::from_millis(10)),
+                )?;
+                delayed.push(r.seconds * 1e3);
+            }
+        }
+        let n = plan.join_blocks;
+        if !plain.is_empty() {
+            table.row(
+                &format!("late join, {n} x 1 KB, loopback"),
+                "ms",
+                "< 50",
+                Spread::of(&plain).show(1),
+            );
+            table.row("server RSS, empty", "MiB", "", mib(rss.0));
+            table.row(
+                &format!("server RSS, {n} x 1 KB"),
+                "MiB",
+                "< 30",
+                mib(rss.1),
+            );
+        }
+        if !delayed.is_empty() {
+            table.row(
+                &format!("late join, {n} x 1 KB, +20 ms round trip"),
+                "ms",
+                "< 300",
+                Spread::of(&delayed).show(1),
+            );
+        }
+    }
+
+    if wanted(Scenario::Fanout) {
+        let mut ours = (Vec::new(), Vec::new(), 0);
+        let mut raw = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let r = scenarios::fanout(&setup, plan.fanout_updates, 1024, plan.readers, None)?;
+            ours.0.push(r.rate);
+            ours.1.push(r.cpu_us);
+            ours.2 += r.lost;
+            let c = ceiling::measure(plan.fanout_updates, 1024, plan.readers, setup.first_port)?;
+            raw.0.push(c.rate);
+            raw.1.push(c.cpu_us);
+        }
+        let readers = plan.readers;
+        table.row(
+            &format!("fan-out 1 -> {readers}, 1 KB, updates/s"),
+            "/s",
+            ">= 100000",
+            Spread::of(&ours.0).show(0),
+        );
+        table.row(
+            "  server CPU per update",
+            "us",
+            "<= 5",
+            Spread::of(&ours.1).show(2),
+        );
+        table.row("  updates lost", "", "0", ours.2.to_string());
+        table.row(
+            &format!("libzmq ceiling 1 -> {readers}, 1 KB, msgs/s"),
+            "/s",
+            "",
+            Spread::of(&raw.0).show(0),
+        );
+        table.row(
+            "  forwarder CPU per message",
+            "us",
+            "",
+            Spread::of(&raw.1).show(2),
+        );
+        let ratio = Spread::of(&raw.0).median / Spread::of(&ours.0).median;
+        table.row("  ceiling / ours", "x", "<= 2", format!("{ratio:.2}"));
+    }
+
+    if wanted(Scenario::Latency) {
+        for (rate, target) in [(plan.slow_rate, "< 0.5"), (plan.fast_rate, "< 5")] {
+            let mut p50 = Vec::new();
+            let mut p99 = Vec::new();
+            let mut lost = 0;
+            for _ in 0..runs {
+                let updates = (rate * plan.latency_seconds) as u64;
+                let r = scenarios::fanout(&setup, updates, 1024, plan.readers, Some(rate))?;
+                p50.push(r.p50_us / 1e3);
+                p99.push(r.p99_us / 1e3);
+                lost += r.lost;
+            }
+            let readers = plan.readers;
+            table.row(
+                &format!("latency p50 at {rate:.0}/s, 1 -> {readers}"),
+                "ms",
+                "",
+                Spread::of(&p50).show(3),
+            );
+            table.row(
+                &format!("latency p99 at {rate:.0}/s, 1 -> {readers}"),
+                "ms",
+                target,
+                Spread::of(&p99).show(3),
+            );
+            table.row("  updates lost", "", "0", lost.to_string());
+        }
+    }
+
+    if wanted(Scenario::BigPatch) {
+        let (mut p50, mut p99, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let r = scenarios::big_patch(&setup, plan.patch_mb, plan.patches)?;
+            p50.push(r.p50_us / 1e3);
+            p99.push(r.p99_us / 1e3);
+            cpu.push(r.cpu_us);
+        }
+        let mb = plan.patch_mb;
+        table.row(
+            &format!("one-value patch to {mb} MB, delivered, p50"),
+            "ms",
+            "< 1",
+            Spread::of(&p50).show(3),
+        );
+        table.row(
+            &format!("one-value patch to {mb} MB, delivered, p99"),
+            "ms",
+            "",
+            Spread::of(&p99).show(3),
+        );
+        table.row("  server CPU per patch", "us", "", Spread::of(&cpu).show(1));
+    }
+
+    if wanted(Scenario::Idle) {
+        let mut share = Vec::new();
+        for _ in 0..runs {
+            share.push(scenarios::idle(&setup, 4, plan.idle_seconds)? * 100.0);
+        }
+        table.row(
+            "idle, 4 clients, server CPU",
+            "% core",
+            "< 0.2",
+            Spread::of(&share).show(3),
+        );
+    }
+
+    if wanted(Scenario::Crowd) {
+        for stalled in [false, true] {
+            let (mut p99, mut rss, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+            let mut missing = 0;
+            for _ in 0..runs {
+                let r = scenarios::crowd(
+                    &setup,
+                    plan.crowd_clients,
+                    plan.crowd_writers,
+                    60.0,
+                    plan.crowd_seconds,
+                    stalled,
+                )?;
+                missing += r.expected - r.delivered.min(r.expected);
+                p99.push(r.p99_us / 1e3);
+                rss.push(r.rss as f64 / (1 << 20) as f64);
+                cpu.push(r.cpu_share * 100.0);
+            }
+            let label = format!(
+                "{} clients, {} writing 60/s{}",
+                plan.crowd_clients,
+                plan.crowd_writers,
+                if stalled { ", + 1 stalled" } else { "" }
+            );
+            table.row(&format!("{label}: p99"), "ms", "", Spread::of(&p99).show(3));
+            table.row("  deliveries missing", "", "0", missing.to_string());
+            table.row("  server RSS", "MiB", "", Spread::of(&rss).show(1));
+            table.row("  server CPU", "% core", "", Spread::of(&cpu).show(2));
+        }
+    }
+
+    print!("{}", table.render(runs));
+    Ok(())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1 << 20) as f64)
+}
+
+/// The results, as a Markdown table.
+#[derive(Default)]
+struct Table {
+    rows: Vec<[String; 4]>,
+}
+
+impl Table {
+    fn row(&mut self, what: &str, unit: &str, target: &str, value: String) {
+        self.rows
+            .push([what.to_owned(), unit.to_owned(), target.to_owned(), value]);
+    }
+
+    fn render(&self, runs: usize) -> String {
+        let mut out = format!(
+            "| measure | unit | target | median (min-max) of {runs} run(s) |\n| --- | --- | --- | --- |\n"
+        );
+        for [what, unit, target, value] in &self.rows {
+            out.push_str(&format!("| {what} | {unit} | {target} | {value} |\n"));
+        }
+        out
+    }
+}

@@ -1,0 +1,453 @@
+//! One function per benchmark scenario. Each starts its own server, drives
+//! it with the library's client, and returns what it measured.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use replication_serve::client::{Block, Client, ClientOptions};
+use replication_serve::protocol::patch::{Patch, PatchOp, PathStep};
+use rmpv::Value;
+
+use crate::proxy::DelayProxy;
+use crate::server::{CpuMeter, ServerProcess};
+use crate::stats::{TimedPayload, now_ns, quantile};
+
+/// Deadline for anything a scenario waits for.
+const WAIT: Duration = Duration::from_secs(120);
+
+/// What every scenario needs.
+pub struct Setup {
+    pub binary: PathBuf,
+    pub first_port: u16,
+}
+
+impl Setup {
+    fn server(&self) -> anyhow::Result<ServerProcess> {
+        ServerProcess::start(&self.binary, self.first_port, &[])
+    }
+}
+
+fn admin(ctx: &zmq::Context, port: u16) -> anyhow::Result<Client> {
+    let mut c = Client::connect_in(ctx, ClientOptions::admin(port, "host", "admin"))?;
+    c.authenticate(WAIT)?;
+    Ok(c)
+}
+
+fn joiner(ctx: &zmq::Context, port: u16, name: &str) -> anyhow::Result<Client> {
+    let mut c = Client::connect_in(ctx, ClientOptions::new(port, name))?;
+    c.authenticate(WAIT)?;
+    c.download(WAIT, |_, _| {})?;
+    Ok(c)
+}
+
+fn block(uuid: &str, data: Value) -> Block {
+    Block {
+        uuid: uuid.to_owned(),
+        type_id: "Mesh".to_owned(),
+        owner: Some("COMMON".to_owned()),
+        deps: Vec::new(),
+        data,
+    }
+}
+
+/// Late join: time for a new client to authenticate and download a scene of
+/// `count` datablocks of about `size` bytes, optionally through a proxy that
+/// delays every chunk of bytes by `delay` in each direction.
+pub struct LateJoin {
+    pub seconds: f64,
+    pub rss_empty: u64,
+    pub rss_loaded: u64,
+}
+
+pub fn late_join(
+    setup: &Setup,
+    count: usize,
+    size: usize,
+    delay: Option<Duration>,
+) -> anyhow::Result<LateJoin> {
+    let server = setup.server()?;
+    let rss_empty = server.rss();
+    let ctx = zmq::Context::new();
+    let mut host = admin(&ctx, server.port)?;
+    let blocks: Vec<Block> = (0..count)
+        .map(|i| {
+            block(
+                &format!("block-{i:06}"),
+                Value::Binary(vec![(i % 251) as u8; size]),
+            )
+        })
+        .collect();
+    host.upload(&blocks, WAIT)?;
+    let rss_loaded = server.rss();
+    let proxy = delay
+        .map(|d| DelayProxy::start(server.port, d))
+        .transpose()?;
+    let port = proxy.as_ref().map_or(server.port, |p| p.port);
+    let started = Instant::now();
+    let mut joiner = Client::connect_in(&ctx, ClientOptions::new(port, "joiner"))?;
+    joiner.authenticate(WAIT)?;
+    let got = joiner.download(WAIT, |_, _| {})?;
+    let seconds = started.elapsed().as_secs_f64();
+    if got.len() != count {
+        bail!("downloaded {} of {count} datablocks", got.len());
+    }
+    Ok(LateJoin {
+        seconds,
+        rss_empty,
+        rss_loaded,
+    })
+}
+
+/// What one reader saw.
+struct Seen {
+    count: u64,
+    /// Send-to-receive latencies in nanoseconds.
+    latencies: Vec<u64>,
+    last_ns: u64,
+}
+
+/// Starts a reader that joins, waits at `ready`, then counts forwarded
+/// updates (messages with a data frame) until it has `expect` or `idle`
+/// passes without any.
+fn reader(
+    ctx: &zmq::Context,
+    port: u16,
+    name: String,
+    expect: u64,
+    ready: Arc<Barrier>,
+) -> JoinHandle<anyhow::Result<Seen>> {
+    let ctx = ctx.clone();
+    std::thread::spawn(move || {
+        let mut client = joiner(&ctx, port, &name)?;
+        ready.wait();
+        let mut seen = Seen {
+            count: 0,
+            latencies: Vec::with_capacity(usize::try_from(expect).unwrap_or(0).min(1 << 22)),
+            last_ns: 0,
+        };
+        while seen.count < expect {
+            let Some(frames) = client.next_subscriber_frames(Duration::from_secs(10))? else {
+                break;
+            };
+            let Some(payload) = frames.get(1) else {
+                continue;
+            };
+            let now = now_ns();
+            if let Some(sent) = TimedPayload::sent_at(payload) {
+                seen.latencies.push(now.saturating_sub(sent));
+            }
+            seen.count += 1;
+            seen.last_ns = now;
+        }
+        Ok(seen)
+    })
+}
+
+/// Fan-out or paced load: one writer, `readers` readers.
+pub struct Fanout {
+    /// Updates per second, from the first send to the last delivery.
+    pub rate: f64,
+    /// Server CPU time per update, in microseconds.
+    pub cpu_us: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// Updates some reader did not receive.
+    pub lost: u64,
+}
+
+/// Sends `updates` updates of `size` bytes, as fast as the server takes
+/// them (`rate` None) or paced at `rate` per second.
+pub fn fanout(
+    setup: &Setup,
+    updates: u64,
+    size: usize,
+    readers: usize,
+    rate: Option<f64>,
+) -> anyhow::Result<Fanout> {
+    let server = setup.server()?;
+    let ctx = zmq::Context::new();
+    let mut host = admin(&ctx, server.port)?;
+    host.upload(&[block("stroke", Value::Nil)], WAIT)?;
+    let ready = Arc::new(Barrier::new(readers + 1));
+    let handles: Vec<_> = (0..readers)
+        .map(|i| {
+            reader(
+                &ctx,
+                server.port,
+                format!("reader-{i}"),
+                updates,
+                ready.clone(),
+            )
+        })
+        .collect();
+    ready.wait();
+    let meter = CpuMeter::start(server.pid());
+    let mut payload = TimedPayload::new(size);
+    let target = block("stroke", Value::Nil);
+    let start_ns = now_ns();
+    let started = Instant::now();
+    for i in 0..updates {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        host.update_raw(&target, payload.stamped())?;
+    }
+    let mut latencies = Vec::new();
+    let mut lost = 0;
+    let mut last_ns = start_ns;
+    for h in handles {
+        let seen = h.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        lost += updates - seen.count.min(updates);
+        last_ns = last_ns.max(seen.last_ns);
+        latencies.extend(seen.latencies);
+    }
+    let (cpu, _) = meter.read();
+    let seconds = (last_ns - start_ns) as f64 / 1e9;
+    Ok(Fanout {
+        rate: updates as f64 / seconds,
+        cpu_us: cpu.as_secs_f64() * 1e6 / updates as f64,
+        p50_us: quantile(&mut latencies, 0.5) as f64 / 1e3,
+        p99_us: quantile(&mut latencies, 0.99) as f64 / 1e3,
+        lost,
+    })
+}
+
+/// A one-value patch to a large datablock: delivery latency and server CPU
+/// per patch.
+pub struct BigPatch {
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub cpu_us: f64,
+}
+
+pub fn big_patch(setup: &Setup, megabytes: usize, patches: u64) -> anyhow::Result<BigPatch> {
+    let server = setup.server()?;
+    let ctx = zmq::Context::new();
+    let mut host = admin(&ctx, server.port)?;
+    // A mesh-like value: about `megabytes` MB of floats (9 bytes each).
+    let floats = megabytes * 1_000_000 / 9;
+    let mesh = Value::Map(vec![(
+        Value::from("vertices"),
+        Value::Array((0..floats).map(|i| Value::F64(i as f64)).collect()),
+    )]);
+    host.upload(&[block("mesh", mesh)], WAIT)?;
+    let mut reader = joiner(&ctx, server.port, "reader")?;
+    let mut latencies = Vec::new();
+    let mut meter = None;
+    // The first patch decodes the datablock once; measure the others.
+    for i in 0..=patches {
+        if i == 1 {
+            meter = Some(CpuMeter::start(server.pid()));
+        }
+        let patch = Patch {
+            ops: vec![PatchOp::Set {
+                path: vec![
+                    PathStep::Key("vertices".into()),
+                    PathStep::Index(i % floats as u64),
+                ],
+                value: Value::F64(-1.0),
+            }],
+        };
+        let sent = now_ns();
+        host.patch("mesh", &patch, None)?;
+        let frames = reader
+            .next_subscriber_frames(WAIT)?
+            .context("the patch never arrived")?;
+        if frames.len() != 2 {
+            bail!("unexpected message with {} frames", frames.len());
+        }
+        if i > 0 {
+            latencies.push(now_ns() - sent);
+        }
+    }
+    let (cpu, _) = meter.map(|m| m.read()).unwrap_or_default();
+    Ok(BigPatch {
+        p50_us: quantile(&mut latencies, 0.5) as f64 / 1e3,
+        p99_us: quantile(&mut latencies, 0.99) as f64 / 1e3,
+        cpu_us: cpu.as_secs_f64() * 1e6 / patches as f64,
+    })
+}
+
+/// Server CPU while `clients` connected clients only answer pings, as a
+/// share of one core.
+pub fn idle(setup: &Setup, clients: usize, seconds: f64) -> anyhow::Result<f64> {
+    let server = setup.server()?;
+    let ctx = zmq::Context::new();
+    let mut host = admin(&ctx, server.port)?;
+    host.upload(&[], WAIT)?;
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let stop_rx = Arc::new(std::sync::Mutex::new(stop_rx));
+    let ready = Arc::new(Barrier::new(clients + 1));
+    let handles: Vec<JoinHandle<anyhow::Result<()>>> = (0..clients)
+        .map(|i| {
+            let (ctx, ready, stop) = (ctx.clone(), ready.clone(), stop_rx.clone());
+            let port = server.port;
+            std::thread::spawn(move || {
+                let mut c = joiner(&ctx, port, &format!("idle-{i}"))?;
+                ready.wait();
+                loop {
+                    c.next_event(Duration::from_millis(200))?;
+                    let stopped = stop.lock().map(|rx| rx.try_recv().is_ok()).unwrap_or(true);
+                    if stopped {
+                        return Ok(());
+                    }
+                }
+            })
+        })
+        .collect();
+    ready.wait();
+    // Let the joins' presence traffic settle before measuring.
+    std::thread::sleep(Duration::from_secs(1));
+    let meter = CpuMeter::start(server.pid());
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let (cpu, wall) = meter.read();
+    for _ in 0..clients {
+        let _ = stop_tx.send(());
+    }
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+    }
+    drop(host);
+    Ok(cpu.as_secs_f64() / wall.as_secs_f64())
+}
+
+/// Many clients, a few writing at a steady rate: does everyone get
+/// everything, how fast, and what does one stalled client change?
+pub struct Crowd {
+    pub delivered: u64,
+    pub expected: u64,
+    pub p99_us: f64,
+    pub rss: u64,
+    pub cpu_share: f64,
+}
+
+pub fn crowd(
+    setup: &Setup,
+    clients: usize,
+    writers: usize,
+    rate: f64,
+    seconds: f64,
+    stalled: bool,
+) -> anyhow::Result<Crowd> {
+    let server = setup.server()?;
+    let ctx = zmq::Context::new();
+    let mut host = admin(&ctx, server.port)?;
+    let blocks: Vec<Block> = (0..writers)
+        .map(|w| block(&format!("stroke-{w}"), Value::Nil))
+        .collect();
+    host.upload(&blocks, WAIT)?;
+    let per_writer = (rate * seconds) as u64;
+    let total = per_writer * writers as u64;
+    let ready = Arc::new(Barrier::new(clients + 1));
+    let mut handles = Vec::new();
+    for i in 0..clients {
+        let (ctx, ready) = (ctx.clone(), ready.clone());
+        let port = server.port;
+        let writing = i < writers;
+        let expect = if writing { total - per_writer } else { total };
+        handles.push(std::thread::spawn(move || -> anyhow::Result<Seen> {
+            let mut c = joiner(&ctx, port, &format!("user-{i}"))?;
+            ready.wait();
+            if !writing {
+                return watch(&mut c, expect);
+            }
+            // Writers interleave sending with reading what the others send.
+            let mut payload = TimedPayload::new(1024);
+            let target = block(&format!("stroke-{i}"), Value::Nil);
+            let started = Instant::now();
+            let mut seen = Seen {
+                count: 0,
+                latencies: Vec::new(),
+                last_ns: 0,
+            };
+            for n in 0..per_writer {
+                let due = started + Duration::from_secs_f64(n as f64 / rate);
+                drain_until(&mut c, &mut seen, due)?;
+                c.update_raw(&target, payload.stamped())?;
+            }
+            let rest = watch(&mut c, expect - seen.count.min(expect))?;
+            seen.count += rest.count;
+            seen.latencies.extend(rest.latencies);
+            Ok(seen)
+        }));
+    }
+    let stalled_client = if stalled {
+        let mut c = Client::connect_in(&ctx, ClientOptions::new(server.port, "stalled"))?;
+        c.authenticate(WAIT)?;
+        c.subscribe(None)?;
+        Some(c)
+    } else {
+        None
+    };
+    ready.wait();
+    let meter = CpuMeter::start(server.pid());
+    let mut delivered = 0;
+    let mut expected = 0;
+    let mut latencies = Vec::new();
+    for (i, h) in handles.into_iter().enumerate() {
+        let seen = h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+        delivered += seen.count;
+        expected += if i < writers {
+            total - per_writer
+        } else {
+            total
+        };
+        latencies.extend(seen.latencies);
+    }
+    let (cpu, wall) = meter.read();
+    let rss = server.rss();
+    drop(stalled_client);
+    Ok(Crowd {
+        delivered,
+        expected,
+        p99_us: quantile(&mut latencies, 0.99) as f64 / 1e3,
+        rss,
+        cpu_share: cpu.as_secs_f64() / wall.as_secs_f64(),
+    })
+}
+
+fn watch(c: &mut Client, expect: u64) -> anyhow::Result<Seen> {
+    let mut seen = Seen {
+        count: 0,
+        latencies: Vec::new(),
+        last_ns: 0,
+    };
+    while seen.count < expect {
+        let Some(frames) = c.next_subscriber_frames(Duration::from_secs(10))? else {
+            break;
+        };
+        record(&mut seen, &frames);
+    }
+    Ok(seen)
+}
+
+fn drain_until(c: &mut Client, seen: &mut Seen, due: Instant) -> anyhow::Result<()> {
+    loop {
+        let now = Instant::now();
+        let wait = due.saturating_duration_since(now);
+        match c.next_subscriber_frames(wait)? {
+            Some(frames) => record(seen, &frames),
+            None => return Ok(()),
+        }
+        if Instant::now() >= due {
+            return Ok(());
+        }
+    }
+}
+
+fn record(seen: &mut Seen, frames: &[zmq::Message]) {
+    if let Some(sent) = frames.get(1).and_then(|p| TimedPayload::sent_at(p)) {
+        let now = now_ns();
+        seen.latencies.push(now.saturating_sub(sent));
+        seen.last_ns = now;
+        seen.count += 1;
+    }
+}
