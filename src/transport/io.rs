@@ -143,10 +143,29 @@ impl Io {
             let _ = self.send(channel, &identity, &wire);
             return;
         }
-        if self.slow.contains(&identity) {
+        if !self.slow.is_empty() && self.slow.contains(&identity) {
             return;
         }
         let key = (channel, identity);
+        // Fast path: nothing queued for this client, so the message may go
+        // straight to libzmq; only a full connection needs an outbox.
+        if self.outboxes.is_empty() || !self.outboxes.contains_key(&key) {
+            match self.send(channel, &key.1, &wire) {
+                Ok(()) => return,
+                Err(zmq::Error::EAGAIN) => {}
+                Err(zmq::Error::EHOSTUNREACH) => {
+                    tracing::debug!(
+                        channel = channel.name(),
+                        "peer not connected; message dropped"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(channel = channel.name(), error = %e, "send failed; message dropped");
+                    return;
+                }
+            }
+        }
         let outbox = self.outboxes.entry(key.clone()).or_default();
         let within = outbox.push(
             wire,
@@ -347,7 +366,7 @@ fn read_message(
     };
     let mut frames = frames.into_iter();
     let header = frames.next();
-    let payload = frames.next().map(|m| Bytes::copy_from_slice(&m));
+    let payload = frames.next().map(|m| Bytes::from_owner(Frame(m)));
     let message = match header {
         _ if extra > 0 => Err(ProtocolError::Frames(
             MAX_FRAMES + extra,
@@ -367,6 +386,16 @@ fn read_message(
         message,
         payload,
     }))
+}
+
+/// A received frame kept in libzmq's buffer, so that the data frame is
+/// stored and forwarded without being copied.
+struct Frame(zmq::Message);
+
+impl AsRef<[u8]> for Frame {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 fn decode(channel: Channel, header: &[u8], limit: usize) -> Result<ClientMessage, ProtocolError> {

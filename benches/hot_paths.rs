@@ -1,0 +1,97 @@
+//! Micro-benchmarks of the server's hot paths: decoding an UPDATE header,
+//! validating a data frame, applying a one-value patch to a large value,
+//! and a room forwarding an update to eight clients.
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use replication_serve::config::Limits;
+use replication_serve::protocol::codec::encode_value;
+use replication_serve::protocol::patch::{Patch, PatchOp, PathStep};
+use replication_serve::protocol::{
+    BlockSpec, ChunkFields, PublisherMessage, UploadStep, decode_header, encode, validate_value,
+};
+use replication_serve::room::{ClientId, Room};
+use rmpv::Value;
+
+fn decode(c: &mut Criterion) {
+    let header = encode(&PublisherMessage::Update {
+        uuid: "6f1c2a4e-0d51-4b8e-9b43-3f0c2d7a9e11".into(),
+        type_id: Some("Mesh".into()),
+        owner: None,
+        deps: Some(vec!["a1".into(), "b2".into()]),
+        patch: false,
+        base_revision: None,
+        chunk: ChunkFields::default(),
+    });
+    c.bench_function("decode UPDATE header", |b| {
+        b.iter(|| decode_header::<PublisherMessage>(black_box(&header), 1 << 20).unwrap())
+    });
+    let data = encode_value(&Value::Map(vec![
+        (Value::from("name"), Value::from("Cube")),
+        (
+            Value::from("vertices"),
+            Value::Array((0..100).map(|i| Value::F64(f64::from(i))).collect()),
+        ),
+    ]));
+    c.bench_function("validate 1 KB data frame", |b| {
+        b.iter(|| validate_value(black_box(&data)).unwrap())
+    });
+}
+
+fn patch(c: &mut Criterion) {
+    let mut mesh = Value::Map(vec![(
+        Value::from("vertices"),
+        Value::Array((0..1_000_000).map(|i| Value::F64(f64::from(i))).collect()),
+    )]);
+    let mut n = 0u64;
+    c.bench_function("one-value patch to a 9 MB value", |b| {
+        b.iter(|| {
+            n = (n + 7919) % 1_000_000;
+            let patch = Patch {
+                ops: vec![PatchOp::Set {
+                    path: vec![PathStep::Key("vertices".into()), PathStep::Index(n)],
+                    value: Value::F64(-1.0),
+                }],
+            };
+            patch.apply(black_box(&mut mesh)).unwrap();
+        })
+    });
+}
+
+fn fan_out(c: &mut Criterion) {
+    let mut room = Room::new(Limits::default());
+    let host = ClientId(0);
+    room.join(host, "host", true, None).unwrap();
+    room.upload(host, UploadStep::Init, None, None).unwrap();
+    let spec = BlockSpec::checked(
+        "stroke".into(),
+        Some("Mesh".into()),
+        Some("COMMON".into()),
+        None,
+    )
+    .unwrap();
+    let data = Bytes::from(vec![0xc0]);
+    room.upload(host, UploadStep::Set, None, Some((spec, data)))
+        .unwrap();
+    room.upload(host, UploadStep::End, None, None).unwrap();
+    for i in 1..=8 {
+        room.join(ClientId(i), &format!("reader-{i}"), false, None)
+            .unwrap();
+        room.subscribe(ClientId(i), None).unwrap();
+    }
+    let payload = Bytes::from(encode_value(&Value::Binary(vec![7; 1000])).to_vec());
+    c.bench_function("room: apply and fan out a 1 KB update to 8", |b| {
+        b.iter(|| {
+            let spec = BlockSpec::checked("stroke".into(), None, None, None).unwrap();
+            let fx = room
+                .update(host, spec, false, None, payload.clone())
+                .unwrap();
+            black_box(fx);
+        })
+    });
+}
+
+criterion_group!(benches, decode, patch, fan_out);
+criterion_main!(benches);

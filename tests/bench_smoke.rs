@@ -1,0 +1,44 @@
+//! The benchmark tool is not a test, but it must keep working: run every
+//! scenario once with tiny sizes against the debug server.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn every_benchmark_scenario_runs() {
+    let output = Command::new(env!("CARGO_BIN_EXE_replication-bench"))
+        .args([
+            "--quick",
+            "--server",
+            env!("CARGO_BIN_EXE_replication-serve"),
+        ])
+        .args(["--port", &common::free_base_port().to_string()])
+        .output()
+        .expect("run replication-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for measure in [
+        "late join",
+        "+20 ms round trip",
+        "fan-out",
+        "libzmq ceiling",
+        "latency p99",
+        "one-value patch",
+        "idle",
+        "stalled",
+    ] {
+        assert!(stdout.contains(measure), "no {measure:?} row:\n{stdout}");
+    }
+    // Nothing may be lost even in the smoke run.
+    for line in stdout
+        .lines()
+        .filter(|l| l.contains("lost") || l.contains("missing"))
+    {
+        assert!(line.trim_end().ends_with("| 0 |"), "{line}");
+    }
+}
