@@ -10,7 +10,8 @@ use replication_serve::config::Limits;
 use replication_serve::protocol::codec::encode_value;
 use replication_serve::protocol::patch::{Patch, PatchOp, PathStep};
 use replication_serve::protocol::{
-    BlockSpec, ChunkFields, PublisherMessage, UploadStep, decode_header, encode, validate_value,
+    BlockSpec, ChunkFields, DatablockHeader, PublisherMessage, ServerMessage, UploadStep,
+    decode_header, encode, validate_value,
 };
 use replication_serve::room::{ClientId, Room};
 use rmpv::Value;
@@ -24,6 +25,21 @@ fn decode(c: &mut Criterion) {
         patch: false,
         base_revision: None,
         chunk: ChunkFields::default(),
+    });
+    let forwarded = ServerMessage::Update {
+        header: DatablockHeader {
+            uuid: "6f1c2a4e-0d51-4b8e-9b43-3f0c2d7a9e11".into(),
+            type_id: "Mesh".into(),
+            owner: "COMMON".into(),
+            deps: vec!["a1".into(), "b2".into()],
+            revision: 42,
+        },
+        sender: "alice".into(),
+        patch: false,
+        chunk: ChunkFields::default(),
+    };
+    c.bench_function("encode forwarded UPDATE header", |b| {
+        b.iter(|| encode(black_box(&forwarded)))
     });
     c.bench_function("decode UPDATE header", |b| {
         b.iter(|| decode_header::<PublisherMessage>(black_box(&header), 1 << 20).unwrap())
