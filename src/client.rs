@@ -420,16 +420,39 @@ impl Client {
         result
     }
 
-    /// Sends a datablock's full data (creates it when new).
+    /// Sends a datablock's full data (creates it when new). Not
+    /// acknowledged: a refusal arrives later as an ERROR event.
     pub fn update(&mut self, block: &Block) -> Result<(), ClientError> {
         let data = encode_value(&block.data);
         self.update_raw(block, &data)
     }
 
-    /// Sends already-encoded data for a datablock.
+    /// Sends already-encoded data for a datablock, unacknowledged.
     pub fn update_raw(&mut self, block: &Block, data: &[u8]) -> Result<(), ClientError> {
+        self.send_update(block, data, None)
+    }
+
+    /// Sends a datablock's full data and waits until the server has applied
+    /// it; returns the new revision.
+    pub fn update_confirmed(
+        &mut self,
+        block: &Block,
+        timeout: Duration,
+    ) -> Result<u64, ClientError> {
+        let id = self.next_id();
+        self.send_update(block, &encode_value(&block.data), Some(id))?;
+        self.ack(id, timeout)
+    }
+
+    fn send_update(
+        &mut self,
+        block: &Block,
+        data: &[u8],
+        id: Option<u64>,
+    ) -> Result<(), ClientError> {
         let spec = self.payload_spec(data.len());
         let msg = PublisherMessage::Update {
+            id,
             uuid: block.uuid.clone(),
             type_id: Some(block.type_id.clone()),
             owner: block.owner.clone(),
@@ -441,16 +464,41 @@ impl Client {
         self.send_with_payload(Channel::Publisher, &msg, spec, data)
     }
 
-    /// Sends a patch for a datablock.
+    /// Sends a patch for a datablock, unacknowledged.
     pub fn patch(
         &mut self,
         uuid: &str,
         patch: &Patch,
         base_revision: Option<u64>,
     ) -> Result<(), ClientError> {
+        self.send_patch(uuid, patch, base_revision, None)
+    }
+
+    /// Sends a patch and waits until the server has applied it; returns the
+    /// new revision.
+    pub fn patch_confirmed(
+        &mut self,
+        uuid: &str,
+        patch: &Patch,
+        base_revision: Option<u64>,
+        timeout: Duration,
+    ) -> Result<u64, ClientError> {
+        let id = self.next_id();
+        self.send_patch(uuid, patch, base_revision, Some(id))?;
+        self.ack(id, timeout)
+    }
+
+    fn send_patch(
+        &mut self,
+        uuid: &str,
+        patch: &Patch,
+        base_revision: Option<u64>,
+        id: Option<u64>,
+    ) -> Result<(), ClientError> {
         let data = encode_value(&patch.to_value());
         let spec = self.payload_spec(data.len());
         let msg = PublisherMessage::Update {
+            id,
             uuid: uuid.to_owned(),
             type_id: None,
             owner: None,
@@ -460,6 +508,13 @@ impl Client {
             chunk: ChunkFields::from_spec(spec),
         };
         self.send_with_payload(Channel::Publisher, &msg, spec, &data)
+    }
+
+    fn ack(&mut self, id: u64, timeout: Duration) -> Result<u64, ClientError> {
+        match self.reply(id, timeout)?.message {
+            ServerMessage::Ack { revision, .. } => Ok(revision),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// RIGHT: gives datablocks to `owner` (yourself to lock, COMMON to
@@ -881,6 +936,7 @@ fn reply_id(message: &ServerMessage) -> Option<u64> {
         | ServerMessage::Right { id, .. }
         | ServerMessage::Delete { id, .. }
         | ServerMessage::Kick { id, .. } => *id,
+        ServerMessage::Ack { id, .. } => Some(*id),
         _ => None,
     }
 }

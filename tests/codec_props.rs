@@ -393,6 +393,7 @@ fn command_request() -> BoxedStrategy<CommandRequest> {
 fn publisher_message() -> BoxedStrategy<PublisherMessage> {
     prop_oneof![
         (
+            opt(any::<u64>()),
             text(),
             opt(text()),
             opt(text()),
@@ -402,8 +403,9 @@ fn publisher_message() -> BoxedStrategy<PublisherMessage> {
             chunk_fields(),
         )
             .prop_map(
-                |(uuid, type_id, owner, deps, patch, base_revision, chunk)| {
+                |(id, uuid, type_id, owner, deps, patch, base_revision, chunk)| {
                     PublisherMessage::Update {
+                        id,
                         uuid,
                         type_id,
                         owner,
@@ -558,6 +560,11 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
         ),
         (any::<u64>(), any::<u32>())
             .prop_map(|(transfer, index)| ServerMessage::Chunk { transfer, index }),
+        (any::<u64>(), text(), any::<u64>()).prop_map(|(id, uuid, revision)| ServerMessage::Ack {
+            id,
+            uuid,
+            revision
+        }),
         (id(), names(), text(), opt(text())).prop_map(|(id, uuids, owner, sender)| {
             ServerMessage::Right {
                 id,
@@ -634,6 +641,7 @@ fn server_name(m: &ServerMessage) -> &'static str {
         ServerMessage::Datablock { .. } => "DATABLOCK",
         ServerMessage::Update { .. } => "UPDATE",
         ServerMessage::Chunk { .. } => "CHUNK",
+        ServerMessage::Ack { .. } => "ACK",
         ServerMessage::Right { .. } => "RIGHT",
         ServerMessage::Delete { .. } => "DELETE",
         ServerMessage::Kick { .. } => "KICK",
@@ -665,6 +673,7 @@ const SERVER_NAMES: &[&str] = &[
     "DATABLOCK",
     "UPDATE",
     "CHUNK",
+    "ACK",
     "RIGHT",
     "DELETE",
     "KICK",

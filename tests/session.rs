@@ -518,3 +518,39 @@ fn clients_leave_cleanly() {
     );
     assert_eq!(state_of(&mut host).1, 1);
 }
+
+#[test]
+fn acknowledged_updates_are_applied_before_what_follows() {
+    let (server, _host) = hosted(&[block("cube", "Object", object("Cube", [0.0; 3]))]);
+    let (mut bob, _) = joined(&server, "bob");
+    let (mut carol, _) = joined(&server, "carol");
+    bob.lock(&["cube"], T).unwrap();
+    // Channels are not ordered with each other: waiting for the ACK makes
+    // the update land before the unlock and the departure.
+    let mut moved = block("cube", "Object", object("Cube", [7.0; 3]));
+    moved.owner = None;
+    let revision = bob.update_confirmed(&moved, T).unwrap();
+    assert_eq!(revision, 2);
+    bob.unlock(&["cube"], T).unwrap();
+    bob.leave().unwrap();
+    let ev = wait_update(&mut carol, "cube");
+    assert_eq!(
+        value(ev.payload.as_ref().unwrap()),
+        object("Cube", [7.0; 3])
+    );
+    let fetched = carol.fetch("cube", T).unwrap();
+    assert_eq!(
+        (fetched.header.revision, fetched.header.owner.as_str()),
+        (2, COMMON)
+    );
+    // A refused acknowledged update names its id.
+    carol.lock(&["cube"], T).unwrap();
+    let (mut dave, _) = joined(&server, "dave");
+    let mut taken = block("cube", "Object", object("Dave", [1.0; 3]));
+    taken.owner = None;
+    let refused = dave.update_confirmed(&taken, T);
+    assert!(
+        matches!(refused, Err(ClientError::Refused { ref code, .. }) if code == "NotOwner"),
+        "{refused:?}"
+    );
+}

@@ -371,6 +371,7 @@ impl Core {
     async fn publisher(&mut self, id: ClientId, msg: PublisherMessage, payload: Option<Bytes>) {
         match msg {
             PublisherMessage::Update {
+                id: req_id,
                 uuid,
                 type_id,
                 owner,
@@ -381,13 +382,14 @@ impl Core {
             } => {
                 let refers_to = RefersTo {
                     kind: Some("UPDATE".into()),
+                    id: req_id,
                     uuid: Some(uuid.clone()),
                     transfer: chunk.transfer,
-                    ..RefersTo::default()
                 };
                 match BlockSpec::checked(uuid, type_id, owner, deps) {
                     Ok(spec) => {
                         let pending = Pending::Update {
+                            req_id,
                             spec,
                             patch,
                             base_revision,

@@ -7,17 +7,17 @@ use bytes::Bytes;
 use super::transfers::Pending;
 use super::{Core, protocol_error};
 use crate::protocol::{
-    Channel, ChunkFields, ErrorCode, PayloadSpec, ProtocolError, RefersTo, UploadStep,
-    validate_value,
+    Channel, ChunkFields, ErrorCode, PayloadSpec, ProtocolError, RefersTo, ServerMessage,
+    UploadStep, Wire, validate_value,
 };
-use crate::room::{ClientId, Effects, RoomError};
+use crate::room::{ClientId, Delivery, Effects, RoomError};
 
 impl Pending {
     /// What an ERROR about this payload refers to.
     fn refers_to(&self, transfer: Option<u64>) -> RefersTo {
         let (kind, id, uuid) = match self {
             Pending::UploadSet { req_id, spec } => ("SERVER_SNAPSHOT", *req_id, &spec.uuid),
-            Pending::Update { spec, .. } => ("UPDATE", None, &spec.uuid),
+            Pending::Update { req_id, spec, .. } => ("UPDATE", *req_id, &spec.uuid),
         };
         RefersTo {
             kind: Some(kind.to_owned()),
@@ -87,6 +87,7 @@ impl Core {
                 spec,
                 patch,
                 base_revision,
+                ..
             } => self
                 .room
                 .can_update(id, &spec.uuid, *patch, *base_revision)?,
@@ -158,6 +159,7 @@ impl Core {
                     .upload(id, UploadStep::Set, req_id, Some((spec, data)))
             }
             Pending::Update {
+                req_id,
                 spec,
                 patch,
                 base_revision,
@@ -165,7 +167,22 @@ impl Core {
                 if !patch {
                     validate_value(&data).map_err(|e| bad_data(&spec.uuid, &e))?;
                 }
-                self.room.update(id, spec, patch, base_revision, data)
+                let uuid = spec.uuid.clone();
+                let mut effects = self.room.update(id, spec, patch, base_revision, data)?;
+                if let Some(ack_id) = req_id {
+                    let revision = self.room.repository().get(&uuid).map_or(0, |b| b.revision);
+                    let ack = ServerMessage::Ack {
+                        id: ack_id,
+                        uuid,
+                        revision,
+                    };
+                    effects.deliveries.push(Delivery {
+                        to: vec![id],
+                        channel: Channel::Commands,
+                        wire: Wire::message(&ack),
+                    });
+                }
+                Ok(effects)
             }
         }
     }

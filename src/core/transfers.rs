@@ -18,6 +18,7 @@ pub enum Pending {
     },
     /// A live UPDATE.
     Update {
+        req_id: Option<u64>,
         spec: BlockSpec,
         patch: bool,
         base_revision: Option<u64>,
@@ -177,6 +178,7 @@ mod tests {
 
     fn pending() -> Pending {
         Pending::Update {
+            req_id: None,
             spec: BlockSpec::checked("u".into(), None, None, None).unwrap(),
             patch: false,
             base_revision: None,

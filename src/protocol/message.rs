@@ -302,6 +302,9 @@ impl CommandRequest {
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PublisherMessage {
     Update {
+        /// Ask for an ACK once applied; ERRORs about it carry this id.
+        #[serde(default)]
+        id: Option<u64>,
         uuid: String,
         #[serde(default)]
         type_id: Option<String>,
@@ -494,6 +497,12 @@ pub enum ServerMessage {
     Chunk {
         transfer: u64,
         index: u32,
+    },
+    /// An UPDATE that carried an `id` was applied, at this revision.
+    Ack {
+        id: u64,
+        uuid: String,
+        revision: u64,
     },
     Right {
         #[serde(default, skip_serializing_if = "Option::is_none")]
