@@ -18,6 +18,7 @@ use rmpv::Value;
 
 fn decode(c: &mut Criterion) {
     let header = encode(&PublisherMessage::Update {
+        id: None,
         uuid: "6f1c2a4e-0d51-4b8e-9b43-3f0c2d7a9e11".into(),
         type_id: Some("Mesh".into()),
         owner: None,
