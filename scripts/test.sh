@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit, property and integration tests of the
-# server (against the real server on free local ports).
+# server (against the real server on free local ports), then the Python
+# client's tests (clients/python) against the built binary, including a
+# session shared by the Rust and Python clients and, when Blender is
+# installed, an end-to-end test in real Blender.
 set -euo pipefail
 
 usage() {
     cat <<'USAGE'
 Usage: scripts/test.sh [--help]
 
-Builds the server and runs every test. Needs Rust (cargo) and a C/C++
-compiler; libzmq is built from the bundled sources on the first run.
+Builds the server and runs every test. Needs Rust (cargo), a C/C++
+compiler (libzmq is built from the bundled sources on the first run) and
+Python 3 with pip: the Python tests run in a virtual environment that this
+script creates in .venv. The Blender test also needs blender and xvfb-run
+(.ci/run installs them); without them it is reported as skipped.
 USAGE
 }
 
@@ -19,4 +25,34 @@ case "${1:-}" in
 esac
 
 cd "$(dirname "$0")/.."
+root=$PWD
+venv=$root/.venv
+
+cargo build --locked
+
+# A virtual environment with the Python client and pytest. An environment
+# that no longer runs (its Python was moved or removed) is made again.
+if ! "$venv/bin/python" -c "" 2>/dev/null; then
+    rm -rf "$venv"
+    python3 -m venv "$venv" || {
+        echo "error: python3 -m venv failed; install the venv module" \
+            "(Debian: apt-get install python3-venv)" >&2
+        exit 1
+    }
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    --editable "$root/clients/python[test]"
+
+export REPLICATION_SERVE_BIN=$root/target/debug/replication-serve
+export REPLICATION_PYTHON=$venv/bin/python
+export REPLICATION_BLENDER_SITE=$venv/blender-site
+
 cargo test --all-targets --locked
+
+status=0
+"$venv/bin/python" -m pytest -q -rs "$root/clients/python/tests" || status=$?
+if [ "$status" -eq 5 ]; then
+    echo "error: pytest collected no tests" >&2
+    exit 1
+fi
+exit "$status"

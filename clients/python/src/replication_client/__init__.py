@@ -1,0 +1,81 @@
+"""Python client of replication-serve, protocol version 1.
+
+Start with :class:`Session`; see docs/python-client.md for examples,
+including driving a session from a Blender add-on timer.
+"""
+
+from . import patch
+from .codec import PairMap, pack, unpack
+from .errors import (
+    AuthenticationError,
+    Disconnected,
+    NotAuthenticated,
+    PatchError,
+    PatchFailed,
+    PatchMalformed,
+    ProtocolError,
+    ReplicationError,
+    RequestRefused,
+    ServerRefused,
+    Timeout,
+    UploadIncomplete,
+)
+from .events import (
+    Deleted,
+    Event,
+    LocalError,
+    OwnerChanged,
+    Reply,
+    RequestFailed,
+    ServerError,
+    SessionEnded,
+    SnapshotDone,
+    SnapshotProgress,
+    Updated,
+    UploadDone,
+    UsersChanged,
+)
+from .model import COMMON, AuthInfo, Datablock, User
+from .protocol import PROTOCOL_VERSION
+from .session import AUTO, Session
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AUTO",
+    "COMMON",
+    "PROTOCOL_VERSION",
+    "AuthInfo",
+    "AuthenticationError",
+    "Datablock",
+    "Deleted",
+    "Disconnected",
+    "Event",
+    "LocalError",
+    "NotAuthenticated",
+    "OwnerChanged",
+    "PairMap",
+    "PatchError",
+    "PatchFailed",
+    "PatchMalformed",
+    "ProtocolError",
+    "ReplicationError",
+    "Reply",
+    "RequestFailed",
+    "RequestRefused",
+    "ServerError",
+    "ServerRefused",
+    "Session",
+    "SessionEnded",
+    "SnapshotDone",
+    "SnapshotProgress",
+    "Timeout",
+    "Updated",
+    "UploadDone",
+    "UploadIncomplete",
+    "User",
+    "UsersChanged",
+    "pack",
+    "patch",
+    "unpack",
+]

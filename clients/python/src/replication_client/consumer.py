@@ -1,0 +1,259 @@
+"""The consumer half of a session: it runs in :meth:`Session.poll`, on the
+add-on's thread.
+
+It takes whole messages from the inbox, keeps the replica and the user list
+current, repairs the replica with FETCH when it cannot be trusted, turns
+messages into events and calls the callbacks. Only this half touches the
+replica, so it needs no lock, and callbacks may change Blender data.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .codec import pack
+from .events import (
+    Deleted,
+    Event,
+    OwnerChanged,
+    Reply,
+    RequestFailed,
+    ServerError,
+    SessionEnded,
+    SnapshotDone,
+    SnapshotProgress,
+    UploadDone,
+    UsersChanged,
+)
+from .inbox import ANSWERS, Ended, Message, Request
+from .model import AuthInfo, Datablock, User, user_from_wire
+from .protocol import Channel, message
+from .replica import Replica
+from .uploads import Upload
+
+__all__ = ["ConsumerHalf"]
+
+log = logging.getLogger("replication_client")
+
+
+class ConsumerHalf:
+    """Mixin of :class:`Session`; the attributes are set by its constructor."""
+
+    user: str
+    auth: AuthInfo | None
+    users: tuple[User, ...]
+    ended: SessionEnded | None
+    _replica: Replica
+    _token: bytes | None
+    _requests: dict[int, Request]
+    _requests_lock: threading.Lock
+    _inbox: deque[Any]
+    _inbox_cv: threading.Condition
+    _callbacks: list[tuple[type[Event], Callable[[Any], None]]]
+    _dispatching: bool
+    _internal_fetches: dict[int, str]
+    _pushed_transfers: dict[int, str]
+    _unconfirmed: dict[str, int]
+    _probes: set[int]
+    _subscribed: bool
+    _synced: bool
+    _snapshot_total: int
+    _snapshot_done: int
+    _ids: Iterator[int]
+    _send: Callable[[Channel, list[list[bytes]]], None]
+
+    def _result(self, req: Request, msg: Message) -> Any:
+        """What a request's blocking form returns, and its Reply carries."""
+        h = msg.header
+        if req.kind == "auth":
+            return self.auth
+        if req.id in self._probes:  # wait_applied: only the header matters
+            return Datablock(
+                h["uuid"],
+                h["type_id"],
+                None,
+                h.get("owner"),
+                list(h.get("deps") or []),
+                h.get("revision", 0),
+            )
+        if req.kind == "fetch":
+            return self._replica.blocks.get(h["uuid"]) or Datablock(
+                h["uuid"],
+                h["type_id"],
+                msg.data(),
+                h.get("owner"),
+                list(h.get("deps") or []),
+                h.get("revision", 0),
+            )
+        return {k: v for k, v in h.items() if k != "type"}
+
+    def _dispatch(self, budget: float | None) -> list[Event]:
+        if self._dispatching:
+            return []  # a callback called a blocking method: the outer loop goes on
+        self._dispatching = True
+        events: list[Event] = []
+        deadline = None if budget is None else time.monotonic() + budget
+        try:
+            while True:
+                with self._inbox_cv:
+                    if not self._inbox:
+                        break
+                    item = self._inbox.popleft()
+                for event in self._consume(item):
+                    events.append(event)
+                    self._fire(event)
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+        finally:
+            self._dispatching = False
+        return events
+
+    def _fire(self, event: Event) -> None:
+        for event_type, callback in list(self._callbacks):
+            if isinstance(event, event_type):
+                try:
+                    callback(event)
+                except Exception:  # an add-on bug must not stop replication
+                    log.exception("callback %r failed on %r", callback, event)
+
+    def _consume(self, item: Any) -> list[Event]:
+        if isinstance(item, Event):
+            return [item]
+        if isinstance(item, Ended):
+            return self._consume_ended(item)
+        if isinstance(item, Upload):
+            return self._consume_upload(item)
+        return self._consume_message(item)
+
+    def _consume_ended(self, item: Ended) -> list[Event]:
+        self.auth = None
+        self._subscribed = False
+        self._synced = False
+        self._replica.fetching.clear()
+        self._internal_fetches.clear()
+        self._unconfirmed.clear()
+        ended = SessionEnded(item.reason, item.by_server)
+        self.ended = ended
+        events: list[Event] = [
+            RequestFailed(req.id, req.kind, req.error or ended.error) for req in item.failed
+        ]
+        events.append(ended)
+        return events
+
+    def _consume_upload(self, up: Upload) -> list[Event]:
+        if up.error is None:
+            for block in up.accepted_blocks():
+                self._replica.blocks[block.uuid] = block
+            self._subscribed = True
+            self._synced = True
+        if up.blocking:
+            return []
+        return [UploadDone(up.id, up.datablocks, tuple(up.errors), up.error)]
+
+    def _consume_message(self, msg: Message) -> list[Event]:
+        h = msg.header
+        kind = h["type"]
+        rid = h.get("id")
+        events: list[Event] = []
+        if kind == "ERROR":
+            return self._consume_error(msg)
+        if kind == "DATABLOCK":
+            if rid is None:
+                self._snapshot_done += 1
+                events.append(self._replica.stored(h, msg.data(), "snapshot"))
+                events.append(SnapshotProgress(self._snapshot_done, self._snapshot_total))
+            elif rid in self._probes:
+                return []  # wait_applied's check: the replica keeps its own state
+            else:
+                uuid = self._internal_fetches.pop(rid, None)
+                if uuid is not None:
+                    self._replica.fetching.discard(uuid)
+                self._confirm(h["uuid"], h.get("revision", 0))
+                events.append(self._replica.stored(h, msg.data(), "fetch"))
+        elif kind == "UPDATE":
+            self._confirm(h["uuid"], h.get("revision", 0))
+            event, refetch = self._replica.forwarded(h, msg.payload or b"")
+            if refetch:
+                self._refetch(h["uuid"])
+            if event is not None:
+                events.append(event)
+        elif kind == "SNAPSHOT":
+            step = h.get("step")
+            if step == "BEGIN":
+                self._snapshot_total = int(h.get("datablocks", 0))
+                self._snapshot_done = 0
+                events.append(SnapshotProgress(0, self._snapshot_total))
+            elif step == "END":
+                self._synced = True
+                events.append(SnapshotDone(int(h.get("datablocks", self._snapshot_done))))
+        elif kind == "RIGHT":
+            uuids = list(h.get("uuids") or [])
+            self._replica.owners(uuids, h["owner"])
+            sender = h.get("sender") if rid is None else self.user
+            events.append(OwnerChanged(tuple(uuids), h["owner"], sender))
+        elif kind == "DELETE":
+            self._unconfirmed.pop(h["uuid"], None)
+            self._replica.remove(h["uuid"])
+            events.append(Deleted(h["uuid"], h.get("sender") if rid is None else self.user))
+        elif kind == "CLIENTS_STATE":
+            self.users = tuple(user_from_wire(u) for u in h.get("users") or [])
+            events.append(UsersChanged(self.users))
+        elif kind == "AUTH" and h.get("status") in ("LOBBY", "RUNNING"):
+            self.ended = None
+        if rid is not None and kind in ANSWERS:
+            events.extend(self._nowait_answer(rid, msg))
+        return events
+
+    def _consume_error(self, msg: Message) -> list[Event]:
+        h = msg.header
+        rt = dict(h.get("refers_to") or {})
+        rid = rt.get("id")
+        code = h.get("code", "")
+        if rid in self._internal_fetches:
+            uuid = self._internal_fetches.pop(rid)
+            self._replica.fetching.discard(uuid)
+            if code == "unknown_datablock" and self._replica.remove(uuid):
+                return [Deleted(uuid, None)]
+            return []
+        if rid is not None:
+            answered = self._nowait_answer(rid, msg)
+            if answered:
+                return answered
+        if msg.claimed:
+            return []
+        if rt.get("type") == "UPDATE" and isinstance(rt.get("uuid"), str):
+            self._unconfirmed.pop(rt["uuid"], None)
+            self._refetch(rt["uuid"])
+        elif rt.get("type") == "CHUNK" and rt.get("transfer") in self._pushed_transfers:
+            self._unconfirmed.pop(self._pushed_transfers[rt["transfer"]], None)
+            self._refetch(self._pushed_transfers[rt["transfer"]])
+        return [ServerError(code, h.get("message", ""), rt)]
+
+    def _nowait_answer(self, rid: int, msg: Message) -> list[Event]:
+        with self._requests_lock:
+            req = self._requests.get(rid)
+            if req is None or req.blocking:
+                return []
+            del self._requests[rid]
+        if req.error is not None:
+            return [RequestFailed(req.id, req.kind, req.error)]
+        return [Reply(req.id, req.kind, self._result(req, msg))]
+
+    def _confirm(self, uuid: str, revision: int) -> None:
+        """The server's revision of ``uuid`` is at least ``revision``."""
+        if self._unconfirmed.get(uuid, revision + 1) <= revision:
+            del self._unconfirmed[uuid]
+
+    def _refetch(self, uuid: str) -> None:
+        """Repairs the replica: FETCH the datablock unless already underway."""
+        if uuid in self._replica.fetching or self._token is None:
+            return
+        self._replica.fetching.add(uuid)
+        rid = next(self._ids)
+        self._internal_fetches[rid] = uuid
+        self._send(Channel.SUBSCRIBER, [[pack(message("FETCH", id=rid, uuid=uuid))]])

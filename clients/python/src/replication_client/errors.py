@@ -1,0 +1,117 @@
+"""Exceptions. Every refusal carries the server's own code and reason, so an
+add-on can show the user what the server said instead of a guess."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ReplicationError",
+    "ProtocolError",
+    "Timeout",
+    "NotAuthenticated",
+    "ServerRefused",
+    "AuthenticationError",
+    "RequestRefused",
+    "UploadIncomplete",
+    "Disconnected",
+    "PatchError",
+    "PatchMalformed",
+    "PatchFailed",
+]
+
+
+class ReplicationError(Exception):
+    """Base class of every error this package raises."""
+
+
+class ProtocolError(ReplicationError):
+    """The server sent something protocol version 1 does not allow."""
+
+
+class Timeout(ReplicationError):
+    """No answer arrived within the given time. The request may still be
+    answered later; the answer is then ignored."""
+
+
+class NotAuthenticated(ReplicationError):
+    """The call needs a session: authenticate first (again after a
+    disconnection)."""
+
+
+class ServerRefused(ReplicationError):
+    """The server refused something; ``code`` is the protocol's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class AuthenticationError(ServerRefused):
+    """AUTH was answered with status FAILED (wrong password, version
+    mismatch, name taken, too many attempts, ...)."""
+
+    @property
+    def reason(self) -> str:
+        return self.message
+
+
+class RequestRefused(ServerRefused):
+    """A request was refused: an ERROR about it, or a REJECTED upload INIT.
+    ``refers_to`` is the ERROR's description of the refused message."""
+
+    def __init__(self, code: str, message: str, refers_to: dict[str, Any] | None = None) -> None:
+        super().__init__(code, message)
+        self.refers_to = dict(refers_to or {})
+
+
+class UploadIncomplete(ReplicationError):
+    """The upload finished (the session is ACTIVE) but some SETs were refused;
+    ``errors`` holds one :class:`RequestRefused` per refused datablock."""
+
+    def __init__(self, datablocks: int, errors: list[RequestRefused]) -> None:
+        refused = ", ".join(f"{e.refers_to.get('uuid', '?')} ({e.code})" for e in errors)
+        super().__init__(
+            f"{len(errors)} datablock(s) refused: {refused}; the session holds {datablocks}"
+        )
+        self.datablocks = datablocks
+        self.errors = errors
+
+
+class Disconnected(ReplicationError):
+    """The session ended: the server's DISCONNECT reason (``goodbye``,
+    ``timed out``, ``too slow``, ``kicked by NAME[: REASON]``, ``server
+    shutting down``), or a local reason when the server went silent."""
+
+    def __init__(self, reason: str, by_server: bool = True) -> None:
+        super().__init__(f"disconnected: {reason}")
+        self.reason = reason
+        self.by_server = by_server
+
+    @property
+    def kicked(self) -> bool:
+        return self.reason.startswith("kicked by ")
+
+    @property
+    def timed_out(self) -> bool:
+        return self.reason == "timed out"
+
+
+class PatchError(ReplicationError):
+    """A patch could not be applied; ``op`` is the operation's index (from 0)
+    or None when the patch as a whole is wrong."""
+
+    def __init__(self, op: int | None, reason: str) -> None:
+        where = "the patch" if op is None else f"patch operation {op}"
+        super().__init__(f"{where}: {reason}")
+        self.op = op
+        self.reason = reason
+
+
+class PatchMalformed(PatchError):
+    """The patch is not well-formed (the server would answer patch_failed)."""
+
+
+class PatchFailed(PatchError):
+    """An operation failed on the value; nothing was changed."""

@@ -1,0 +1,690 @@
+"""The Session: one user's connection to a replication-serve server.
+
+Threads and sockets
+    The commands, subscriber and publisher sockets belong to one thread at a
+    time: the thread that calls :meth:`Session.poll` (and the blocking
+    calls), or, after :meth:`Session.start_background`, the background
+    thread. Requests from the add-on are queued and sent by that thread. The
+    heartbeat socket belongs to its own thread, which answers PINGs whatever
+    the add-on does.
+
+Two halves
+    The *wire* half runs on the socket thread: it decodes frames, reassembles
+    chunks, acknowledges the snapshot window, matches answers to waiting
+    requests and drives uploads. Whole messages then go to an inbox. The
+    *consumer* half runs in :meth:`Session.poll` on the add-on's thread: it
+    updates the replica and the user list, turns messages into events and
+    calls the callbacks. So Blender data is only ever touched from the
+    thread that polls, and the replica needs no lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import zmq
+
+from .codec import pack, unpack
+from .consumer import ConsumerHalf
+from .errors import (
+    NotAuthenticated,
+    ReplicationError,
+    RequestRefused,
+    Timeout,
+)
+from .events import (
+    Event,
+    SessionEnded,
+    SnapshotProgress,
+)
+from .heartbeat import Heartbeat
+from .inbox import Request
+from .model import COMMON, AuthInfo, Datablock, User
+from .patch import validate as validate_patch
+from .protocol import (
+    DEFAULT_CHUNK_BYTES,
+    PROTOCOL_VERSION,
+    Channel,
+    message,
+    new_identity,
+    payload_messages,
+)
+from .replica import Replica
+from .stream import Reassembler, SnapshotWindow
+from .transport import Transport
+from .uploads import Upload
+from .wire import WireHalf
+
+__all__ = ["Session", "AUTO"]
+
+log = logging.getLogger("replication_client")
+
+E = TypeVar("E", bound=Event)
+
+
+class _Auto:
+    def __repr__(self) -> str:
+        return "AUTO"
+
+
+AUTO: Any = _Auto()
+"""``base_revision=AUTO``: use the replica's revision of the datablock."""
+
+
+class Session(WireHalf, ConsumerHalf):
+    """A connection to one server, as one user.
+
+    ``admin_password`` makes the user an ADMIN (pass ``admin=False`` to
+    send it anyway as a CLIENT); ``server_password`` is for private servers;
+    ``metadata`` is the initial presence map. Nothing touches the network
+    until :meth:`connect` (called by the first request).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5555,
+        user: str = "",
+        *,
+        admin_password: str | None = None,
+        server_password: str | None = None,
+        admin: bool | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if not user:
+            raise ValueError("a user name is required")
+        self.host = host
+        self.port = port
+        self.user = user
+        self.admin_password = admin_password
+        self.server_password = server_password
+        self.is_admin = admin if admin is not None else admin_password is not None
+        self.metadata = metadata
+        self.auth: AuthInfo | None = None
+        """The last successful AUTH reply (None before, and after the end)."""
+        self.users: tuple[User, ...] = ()
+        """The latest CLIENTS_STATE."""
+        self._replica = Replica()
+        self._ids = itertools.count(1)
+        self._transfers = itertools.count(1)
+        self._identity = new_identity()
+        self._ctx: zmq.Context | None = None
+        self._transport: Transport | None = None
+        self._heartbeat: Heartbeat | None = None
+        # wire half (socket thread)
+        self._token: bytes | None = None
+        self._chunk_bytes = DEFAULT_CHUNK_BYTES
+        self._requests: dict[int, Request] = {}
+        self._requests_lock = threading.Lock()
+        self._uploads: dict[int, Upload] = {}
+        self._reassembler = Reassembler()
+        self._window = SnapshotWindow()
+        self._silence: float | None = None
+        # consumer half (polling thread)
+        self._inbox: deque[Any] = deque()
+        self._inbox_cv = threading.Condition()
+        self._callbacks: list[tuple[type[Event], Callable[[Any], None]]] = []
+        self._dispatching = False
+        self._internal_fetches: dict[int, str] = {}
+        self._pushed_transfers: dict[int, str] = {}
+        # Own pushes not yet seen applied: uuid -> the revision they make.
+        self._unconfirmed: dict[str, int] = {}
+        self._probes: set[int] = set()
+        self._subscribed = False
+        self._synced = False
+        self._snapshot_total = 0
+        self._snapshot_done = 0
+        self.ended: SessionEnded | None = None
+        """Set when the session ends; cleared by a new AUTH."""
+        # background mode
+        self._bg: threading.Thread | None = None
+        self._bg_stop = threading.Event()
+        self._closed = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def connect(self) -> None:
+        """Opens the four sockets and starts the heartbeat thread. ZeroMQ
+        connects in the background, so this never waits for the server."""
+        if self._ctx is not None:
+            return
+        if self._closed:
+            raise NotAuthenticated("the session is closed; create a new Session")
+        self._ctx = zmq.Context()
+        self._transport = Transport(self._ctx, self.host, self.port, self._identity)
+        self._heartbeat = Heartbeat(
+            self._ctx,
+            f"tcp://{self.host}:{self.port + Channel.HEARTBEAT}",
+            self._identity,
+            self._on_silence,
+        )
+        self._heartbeat.start_and_wait()
+
+    def close(self) -> None:
+        """Stops the threads and closes the sockets (without DISCONNECT:
+        see :meth:`leave`). Messages already queued for the publisher get
+        up to a second to leave. A closed session stays closed: :meth:`poll`
+        returns nothing and requests raise."""
+        self._closed = True
+        self.stop_background()
+        stuck = False
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat.join(2.0)
+            stuck = self._heartbeat.is_alive()
+            self._heartbeat = None
+        if self._transport is not None:
+            self._transport.flush()
+            self._transport.close()
+            self._transport = None
+        if self._ctx is not None:
+            if stuck:  # term() would wait for its socket forever
+                self._ctx.destroy(linger=0)
+            else:
+                self._ctx.term()
+            self._ctx = None
+
+    def __enter__(self) -> Session:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start_background(self) -> None:
+        """Moves socket work to a background thread: input is read, chunks
+        joined and the snapshot acknowledged even while the add-on does not
+        poll. Events still reach the add-on only through :meth:`poll`, on its
+        own thread."""
+        self.connect()
+        if self._bg is not None:
+            return
+        self._bg_stop.clear()
+        self._bg = threading.Thread(target=self._bg_loop, name="replication-io", daemon=True)
+        self._bg.start()
+
+    def stop_background(self) -> None:
+        """Returns socket work to the thread that calls :meth:`poll`."""
+        if self._bg is None:
+            return
+        self._bg_stop.set()
+        if self._transport is not None:
+            self._transport.wakeup()
+        self._bg.join(5.0)
+        self._bg = None
+
+    @property
+    def answer_pings(self) -> bool:
+        """Whether PINGs are answered (on by default; tests turn it off to
+        play a client that stopped responding)."""
+        return self._heartbeat is None or self._heartbeat.answer_pings
+
+    @answer_pings.setter
+    def answer_pings(self, value: bool) -> None:
+        self.connect()
+        assert self._heartbeat is not None
+        self._heartbeat.answer_pings = value
+
+    @property
+    def authenticated(self) -> bool:
+        return self._token is not None
+
+    @property
+    def blocks(self) -> dict[str, Datablock]:
+        """The replica: uuid -> datablock, kept current by :meth:`poll`. Read
+        it; do not change it (use push / push_patch)."""
+        return self._replica.blocks
+
+    @property
+    def synced(self) -> bool:
+        """True once the snapshot is complete (or this user's upload ended):
+        the replica is the session and live traffic keeps it current."""
+        return self._synced
+
+    # ------------------------------------------------------------ events
+
+    def on(self, event_type: type[E], callback: Callable[[E], None] | None = None) -> Any:
+        """Calls ``callback(event)`` for every event of ``event_type`` (or a
+        subclass; ``Event`` for all), from :meth:`poll`, and returns the
+        callback (for :meth:`off`). Without a callback it is a decorator:
+        ``@session.on(Updated)``."""
+        if callback is None:
+            return lambda fn: self.on(event_type, fn)
+        self._callbacks.append((event_type, callback))
+        return callback
+
+    def off(self, event_type: type[Event], callback: Callable[[Any], None]) -> None:
+        self._callbacks = [
+            (t, c) for t, c in self._callbacks if not (t is event_type and c is callback)
+        ]
+
+    def poll(self, max_seconds: float = 0.0, *, budget: float = 0.1) -> list[Event]:
+        """Processes what has arrived and returns the events, after calling
+        their callbacks. Waits at most ``max_seconds`` for something to arrive
+        (0: never waits), and stops after about ``budget`` seconds of work,
+        leaving the rest for the next call, so a timer never stalls the UI."""
+        if self._closed:
+            return []
+        self.connect()
+        if self._bg is None:
+            self._pump(0.0 if self._inbox else max_seconds, budget)
+        elif max_seconds > 0:
+            with self._inbox_cv:
+                if not self._inbox:
+                    self._inbox_cv.wait(max_seconds)
+        return self._dispatch(budget)
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float = 20.0) -> None:
+        """Polls until ``condition()`` is true; raises :class:`Timeout`. For
+        scripts and tests, not for timers."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Timeout(f"condition not met within {timeout} s")
+            self.poll(min(remaining, 0.05))
+
+    def wait_for(self, match: type[E] | Callable[[Event], bool], timeout: float = 20.0) -> Any:
+        """Polls until an event matches (an event class, or a predicate) and
+        returns it; other events are dispatched as usual. Raises Timeout."""
+        test = (lambda e: isinstance(e, match)) if isinstance(match, type) else match
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            for event in self.poll(min(0.05, max(0.0, remaining))):
+                if test(event):
+                    return event
+            if remaining <= 0:
+                raise Timeout(f"no matching event within {timeout} s")
+
+    # ------------------------------------------------------------ requests
+
+    def server_info(self, timeout: float = 10.0) -> dict[str, Any]:
+        """SERVER_INFO (allowed before AUTH): state, users, datablocks, ..."""
+        return self._call(self._server_info(True), timeout)
+
+    def server_info_nowait(self) -> int:
+        return self._server_info(False).id
+
+    def _server_info(self, blocking: bool) -> Request:
+        self.connect()
+        req = self._new_request("server_info", blocking)
+        self._send(Channel.COMMANDS, [[pack(message("SERVER_INFO", id=req.id))]])
+        return req
+
+    def authenticate(self, timeout: float = 10.0) -> AuthInfo:
+        """AUTH. Returns the session's details (``status`` LOBBY or RUNNING);
+        raises :class:`AuthenticationError` with the server's code and reason."""
+        return self._call(self._authenticate(True), timeout)
+
+    def authenticate_nowait(self) -> int:
+        return self._authenticate(False).id
+
+    def _authenticate(self, blocking: bool) -> Request:
+        self.connect()
+        req = self._new_request("auth", blocking)
+        header = message(
+            "AUTH",
+            id=req.id,
+            user=self.user,
+            role="ADMIN" if self.is_admin else "CLIENT",
+            admin_password=self.admin_password if self.is_admin else None,
+            server_password=self.server_password,
+            protocol_version=PROTOCOL_VERSION,
+            metadata=self.metadata,
+        )
+        self._send(Channel.COMMANDS, [[pack(header)]])
+        return req
+
+    def upload(self, blocks: Iterable[Datablock], timeout: float = 60.0) -> int:
+        """Uploads the initial scene (admins, session WAITING): INIT, one SET
+        per datablock, END. Returns the number of datablocks the session
+        holds. Raises :class:`RequestRefused` if INIT is rejected, and
+        :class:`UploadIncomplete` if some datablocks were refused."""
+        up = self._start_upload(blocks, blocking=True)
+        if not self._wait(up.done, timeout):
+            raise Timeout(f"upload not finished within {timeout} s")
+        self._dispatch(None)
+        return up.result()
+
+    def upload_nowait(self, blocks: Iterable[Datablock]) -> int:
+        """Starts an upload; an :class:`UploadDone` event reports the end."""
+        return self._start_upload(blocks, blocking=False).id
+
+    def _start_upload(self, blocks: Iterable[Datablock], blocking: bool) -> Upload:
+        self._require_session()
+        up = Upload(next(self._ids), list(blocks), blocking, self.user)
+        for block in up.blocks:
+            set_id = next(self._ids)
+            header = message(
+                "SERVER_SNAPSHOT",
+                id=set_id,
+                step="SET",
+                uuid=block.uuid,
+                type_id=block.type_id,
+                owner=block.owner,
+                deps=list(block.deps) if block.deps else None,
+            )
+            transfer = next(self._transfers)
+            payload = pack(block.data)
+            msgs = payload_messages(header, payload, self._chunk_bytes, transfer)
+            up.add_set(set_id, block.uuid, payload, transfer if len(msgs) > 1 else None, msgs)
+        up.end_id = next(self._ids)
+        for rid in up.ids():
+            self._uploads[rid] = up
+        self._send(Channel.COMMANDS, [[pack(message("SERVER_SNAPSHOT", id=up.id, step="INIT"))]])
+        return up
+
+    def subscribe(self, window: int | None = None) -> None:
+        """SNAPSHOT: asks for the scene, then live traffic. Send it right
+        after AUTH, even in the lobby: the download starts when the upload
+        ends. Progress arrives as events; :attr:`synced` turns true at the end."""
+        self._require_session()
+        if self._subscribed:
+            return
+        self._subscribed = True
+        self._send(Channel.SUBSCRIBER, [[pack(message("SNAPSHOT", window=window))]])
+
+    def download(
+        self,
+        timeout: float = 60.0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Datablock]:
+        """Subscribes and polls until the snapshot is complete, calling
+        ``progress(done, total)`` per datablock. Returns the replica."""
+        self.subscribe()
+        cb = None
+        if progress is not None:
+            cb = self.on(SnapshotProgress, lambda e: progress(e.done, e.total))
+        try:
+            deadline = time.monotonic() + timeout
+            while not self._synced:
+                if self.ended is not None:
+                    raise self.ended.error
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Timeout(f"download not finished within {timeout} s")
+                self.poll(min(remaining, 0.05), budget=1.0)
+        finally:
+            if cb is not None:
+                self.off(SnapshotProgress, cb)
+        return self.blocks
+
+    def push(
+        self,
+        uuid: str,
+        data: Any,
+        *,
+        type_id: str | None = None,
+        owner: str | None = None,
+        deps: Iterable[str] | None = None,
+        base_revision: int | None = None,
+    ) -> None:
+        """UPDATE with the datablock's full data: creates it (``type_id``
+        required; ``owner`` defaults to you, or ``COMMON``) or replaces it.
+        No answer when accepted; a refusal arrives as a :class:`ServerError`
+        event and the replica fetches the datablock again."""
+        token = self._require_session()
+        payload = pack(data)
+        deps_list = list(deps) if deps is not None else None
+        header = message(
+            "UPDATE",
+            uuid=uuid,
+            type_id=type_id,
+            owner=owner,
+            deps=deps_list,
+            base_revision=base_revision,
+        )
+        self._publish(token, uuid, header, payload)
+        self._replica.pushed(uuid, unpack(payload), type_id, owner, deps_list, self.user)
+        if uuid in self._replica.blocks:
+            self._unconfirmed[uuid] = self._replica.blocks[uuid].revision
+
+    def push_patch(
+        self,
+        uuid: str,
+        ops: Iterable[dict[str, Any]],
+        *,
+        base_revision: int | None = AUTO,
+        deps: Iterable[str] | None = None,
+        check: bool = True,
+    ) -> None:
+        """UPDATE with a patch (see :mod:`replication_client.patch`). By
+        default it is conditional on the replica's revision, so it is never
+        applied to a state it was not computed for. It is applied to the
+        replica first: if it does not apply there, :class:`PatchError` is
+        raised and nothing is sent. ``check=False`` sends it as given,
+        unvalidated and without touching the replica (for tools and tests)."""
+        token = self._require_session()
+        payload = pack(list(ops))
+        if not check:
+            header = message("UPDATE", uuid=uuid, patch=True, base_revision=base_revision)
+            self._publish(token, uuid, header, payload)
+            return
+        normalized = unpack(payload)
+        validate_patch(normalized)
+        local = self._replica.blocks.get(uuid)
+        if base_revision is AUTO:
+            base_revision = local.revision if local is not None and local.revision else None
+        if local is not None:
+            self._replica.patch_preview(uuid, normalized)
+        header = message(
+            "UPDATE",
+            uuid=uuid,
+            patch=True,
+            base_revision=base_revision,
+            deps=list(deps) if deps is not None else None,
+        )
+        self._publish(token, uuid, header, payload)
+        if local is not None:
+            local.revision += 1
+            self._unconfirmed[uuid] = local.revision
+            if deps is not None:
+                local.deps = list(deps)
+
+    def _publish(self, token: bytes, uuid: str, header: dict[str, Any], payload: bytes) -> None:
+        transfer = next(self._transfers)
+        msgs = payload_messages(header, payload, self._chunk_bytes, transfer)
+        if len(msgs) > 1:
+            self._pushed_transfers[transfer] = uuid
+            while len(self._pushed_transfers) > 1000:
+                del self._pushed_transfers[next(iter(self._pushed_transfers))]
+        self._send(Channel.PUBLISHER, [[token, *m] for m in msgs])
+
+    def lock(self, uuids: Iterable[str], timeout: float = 10.0) -> dict[str, Any]:
+        """RIGHT to yourself (allowed while the datablocks are COMMON)."""
+        return self.change_owner(uuids, self.user, timeout=timeout)
+
+    def lock_nowait(self, uuids: Iterable[str]) -> int:
+        return self.change_owner_nowait(uuids, self.user)
+
+    def unlock(self, uuids: Iterable[str], timeout: float = 10.0) -> dict[str, Any]:
+        """RIGHT to COMMON."""
+        return self.change_owner(uuids, COMMON, timeout=timeout)
+
+    def unlock_nowait(self, uuids: Iterable[str]) -> int:
+        return self.change_owner_nowait(uuids, COMMON)
+
+    def change_owner(
+        self, uuids: Iterable[str], owner: str, force: bool = False, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """RIGHT: gives datablocks to ``owner`` (all or nothing). Admins may
+        ``force``. Raises :class:`RequestRefused` (``not_owner``, ...).
+
+        Your own updates of these datablocks are confirmed applied first
+        (:meth:`wait_applied`), so that a release never overtakes them."""
+        uuids = list(uuids)
+        self.wait_applied(uuids, timeout)
+        return self._call(self._right(uuids, owner, force, True), timeout)
+
+    def change_owner_nowait(self, uuids: Iterable[str], owner: str, force: bool = False) -> int:
+        return self._right(list(uuids), owner, force, False).id
+
+    def _right(self, uuids: list[str], owner: str, force: bool, blocking: bool) -> Request:
+        self._require_session()
+        req = self._new_request("right", blocking)
+        header = message(
+            "RIGHT", id=req.id, uuids=uuids, owner=owner, force=True if force else None
+        )
+        self._send(Channel.COMMANDS, [[pack(header)]])
+        return req
+
+    def delete(self, uuid: str, force: bool = False, timeout: float = 10.0) -> dict[str, Any]:
+        """DELETE one datablock."""
+        return self._call(self._delete(uuid, force, True), timeout)
+
+    def delete_nowait(self, uuid: str, force: bool = False) -> int:
+        return self._delete(uuid, force, False).id
+
+    def _delete(self, uuid: str, force: bool, blocking: bool) -> Request:
+        self._require_session()
+        req = self._new_request("delete", blocking)
+        header = message("DELETE", id=req.id, uuid=uuid, force=True if force else None)
+        self._send(Channel.COMMANDS, [[pack(header)]])
+        return req
+
+    def fetch(self, uuid: str, timeout: float = 10.0) -> Datablock:
+        """FETCH: the server's current state of a datablock; the replica is
+        refreshed with it and the replica's copy is returned."""
+        return self._call(self._fetch(uuid, True), timeout)
+
+    def fetch_nowait(self, uuid: str) -> int:
+        return self._fetch(uuid, False).id
+
+    def _fetch(self, uuid: str, blocking: bool) -> Request:
+        self._require_session()
+        req = self._new_request("fetch", blocking)
+        self._send(Channel.SUBSCRIBER, [[pack(message("FETCH", id=req.id, uuid=uuid))]])
+        return req
+
+    def set_metadata(self, metadata: dict[str, Any]) -> None:
+        """UPDATE_USER_METADATA: merges into your presence map (a None value
+        removes a key). Everyone sees it in the next CLIENTS_STATE; a refusal
+        arrives as a :class:`ServerError` event."""
+        self._require_session()
+        header = message("UPDATE_USER_METADATA", id=next(self._ids), metadata=metadata)
+        self._send(Channel.COMMANDS, [[pack(header)]])
+
+    def kick(self, user: str, reason: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
+        """KICK (admins only)."""
+        return self._call(self._kick(user, reason, True), timeout)
+
+    def kick_nowait(self, user: str, reason: str | None = None) -> int:
+        return self._kick(user, reason, False).id
+
+    def _kick(self, user: str, reason: str | None, blocking: bool) -> Request:
+        self._require_session()
+        req = self._new_request("kick", blocking)
+        self._send(Channel.COMMANDS, [[pack(message("KICK", id=req.id, user=user, reason=reason))]])
+        return req
+
+    def wait_applied(self, uuids: Iterable[str] | None = None, timeout: float = 10.0) -> None:
+        """Waits until the server has applied your own pushes (of ``uuids``,
+        or all), by FETCHing until the revisions are reached.
+
+        An accepted UPDATE is never acknowledged, and the publisher channel
+        has no order with the commands channel: a RIGHT or DISCONNECT sent
+        right after an UPDATE may be processed before it. Call this before
+        anything that must come after your edits (``change_owner``,
+        ``unlock`` and ``leave`` do it themselves). A refused push counts as
+        done: its ServerError has been (or will be) delivered."""
+        wanted = set(self._unconfirmed) if uuids is None else set(uuids) & set(self._unconfirmed)
+        deadline = time.monotonic() + timeout
+        for uuid in sorted(wanted):
+            while uuid in self._unconfirmed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Timeout(f"update of {uuid} not confirmed within {timeout} s")
+                req = self._fetch(uuid, True)
+                self._probes.add(req.id)  # the answer must not touch the replica
+                try:
+                    answer = self._call(req, remaining)
+                except RequestRefused as e:
+                    if e.code != "unknown_datablock":
+                        raise
+                    self._unconfirmed.pop(uuid, None)  # deleted meanwhile
+                    break
+                finally:
+                    self._probes.discard(req.id)
+                if answer.revision >= self._unconfirmed.get(uuid, 0):
+                    self._unconfirmed.pop(uuid, None)
+                else:
+                    self.poll(min(0.01, max(0.0, deadline - time.monotonic())))
+
+    def list_users(self) -> tuple[User, ...]:
+        """The users of the latest CLIENTS_STATE (it arrives about every
+        heartbeat, and shortly after any change)."""
+        return self.users
+
+    def leave(self, reason: str = "leaving", timeout: float = 2.0) -> None:
+        """DISCONNECT and close. Your updates not yet confirmed applied are
+        confirmed first (up to ``timeout``): the server forgets the token on
+        DISCONNECT and would drop them. Then waits (up to ``timeout``) for the
+        server's goodbye."""
+        if self._token is not None and self._transport is not None:
+            try:
+                self.wait_applied(timeout=timeout)
+            except (Timeout, ReplicationError) as e:
+                log.warning("leaving with updates not confirmed: %s", e)
+            self._send(Channel.COMMANDS, [[pack(message("DISCONNECT", reason=reason))]])
+            try:
+                self.wait_until(lambda: self.ended is not None, timeout)
+            except Timeout:
+                log.warning("no goodbye from the server within %s s", timeout)
+        self.close()
+
+    # ------------------------------------------------------------ plumbing
+
+    def _require_session(self) -> bytes:
+        token = self._token
+        if token is None:
+            raise NotAuthenticated("authenticate first")
+        return token
+
+    def _new_request(self, kind: str, blocking: bool) -> Request:
+        req = Request(next(self._ids), kind, blocking)
+        with self._requests_lock:
+            self._requests[req.id] = req
+        return req
+
+    def _send(self, channel: Channel, msgs: list[list[bytes]]) -> None:
+        transport = self._transport
+        if transport is None:
+            raise NotAuthenticated("the session is closed")
+        for frames in msgs:
+            transport.enqueue(channel, frames)
+        if self._bg is None:
+            transport.flush()
+
+    def _wait(self, done: threading.Event, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not done.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self._bg is not None:
+                done.wait(min(remaining, 0.1))
+            else:
+                self._pump(min(remaining, 0.05), 0.5)
+        return True
+
+    def _call(self, req: Request, timeout: float) -> Any:
+        """Waits for a blocking request, then dispatches what arrived so the
+        replica reflects the answer, and returns its result or raises."""
+        try:
+            if not self._wait(req.done, timeout):
+                raise Timeout(f"no answer to {req.kind} within {timeout} s")
+        finally:
+            with self._requests_lock:
+                self._requests.pop(req.id, None)
+        self._dispatch(None)
+        if req.error is not None:
+            raise req.error
+        assert req.answer is not None
+        return self._result(req, req.answer)

@@ -1,0 +1,90 @@
+"""Incoming stream bookkeeping: chunk reassembly and snapshot acknowledgement.
+
+Both run on the thread that reads the sockets, because the server waits for
+SNAPSHOT_ACK: acknowledging cannot depend on the add-on polling.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import ProtocolError
+
+__all__ = ["Reassembler", "SnapshotWindow"]
+
+
+class Reassembler:
+    """Joins DATABLOCK/UPDATE payloads the server sends as CHUNKs (section 5)."""
+
+    def __init__(self) -> None:
+        self._partial: dict[int, tuple[dict[str, Any], bytearray]] = {}
+
+    def header(self, header: dict[str, Any]) -> bool:
+        """Registers a header that announces a transfer; True if it did."""
+        transfer = header.get("transfer")
+        if transfer is None:
+            return False
+        size = header.get("size")
+        if type(size) is not int or size < 1:
+            raise ProtocolError(f"transfer {transfer} announces an invalid size {size!r}")
+        self._partial[transfer] = (header, bytearray())
+        return True
+
+    def chunk(
+        self, header: dict[str, Any], data: bytes | None
+    ) -> tuple[dict[str, Any], bytes] | None:
+        """Adds a CHUNK; returns (announcing header, payload) when complete."""
+        transfer = header.get("transfer")
+        entry = self._partial.get(transfer)  # type: ignore[arg-type]
+        if entry is None:
+            raise ProtocolError(f"CHUNK of unknown transfer {transfer!r}")
+        announced, buf = entry
+        buf += data or b""
+        size = announced["size"]
+        if len(buf) < size:
+            return None
+        del self._partial[transfer]  # type: ignore[arg-type]
+        if len(buf) > size:
+            raise ProtocolError(f"transfer {transfer} sent {len(buf)} bytes, announced {size}")
+        return announced, bytes(buf)
+
+    def clear(self) -> None:
+        self._partial.clear()
+
+
+class SnapshotWindow:
+    """Counts the snapshot stream and says when to send SNAPSHOT_ACK.
+
+    Every subscriber message from BEGIN to END counts, CHUNKs included; an
+    acknowledgement is due whenever what arrived since the last one reaches
+    half the window in messages or in bytes (section 3), which never stalls
+    the stream.
+    """
+
+    def __init__(self) -> None:
+        self.active = False
+        self._received = self._bytes = self._acked = self._acked_bytes = 0
+        self._window = self._window_bytes = 1
+
+    def count(self, header: dict[str, Any], size: int) -> int | None:
+        """Counts one subscriber message of ``size`` bytes (header plus data
+        frame). Returns the cumulative count to acknowledge, if one is due."""
+        kind, step = header.get("type"), header.get("step")
+        if kind == "SNAPSHOT" and step == "BEGIN":
+            self.active = True
+            self._received = self._bytes = self._acked = self._acked_bytes = 0
+            self._window = max(1, int(header.get("window") or 1))
+            self._window_bytes = max(1, int(header.get("window_bytes") or 1))
+        if not self.active:
+            return None
+        self._received += 1
+        self._bytes += size
+        if kind == "SNAPSHOT" and step == "END":
+            self.active = False  # END needs no acknowledgement
+            return None
+        if (self._received - self._acked) * 2 >= self._window or (
+            self._bytes - self._acked_bytes
+        ) * 2 >= self._window_bytes:
+            self._acked, self._acked_bytes = self._received, self._bytes
+            return self._received
+        return None

@@ -1,0 +1,242 @@
+"""The wire half of a session: it runs on the thread that owns the sockets.
+
+It decodes frames, acknowledges the snapshot window, joins chunks, matches
+answers to the requests waiting for them, drives uploads (SETs leave once
+INIT is accepted) and notices the end of the session. Whole messages go to
+the inbox, for the consumer half. Nothing here touches the replica, the
+callbacks or Blender data.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import zmq
+
+from .codec import pack, unpack
+from .errors import (
+    AuthenticationError,
+    Disconnected,
+    ProtocolError,
+    ReplicationError,
+    RequestRefused,
+)
+from .events import LocalError
+from .heartbeat import Heartbeat
+from .inbox import ANSWERS, Ended, Message, Request
+from .model import AuthInfo
+from .protocol import DEFAULT_CHUNK_BYTES, Channel, message
+from .stream import Reassembler, SnapshotWindow
+from .transport import Transport
+from .uploads import Upload
+
+__all__ = ["WireHalf"]
+
+log = logging.getLogger("replication_client")
+
+
+class WireHalf:
+    """Mixin of :class:`Session`; the attributes are set by its constructor."""
+
+    auth: AuthInfo | None
+    _transport: Transport | None
+    _heartbeat: Heartbeat | None
+    _token: bytes | None
+    _chunk_bytes: int
+    _requests: dict[int, Request]
+    _requests_lock: threading.Lock
+    _uploads: dict[int, Upload]
+    _reassembler: Reassembler
+    _window: SnapshotWindow
+    _silence: float | None
+    _inbox: deque[Any]
+    _inbox_cv: threading.Condition
+    _bg_stop: threading.Event
+
+    def _pump(self, timeout: float, budget: float) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        if self._silence is not None:
+            silent, self._silence = self._silence, None
+            self._end_session(f"no PING from the server for {silent:.1f} s", by_server=False)
+        transport.pump(timeout, budget, self._on_wire)
+
+    def _bg_loop(self) -> None:
+        while not self._bg_stop.is_set():
+            try:
+                self._pump(0.1, 0.05)
+            except zmq.ZMQError as e:
+                if self._bg_stop.is_set() or e.errno == zmq.ETERM:
+                    return
+                log.exception("socket error in the background thread")
+                self._post(LocalError(e))
+                time.sleep(0.1)
+            except Exception as e:  # keep serving: one bad message must not stop replication
+                log.exception("error in the background thread")
+                self._post(LocalError(e))
+
+    def _on_silence(self, silent: float) -> None:
+        # Heartbeat thread: only flag it; the socket thread ends the session.
+        self._silence = silent
+        if self._transport is not None:
+            self._transport.wakeup()
+
+    def _post(self, item: Any) -> None:
+        with self._inbox_cv:
+            self._inbox.append(item)
+            self._inbox_cv.notify_all()
+
+    def _on_wire(self, channel: Channel, frames: list[bytes]) -> None:
+        try:
+            header = unpack(frames[0]) if frames else None
+            if not isinstance(header, dict) or type(header.get("type")) is not str:
+                raise ProtocolError(f"not a message header: {header!r:.200}")
+            payload = frames[1] if len(frames) > 1 else None
+            if channel is Channel.SUBSCRIBER:
+                ack = self._window.count(header, sum(len(f) for f in frames))
+                if ack is not None:
+                    self._send_now(Channel.SUBSCRIBER, message("SNAPSHOT_ACK", received=ack))
+                kind = header["type"]
+                if kind == "CHUNK":
+                    whole = self._reassembler.chunk(header, payload)
+                    if whole is None:
+                        return
+                    header, payload = whole
+                elif kind in ("DATABLOCK", "UPDATE") and self._reassembler.header(header):
+                    return
+            self._on_message(Message(channel, header, payload))
+        except (ProtocolError, ValueError, KeyError, TypeError) as e:
+            err = (
+                e
+                if isinstance(e, ProtocolError)
+                else ProtocolError(f"bad message from the server: {e!r}")
+            )
+            self._post(LocalError(err))
+
+    def _send_now(self, channel: Channel, header: dict[str, Any]) -> None:
+        assert self._transport is not None
+        self._transport.enqueue(channel, [pack(header)])
+
+    def _on_message(self, msg: Message) -> None:
+        h = msg.header
+        kind = h["type"]
+        if kind == "AUTH" and h.get("status") in ("LOBBY", "RUNNING"):
+            self._on_auth(h)
+        up = self._upload_for(h)
+        if up is not None:
+            self._upload_progress(up, msg)
+            msg.claimed = True
+        rid = h.get("id") if kind in ANSWERS else None
+        if kind == "ERROR":
+            rid = (h.get("refers_to") or {}).get("id")
+        with self._requests_lock:
+            req = self._requests.get(rid) if rid is not None else None
+        if req is not None:
+            self._resolve(req, msg)
+            msg.claimed = req.blocking
+        self._post(msg)
+        if kind == "DISCONNECT":
+            self._end_session(str(h.get("reason", "")), by_server=True)
+        elif kind == "ERROR" and h.get("code") == "not_authenticated" and self._token is not None:
+            self._end_session("the server no longer knows this session", by_server=True)
+
+    def _on_auth(self, h: dict[str, Any]) -> None:
+        self.auth = AuthInfo(
+            status=h["status"],
+            state=h.get("state", ""),
+            token=h["token"],
+            heartbeat_ms=int(h.get("heartbeat_ms", 1000)),
+            timeout_ms=int(h.get("timeout_ms", 5000)),
+            chunk_bytes=max(1, int(h.get("chunk_bytes", DEFAULT_CHUNK_BYTES))),
+            max_header_bytes=int(h.get("max_header_bytes", DEFAULT_CHUNK_BYTES)),
+        )
+        self._chunk_bytes = self.auth.chunk_bytes
+        self._token = self.auth.token.encode("utf-8")
+        if self._heartbeat is not None:
+            self._heartbeat.watch(self.auth.timeout_ms, self.auth.heartbeat_ms)
+
+    def _resolve(self, req: Request, msg: Message) -> None:
+        h = msg.header
+        if h["type"] == "ERROR":
+            req.error = RequestRefused(h.get("code", ""), h.get("message", ""), h.get("refers_to"))
+        elif h["type"] == "AUTH" and h.get("status") == "FAILED":
+            req.error = AuthenticationError(h.get("code", ""), h.get("reason", ""))
+        else:
+            req.answer = msg
+        req.done.set()
+
+    def _end_session(self, reason: str, by_server: bool) -> None:
+        """Socket thread: forget the session and fail what waits for it."""
+        if self._token is None and not by_server:
+            return
+        self._token = None
+        if self._heartbeat is not None:
+            self._heartbeat.unwatch()
+        self._reassembler.clear()
+        self._window = SnapshotWindow()
+        error = Disconnected(reason, by_server)
+        with self._requests_lock:
+            pending = list(self._requests.values())
+            self._requests.clear()
+        failed = []
+        for req in pending:
+            req.error = error
+            req.done.set()
+            if not req.blocking:
+                failed.append(req)
+        for up in set(self._uploads.values()):
+            self._finish_upload(up, error=error)
+        self._post(Ended(reason, by_server, failed))
+
+    def _upload_for(self, h: dict[str, Any]) -> Upload | None:
+        if not self._uploads:
+            return None
+        if h["type"] == "SERVER_SNAPSHOT":
+            return self._uploads.get(h.get("id"))  # type: ignore[arg-type]
+        if h["type"] == "ERROR":
+            rt = h.get("refers_to") or {}
+            if rt.get("id") in self._uploads:
+                return self._uploads[rt["id"]]
+            if rt.get("type") == "CHUNK":
+                for up in set(self._uploads.values()):
+                    if rt.get("transfer") in up.transfers:
+                        return up
+        return None
+
+    def _upload_progress(self, up: Upload, msg: Message) -> None:
+        h = msg.header
+        if h["type"] == "SERVER_SNAPSHOT":
+            if h.get("id") == up.id and h.get("status") == "ACCEPTED":
+                assert self._transport is not None
+                for frames in up.set_messages():
+                    self._transport.enqueue(Channel.COMMANDS, frames)
+                self._send_now(
+                    Channel.COMMANDS, message("SERVER_SNAPSHOT", id=up.end_id, step="END")
+                )
+            elif h.get("id") == up.id:
+                rt = {"type": "SERVER_SNAPSHOT", "id": up.id}
+                self._finish_upload(
+                    up, error=RequestRefused(h.get("code", ""), h.get("reason", ""), rt)
+                )
+            elif h.get("status") == "DONE":
+                self._finish_upload(up, datablocks=int(h.get("datablocks", 0)))
+            return
+        rt = h.get("refers_to") or {}
+        error = RequestRefused(h.get("code", ""), h.get("message", ""), rt)
+        if rt.get("id") in (up.id, up.end_id):
+            self._finish_upload(up, error=error)
+        else:
+            up.refuse(rt, error)
+
+    def _finish_upload(
+        self, up: Upload, datablocks: int = 0, error: ReplicationError | None = None
+    ) -> None:
+        for rid in up.ids():
+            self._uploads.pop(rid, None)
+        up.finish(datablocks, error)
+        self._post(up)
