@@ -42,7 +42,10 @@ fn a_stalled_client_does_not_slow_a_reading_one() {
         for sent in 0..UPDATES {
             let deadline = Instant::now() + T;
             while sent - progress.load(Ordering::Acquire) >= AHEAD {
-                assert!(Instant::now() < deadline, "the reading client stopped receiving");
+                assert!(
+                    Instant::now() < deadline,
+                    "the reading client stopped receiving"
+                );
                 std::thread::yield_now();
             }
             host.update(&block("stroke", "Mesh", payload.clone()))
