@@ -1,9 +1,15 @@
 //! Server configuration: one struct with defaults, validated before the server
 //! binds anything.
 //!
-//! The command line (see [`crate::cli`]) fills this struct; later sources (a
-//! config file) deserialize into the same struct, which is why it derives
-//! `Deserialize` with `deny_unknown_fields`.
+//! [`Config::default`] is the only place defaults are written down. A config
+//! file ([`file`]) deserializes into the same struct, which is why it derives
+//! `Deserialize` with `deny_unknown_fields`: a key the struct does not have
+//! is a mistake to report, not to ignore. The command line and the
+//! environment (see [`crate::cli`]) are laid over the file's values, and
+//! [`render`] prints the result for `--print-config`.
+
+pub mod file;
+pub mod render;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -147,7 +153,7 @@ impl Config {
         self.ports()?;
         if self.timeout_ms < 100 {
             return Err(ConfigError::Invalid {
-                key: "timeout",
+                key: "timeout_ms",
                 reason: format!("{} ms is too short; use at least 100 ms", self.timeout_ms),
             });
         }
@@ -208,8 +214,11 @@ impl Config {
 }
 
 /// Log verbosity, spelled as the reference servers spell it.
+///
+/// Read through [`FromStr`] (case-insensitive, `WARN` for `WARNING`), so a
+/// config file accepts exactly what `-l` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
+#[serde(rename_all = "UPPERCASE", try_from = "String")]
 pub enum LogLevel {
     Error,
     Warning,
@@ -243,6 +252,14 @@ impl FromStr for LogLevel {
     }
 }
 
+impl TryFrom<String> for LogLevel {
+    type Error = ConfigError;
+
+    fn try_from(s: String) -> Result<Self, ConfigError> {
+        s.parse()
+    }
+}
+
 impl std::fmt::Display for LogLevel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -263,6 +280,18 @@ pub enum ConfigError {
     LogLevel(String),
     #[error("invalid {key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+}
+
+impl ConfigError {
+    /// The configuration key at fault, as a config file spells it
+    /// (`port`, `limits.chunk_bytes`), so callers can say where it was set.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::PortRange(_) => "port",
+            Self::LogLevel(_) => "log_level",
+            Self::Invalid { key, .. } => key,
+        }
+    }
 }
 
 #[cfg(test)]

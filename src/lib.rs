@@ -16,6 +16,7 @@
 //! - [`transport`]: the four ZeroMQ sockets, on the thread that owns them, with
 //!   a bounded outbox per client.
 //! - [`console`]: the admin console on stdin.
+//! - [`health`]: the health check (`--health-check`).
 //! - [`client`]: a blocking Rust client, used by the tests and tools.
 //! - [`server`]: wires the pieces together: `run(config, shutdown)`.
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod console;
 pub mod core;
+pub mod health;
 pub mod logging;
 pub mod protocol;
 pub mod room;

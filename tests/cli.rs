@@ -6,189 +6,19 @@
 //! observable effect (a line on stdout or stderr, an answer to a client, the
 //! process's exit) with the long deadline `T`.
 
+mod child;
 mod common;
+use child::*;
 use common::*;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use replication_serve::client::{Client, ClientError, ClientOptions, Event};
 use replication_serve::protocol::{AuthStatus, ServerMessage};
 
 const BIN: &str = env!("CARGO_BIN_EXE_replication-serve");
-
-/// The lines of one output stream of a child, collected by a reader thread.
-#[derive(Clone, Default)]
-struct Lines {
-    inner: Arc<(Mutex<LinesState>, Condvar)>,
-}
-
-#[derive(Default)]
-struct LinesState {
-    lines: Vec<String>,
-    closed: bool,
-}
-
-impl Lines {
-    /// Reads `stream` to its end on a thread of its own. Draining the pipe
-    /// also keeps the child from blocking on a full pipe.
-    fn collect(stream: impl Read + Send + 'static) -> Self {
-        let lines = Self::default();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stream);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match reader.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let line = String::from_utf8_lossy(&buf);
-                        let line = line.trim_end_matches(['\n', '\r']).to_owned();
-                        sink.update(|s| s.lines.push(line));
-                    }
-                }
-            }
-            sink.update(|s| s.closed = true);
-        });
-        lines
-    }
-
-    fn update(&self, f: impl FnOnce(&mut LinesState)) {
-        let (lock, cond) = &*self.inner;
-        f(&mut lock.lock().unwrap_or_else(PoisonError::into_inner));
-        cond.notify_all();
-    }
-
-    /// Everything read so far.
-    fn snapshot(&self) -> Vec<String> {
-        let (lock, _) = &*self.inner;
-        lock.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .lines
-            .clone()
-    }
-
-    fn text(&self) -> String {
-        self.snapshot().join("\n")
-    }
-
-    /// Waits for the stream to end (the child closed it, usually by exiting).
-    fn wait_closed(&self, deadline: Instant) -> bool {
-        let (lock, cond) = &*self.inner;
-        let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        while !state.closed {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            state = cond
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        true
-    }
-
-    /// The index of the first line at or after `from` that satisfies `pred`,
-    /// waiting until it appears, the stream ends, or `T` passes.
-    fn find_from(&self, from: usize, pred: impl Fn(&str) -> bool) -> Option<usize> {
-        let deadline = Instant::now() + T;
-        let (lock, cond) = &*self.inner;
-        let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if let Some(i) = state.lines.iter().skip(from).position(|l| pred(l)) {
-                return Some(from + i);
-            }
-            let now = Instant::now();
-            if state.closed || now >= deadline {
-                return None;
-            }
-            state = cond
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-    }
-
-    /// Like [`Self::find_from`], but panics with everything read so far.
-    fn expect_from(&self, from: usize, what: &str, pred: impl Fn(&str) -> bool) -> usize {
-        self.find_from(from, pred)
-            .unwrap_or_else(|| panic!("no line with {what} within {T:?}; got:\n{}", self.text()))
-    }
-
-    fn len(&self) -> usize {
-        let (lock, _) = &*self.inner;
-        lock.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .lines
-            .len()
-    }
-}
-
-/// A running `replication-serve`, killed and reaped when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-    stdin: Option<ChildStdin>,
-    stdout: Lines,
-    stderr: Lines,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    /// Writes one console line.
-    fn console(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin is piped");
-        stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .and_then(|()| stdin.flush())
-            .unwrap_or_else(|e| panic!("cannot write {line:?} to the console: {e}"));
-    }
-
-    /// Waits for the process to exit, at most `T`.
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + T;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not exit within {T:?}; stderr:\n{}",
-                self.stderr.text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Sends a signal with the `kill` command.
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed: {status}");
-    }
-
-    fn client(&self, options: impl FnOnce(u16) -> ClientOptions) -> Client {
-        Client::connect(options(self.port)).expect("connect")
-    }
-}
 
 /// The command for the binary, with no `REPLICATION_*` variables inherited
 /// from the environment of the tests.
@@ -203,40 +33,9 @@ fn command(args: &[&str]) -> Command {
     cmd
 }
 
-/// What a finished run of the binary printed.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the binary to its end (for arguments that must not start a server),
-/// failing if it is still running after `T`.
+/// Runs the binary to its end (for arguments that must not start a server).
 fn run(args: &[&str]) -> Finished {
-    let mut child = command(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the binary");
-    let stdout = Lines::collect(child.stdout.take().expect("stdout"));
-    let stderr = Lines::collect(child.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + T;
-    let finished = stdout.wait_closed(deadline) && stderr.wait_closed(deadline);
-    if !finished {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "{args:?} did not finish within {T:?}; stderr:\n{}",
-            stderr.text()
-        );
-    }
-    let status = child.wait().expect("wait");
-    Finished {
-        status,
-        stdout: stdout.text(),
-        stderr: stderr.text(),
-    }
+    finish(command(args))
 }
 
 /// How to start a server.
@@ -249,47 +48,14 @@ struct Start<'a> {
 }
 
 /// Starts the binary with `--bind 127.0.0.1 -p BASE` and `start.args` on a
-/// free base port, and returns once it has logged that it is listening. A
-/// port taken by someone else between the check and the bind means a retry
-/// on another port.
+/// free base port, and returns once it has logged that it is listening.
 fn start(start: Start<'_>) -> Server {
-    loop {
-        let port = free_base_port();
+    start_listening(start.console, |port| {
         let port_arg = port.to_string();
         let mut cmd = command(&["--bind", "127.0.0.1", "-p", &port_arg]);
-        cmd.args(start.args)
-            .envs(start.env.iter().copied())
-            .stdin(if start.console {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn the binary");
-        let stdout = Lines::collect(child.stdout.take().expect("stdout"));
-        let stderr = Lines::collect(child.stderr.take().expect("stderr"));
-        let mut server = Server {
-            stdin: child.stdin.take(),
-            child,
-            port,
-            stdout,
-            stderr,
-        };
-        if server.stderr.find_from(0, is_listening_line).is_some() {
-            return server;
-        }
-        let log = server.stderr.text();
-        if log.contains("already in use") {
-            continue;
-        }
-        let status = server.child.try_wait();
-        panic!("the server did not start ({status:?}); stderr:\n{log}");
-    }
-}
-
-fn is_listening_line(line: &str) -> bool {
-    line.contains("INFO") && line.contains("listening")
+        cmd.args(start.args).envs(start.env.iter().copied());
+        cmd
+    })
 }
 
 fn expect_refused(result: Result<AuthStatus, ClientError>, want: &str) -> String {

@@ -1,20 +1,41 @@
-//! `replication-serve`: parses the command line, sets up logging, and runs
-//! the server until `exit`, SIGINT or SIGTERM.
+//! `replication-serve`: parses the command line, then either runs the server
+//! until `exit`, SIGINT or SIGTERM, prints the effective configuration, or
+//! checks whether a server is serving.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use replication_serve::cli::Action;
 use replication_serve::config::Config;
 use replication_serve::server::Server;
-use replication_serve::{cli, console, logging};
+use replication_serve::{cli, console, health, logging};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let config = match cli::parse() {
-        Ok(config) => config,
+    match cli::parse() {
+        Ok(Action::Serve(config)) => serve(config),
+        Ok(Action::PrintConfig(text)) => {
+            // Fails only when stdout is closed, and then nobody is reading.
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Ok(Action::HealthCheck(target)) => match health::check(&target) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(line) => {
+                eprintln!("{line}");
+                ExitCode::FAILURE
+            }
+        },
         Err(e) => e.exit(),
-    };
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
     if let Err(e) = logging::init(config.log_level, config.log_file.as_deref()) {
         eprintln!("replication-serve: error: {e}");
         return ExitCode::FAILURE;

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Builds the replication-serve Docker image from this repository and runs it.
+set -euo pipefail
+
+usage() {
+    cat <<'USAGE'
+Usage: scripts/run-dockerfile.sh [OPTIONS]
+
+Builds the replication-serve Docker image from this repository, then runs
+it with the four TCP ports published and the session data in a volume.
+Needs Docker, and a user allowed to use it.
+
+Options (the defaults are the server's):
+  -p, --port PORT               base port; publishes PORT to PORT+3 [5555]
+  -pwd, --password PASSWORD     admin password [admin: change it]
+  -spwd, --server-password PW   password every user must give [none]
+  -t, --timeout MS              disconnect users silent this long [5000]
+  -l, --log-level LEVEL         ERROR, WARNING, INFO or DEBUG [INFO]
+  -d, --detach                  run in the background, restarted with the
+                                machine; manage it with docker attach
+      --name NAME               container name [replication-serve]
+      --image TAG               image name [replication-serve]
+      --volume NAME             volume for the data directory [replication-data]
+      --no-build                run the image built before
+  -h, --help                    show this help
+
+What it runs, for the defaults:
+
+  docker build -t replication-serve .
+  docker run -it -p 5555-5558:5555-5558 -e port=5555 -e password \
+      -e timeout=5000 -e log_level=INFO -v replication-data:/data replication-serve
+
+The passwords go to docker through its environment, not its command line,
+so other users of the machine cannot read them in the process list.
+USAGE
+}
+
+fail() {
+    printf 'run-dockerfile.sh: %s\n' "$*" >&2
+    exit 2
+}
+
+port=5555
+admin_password=""
+server_password=""
+timeout=5000
+log_level=INFO
+detach=false
+name=replication-serve
+image=replication-serve
+volume=replication-data
+build=true
+
+while [[ $# -gt 0 ]]; do
+    option=$1
+    case $option in
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        -d | --detach) detach=true ;;
+        --no-build) build=false ;;
+        -p | --port | -pwd | --password | -spwd | --server-password | -t | --timeout | \
+            -l | --log-level | --name | --image | --volume)
+            [[ $# -ge 2 ]] || fail "$option needs a value"
+            value=$2
+            shift
+            case $option in
+                -p | --port) port=$value ;;
+                -pwd | --password) admin_password=$value ;;
+                -spwd | --server-password) server_password=$value ;;
+                -t | --timeout) timeout=$value ;;
+                -l | --log-level) log_level=$value ;;
+                --name) name=$value ;;
+                --image) image=$value ;;
+                --volume) volume=$value ;;
+            esac
+            ;;
+        *) fail "unknown option $option (see --help)" ;;
+    esac
+    shift
+done
+
+if [[ ! $port =~ ^[0-9]+$ ]] || ((port < 1 || port > 65532)); then
+    fail "--port must be a number from 1 to 65532 (the server uses it and the next three)"
+fi
+last=$((port + 3))
+
+command -v docker >/dev/null || fail "docker not found: install Docker first"
+docker info >/dev/null 2>&1 ||
+    fail "cannot reach the Docker engine: is it running, and may this user use it (or try sudo)?"
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+if $build; then
+    docker build -t "$image" "$root"
+fi
+
+if docker container inspect "$name" >/dev/null 2>&1; then
+    fail "a container named $name exists already: remove it with 'docker rm -f $name', or choose another --name"
+fi
+
+run=(docker run --name "$name"
+    -p "$port-$last:$port-$last"
+    -e "port=$port" -e "timeout=$timeout" -e "log_level=$log_level"
+    -v "$volume:/data")
+if [[ -n $admin_password ]]; then
+    run+=(-e password)
+else
+    echo "run-dockerfile.sh: no --password: the admin password is the well-known default 'admin'" >&2
+fi
+if [[ -n $server_password ]]; then
+    run+=(-e server_password)
+fi
+if $detach; then
+    # -i and -t keep the console open for a later `docker attach`.
+    run+=(-d -i -t --restart unless-stopped)
+else
+    run+=(--rm -i)
+    if [[ -t 0 ]]; then
+        run+=(-t)
+    fi
+fi
+run+=("$image")
+
+echo "run-dockerfile.sh: users need TCP ports $port to $last open on this machine" >&2
+password=$admin_password server_password=$server_password "${run[@]}"
+
+if $detach; then
+    cat <<EOF
+The server runs in the background as '$name'.
+  console:  docker attach $name    (leave it with Ctrl+P then Ctrl+Q)
+  log:      docker logs $name
+  status:   docker ps              (shows "healthy" once the server answers)
+  stop:     docker stop $name
+Docker restarts it when it ends otherwise ('exit' at the console, Ctrl+C
+while attached, a reboot), with a fresh, empty session.
+EOF
+fi
