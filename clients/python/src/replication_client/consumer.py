@@ -2,9 +2,10 @@
 add-on's thread.
 
 It takes whole messages from the inbox, keeps the replica and the user list
-current, repairs the replica with FETCH when it cannot be trusted, turns
-messages into events and calls the callbacks. Only this half touches the
-replica, so it needs no lock, and callbacks may change Blender data.
+current (the ACK of an own UPDATE gives the datablock's revision), repairs
+the replica with FETCH when it cannot be trusted, turns messages into events
+and calls the callbacks. Only this half touches the replica, so it needs no
+lock, and callbacks may change Blender data.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .events import (
     UploadDone,
     UsersChanged,
 )
-from .inbox import ANSWERS, Ended, Message, Request
+from .inbox import ANSWERS, Ended, Message, Push, Request
 from .model import AuthInfo, Datablock, User, user_from_wire
 from .protocol import Channel, message
 from .replica import Replica
@@ -57,9 +58,8 @@ class ConsumerHalf:
     _callbacks: list[tuple[type[Event], Callable[[Any], None]]]
     _dispatching: bool
     _internal_fetches: dict[int, str]
-    _pushed_transfers: dict[int, str]
-    _unconfirmed: dict[str, int]
-    _probes: set[int]
+    _pushes: dict[int, Push]
+    _fetch_floor: dict[str, int]
     _subscribed: bool
     _synced: bool
     _snapshot_total: int
@@ -72,15 +72,8 @@ class ConsumerHalf:
         h = msg.header
         if req.kind == "auth":
             return self.auth
-        if req.id in self._probes:  # wait_applied: only the header matters
-            return Datablock(
-                h["uuid"],
-                h["type_id"],
-                None,
-                h.get("owner"),
-                list(h.get("deps") or []),
-                h.get("revision", 0),
-            )
+        if req.kind == "update":  # the ACK of a push
+            return int(h.get("revision", 0))
         if req.kind == "fetch":
             return self._replica.blocks.get(h["uuid"]) or Datablock(
                 h["uuid"],
@@ -136,7 +129,8 @@ class ConsumerHalf:
         self._synced = False
         self._replica.fetching.clear()
         self._internal_fetches.clear()
-        self._unconfirmed.clear()
+        self._pushes.clear()
+        self._fetch_floor.clear()
         ended = SessionEnded(item.reason, item.by_server)
         self.ended = ended
         events: list[Event] = [
@@ -167,16 +161,21 @@ class ConsumerHalf:
                 self._snapshot_done += 1
                 events.append(self._replica.stored(h, msg.data(), "snapshot"))
                 events.append(SnapshotProgress(self._snapshot_done, self._snapshot_total))
-            elif rid in self._probes:
-                return []  # wait_applied's check: the replica keeps its own state
             else:
                 uuid = self._internal_fetches.pop(rid, None)
                 if uuid is not None:
                     self._replica.fetching.discard(uuid)
-                self._confirm(h["uuid"], h.get("revision", 0))
                 events.append(self._replica.stored(h, msg.data(), "fetch"))
+                if uuid is not None and h.get("revision", 0) < self._fetch_floor.pop(uuid, 0):
+                    self._refetch(uuid)  # answered before one of our updates was applied
+        elif kind == "ACK":
+            push = self._pushes.pop(rid, None)
+            if push is not None:
+                self._acknowledged(push, h.get("uuid", push.uuid), int(h.get("revision", 0)))
+                if push.blocking:  # push_confirmed has its answer
+                    with self._requests_lock:
+                        self._requests.pop(push.id, None)
         elif kind == "UPDATE":
-            self._confirm(h["uuid"], h.get("revision", 0))
             event, refetch = self._replica.forwarded(h, msg.payload or b"")
             if refetch:
                 self._refetch(h["uuid"])
@@ -197,7 +196,6 @@ class ConsumerHalf:
             sender = h.get("sender") if rid is None else self.user
             events.append(OwnerChanged(tuple(uuids), h["owner"], sender))
         elif kind == "DELETE":
-            self._unconfirmed.pop(h["uuid"], None)
             self._replica.remove(h["uuid"])
             events.append(Deleted(h["uuid"], h.get("sender") if rid is None else self.user))
         elif kind == "CLIENTS_STATE":
@@ -212,11 +210,21 @@ class ConsumerHalf:
     def _consume_error(self, msg: Message) -> list[Event]:
         h = msg.header
         rt = dict(h.get("refers_to") or {})
-        rid = rt.get("id")
+        rid = msg.rid
         code = h.get("code", "")
+        push = self._pushes.pop(rid, None) if rid is not None else None
+        if push is not None:
+            # One of our UPDATEs was refused: the replica shows it applied.
+            with self._requests_lock:
+                self._requests.pop(push.id, None)
+            self._refetch(push.uuid)
+            if msg.claimed:  # push_confirmed raised it
+                return []
+            return [ServerError(code, h.get("message", ""), rt, push.id)]
         if rid in self._internal_fetches:
             uuid = self._internal_fetches.pop(rid)
             self._replica.fetching.discard(uuid)
+            self._fetch_floor.pop(uuid, None)
             if code == "unknown_datablock" and self._replica.remove(uuid):
                 return [Deleted(uuid, None)]
             return []
@@ -227,12 +235,8 @@ class ConsumerHalf:
         if msg.claimed:
             return []
         if rt.get("type") == "UPDATE" and isinstance(rt.get("uuid"), str):
-            self._unconfirmed.pop(rt["uuid"], None)
-            self._refetch(rt["uuid"])
-        elif rt.get("type") == "CHUNK" and rt.get("transfer") in self._pushed_transfers:
-            self._unconfirmed.pop(self._pushed_transfers[rt["transfer"]], None)
-            self._refetch(self._pushed_transfers[rt["transfer"]])
-        return [ServerError(code, h.get("message", ""), rt)]
+            self._refetch(rt["uuid"])  # an UPDATE we no longer track
+        return [ServerError(code, h.get("message", ""), rt, rid)]
 
     def _nowait_answer(self, rid: int, msg: Message) -> list[Event]:
         with self._requests_lock:
@@ -244,10 +248,39 @@ class ConsumerHalf:
             return [RequestFailed(req.id, req.kind, req.error)]
         return [Reply(req.id, req.kind, self._result(req, msg))]
 
-    def _confirm(self, uuid: str, revision: int) -> None:
-        """The server's revision of ``uuid`` is at least ``revision``."""
-        if self._unconfirmed.get(uuid, revision + 1) <= revision:
-            del self._unconfirmed[uuid]
+    def _acknowledged(self, push: Push, uuid: str, revision: int) -> None:
+        """The server applied our ``push``: ``uuid`` is at ``revision``.
+
+        The replica applied the change when it was sent and counted it as
+        the next revision. The ACK tells whether that guess holds: the
+        replica should be at ``revision`` plus one per later push of ours to
+        the same datablock. Higher means other users' updates, applied after
+        ours, reached the replica first (the subscriber channel has no order
+        with the commands channel): nothing to do. Lower means the server
+        applied updates of others before ours: after a full update the
+        replica holds exactly the server's data, so it takes the revision;
+        otherwise it misses those updates and FETCHes the datablock.
+        """
+        if uuid in self._replica.fetching:
+            # The FETCH under way may be answered with a state older than
+            # this update; its answer is checked against the revision.
+            self._fetch_floor[uuid] = max(self._fetch_floor.get(uuid, 0), revision)
+            return
+        local = self._replica.blocks.get(uuid)
+        if local is None:
+            return
+        if not push.mirrored:
+            self._refetch(uuid)  # sent unchecked: the replica lacks the change
+            return
+        later = sum(
+            1 for p in self._pushes.values() if p.uuid == uuid and p.mirrored and p.id > push.id
+        )
+        if local.revision >= revision + later:
+            return
+        if not push.patch and not later:
+            local.revision = revision
+        else:
+            self._refetch(uuid)
 
     def _refetch(self, uuid: str) -> None:
         """Repairs the replica: FETCH the datablock unless already underway."""

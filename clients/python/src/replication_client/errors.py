@@ -31,7 +31,9 @@ class ProtocolError(ReplicationError):
 
 class Timeout(ReplicationError):
     """No answer arrived within the given time. The request may still be
-    answered later; the answer is then ignored."""
+    answered later; the answer is then ignored, except for a push, whose
+    ACK or refusal then arrives as an event (:class:`Reply` or
+    :class:`ServerError`)."""
 
 
 class NotAuthenticated(ReplicationError):

@@ -108,8 +108,9 @@ class UploadDone(Event):
 
 @dataclass(frozen=True)
 class Reply(Event):
-    """The answer to a ``*_nowait`` request. ``result`` is what the blocking
-    form would have returned."""
+    """The answer to a ``*_nowait`` request, or the ACK of a push (``kind``
+    ``"update"``). ``result`` is what the blocking form would have returned
+    (for a push: the datablock's revision after it)."""
 
     request_id: int
     kind: str
@@ -120,7 +121,9 @@ class Reply(Event):
 class RequestFailed(Event):
     """A ``*_nowait`` request was refused (``error`` is a
     :class:`RequestRefused` or :class:`AuthenticationError` with the server's
-    code and reason) or could not be answered (:class:`Disconnected`)."""
+    code and reason) or could not be answered (:class:`Disconnected`, also
+    for pushes still waiting for their ACK when the session ended). A
+    refused push is a :class:`ServerError` instead, as it always was."""
 
     request_id: int
     kind: str
@@ -129,13 +132,19 @@ class RequestFailed(Event):
 
 @dataclass(frozen=True)
 class ServerError(Event):
-    """An ERROR that answers no pending request: typically a refused UPDATE
-    (``refers_to["uuid"]``), a refused CHUNK or presence update. The replica
-    re-fetches a datablock whose update was refused."""
+    """An ERROR that no blocking call raised: typically a refused push
+    (``refers_to["uuid"]``; ``request_id`` is the id :meth:`Session.push` or
+    :meth:`Session.push_patch` returned), a refused CHUNK or presence
+    update. The replica re-fetches a datablock whose update was refused.
+
+    ``request_id`` is the id of the request the ERROR is about, when it had
+    one: ``refers_to["id"]``, or for a refused CHUNK of a chunked push, that
+    push's id."""
 
     code: str
     message: str
     refers_to: dict[str, Any] = field(default_factory=dict)
+    request_id: int | None = None
 
     @property
     def error(self) -> RequestRefused:

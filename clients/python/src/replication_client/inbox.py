@@ -9,16 +9,16 @@ from .codec import unpack
 from .errors import ReplicationError
 from .protocol import Channel
 
-__all__ = ["ANSWERS", "Message", "Request", "Ended"]
+__all__ = ["ANSWERS", "Message", "Request", "Push", "Ended"]
 
-ANSWERS = {"SERVER_INFO", "AUTH", "RIGHT", "DELETE", "KICK", "DATABLOCK"}
+ANSWERS = {"SERVER_INFO", "AUTH", "RIGHT", "DELETE", "KICK", "DATABLOCK", "ACK"}
 """Server messages that carry the id of the request they answer."""
 
 
 class Message:
     """One whole server message (chunks already joined)."""
 
-    __slots__ = ("channel", "header", "payload", "claimed", "_data")
+    __slots__ = ("channel", "header", "payload", "claimed", "rid", "_data")
 
     def __init__(self, channel: Channel, header: dict[str, Any], payload: bytes | None) -> None:
         self.channel = channel
@@ -27,6 +27,9 @@ class Message:
         # An ERROR already reported elsewhere (raised by a blocking call,
         # or part of an upload's result), so not repeated as ServerError.
         self.claimed = False
+        # The id of the request this answers or refuses, as the wire half
+        # found it (an ERROR about a CHUNK of a push gets the push's id).
+        self.rid: int | None = None
         self._data: Any = None
 
     def data(self) -> Any:
@@ -47,6 +50,33 @@ class Request:
         self.done = threading.Event()
         self.answer: Message | None = None
         self.error: ReplicationError | None = None
+
+
+class Push(Request):
+    """One of our own UPDATEs, waiting for its ACK (or ERROR).
+
+    ``transfer`` is set when its payload is chunked, so that an ERROR about
+    one of its CHUNKs can be traced back to it; ``mirrored`` tells whether
+    the replica already holds the change (push, and push_patch with
+    ``check``) or not (``check=False``); ``patch`` whether it is a patch."""
+
+    __slots__ = ("uuid", "transfer", "mirrored", "patch")
+
+    def __init__(
+        self,
+        rid: int,
+        blocking: bool,
+        uuid: str,
+        transfer: int | None,
+        *,
+        mirrored: bool,
+        patch: bool,
+    ) -> None:
+        super().__init__(rid, "update", blocking)
+        self.uuid = uuid
+        self.transfer = transfer
+        self.mirrored = mirrored
+        self.patch = patch
 
 
 class Ended:

@@ -8,9 +8,10 @@ and the caller FETCHes the datablock. Until the answer arrives, updates of
 that datablock are skipped: the subscriber channel is ordered, so the
 answer already contains every update the server forwarded before it.
 
-Own pushes are applied at once and counted as the next revision, since the
-server never confirms an accepted UPDATE; a refused one (an ERROR) makes the
-session FETCH the datablock again.
+Own pushes are applied at once and counted as the next revision. Each one
+carries a request id: the server's ACK then gives the real revision (the
+session checks the guess, see ``ConsumerHalf._acknowledged``), and a refusal
+(an ERROR with that id) makes the session FETCH the datablock again.
 """
 
 from __future__ import annotations

@@ -33,9 +33,9 @@ import zmq
 from .codec import pack, unpack
 from .consumer import ConsumerHalf
 from .errors import (
+    Disconnected,
     NotAuthenticated,
     ReplicationError,
-    RequestRefused,
     Timeout,
 )
 from .events import (
@@ -44,7 +44,7 @@ from .events import (
     SnapshotProgress,
 )
 from .heartbeat import Heartbeat
-from .inbox import Request
+from .inbox import Push, Request
 from .model import COMMON, AuthInfo, Datablock, User
 from .patch import validate as validate_patch
 from .protocol import (
@@ -122,6 +122,7 @@ class Session(WireHalf, ConsumerHalf):
         self._chunk_bytes = DEFAULT_CHUNK_BYTES
         self._requests: dict[int, Request] = {}
         self._requests_lock = threading.Lock()
+        self._push_transfers: dict[int, Push] = {}  # transfer -> chunked push
         self._uploads: dict[int, Upload] = {}
         self._reassembler = Reassembler()
         self._window = SnapshotWindow()
@@ -132,10 +133,10 @@ class Session(WireHalf, ConsumerHalf):
         self._callbacks: list[tuple[type[Event], Callable[[Any], None]]] = []
         self._dispatching = False
         self._internal_fetches: dict[int, str] = {}
-        self._pushed_transfers: dict[int, str] = {}
-        # Own pushes not yet seen applied: uuid -> the revision they make.
-        self._unconfirmed: dict[str, int] = {}
-        self._probes: set[int] = set()
+        # Own UPDATEs whose ACK or ERROR has not been consumed yet, by id.
+        self._pushes: dict[int, Push] = {}
+        # uuid -> revision a FETCH under way must reach (see _acknowledged).
+        self._fetch_floor: dict[str, int] = {}
         self._subscribed = False
         self._synced = False
         self._snapshot_total = 0
@@ -425,26 +426,58 @@ class Session(WireHalf, ConsumerHalf):
         owner: str | None = None,
         deps: Iterable[str] | None = None,
         base_revision: int | None = None,
-    ) -> None:
+    ) -> int:
         """UPDATE with the datablock's full data: creates it (``type_id``
         required; ``owner`` defaults to you, or ``COMMON``) or replaces it.
-        No answer when accepted; a refusal arrives as a :class:`ServerError`
-        event and the replica fetches the datablock again."""
+        The replica is changed at once. Returns the UPDATE's request id at
+        once: the server's ACK arrives as a :class:`Reply` (kind
+        ``"update"``, result the new revision), a refusal as a
+        :class:`ServerError` whose ``request_id`` is this id (the replica
+        then fetches the datablock again). :meth:`push_confirmed` waits."""
+        return self._push(uuid, data, type_id, owner, deps, base_revision, False).id
+
+    def push_confirmed(
+        self,
+        uuid: str,
+        data: Any,
+        *,
+        type_id: str | None = None,
+        owner: str | None = None,
+        deps: Iterable[str] | None = None,
+        base_revision: int | None = None,
+        timeout: float = 10.0,
+    ) -> int:
+        """:meth:`push`, then waits for the ACK and returns the datablock's
+        revision after the update. Raises :class:`RequestRefused` with the
+        server's code (``not_owner``, ``stale_revision``, ...)."""
+        push = self._push(uuid, data, type_id, owner, deps, base_revision, True)
+        return self._confirmed(push, timeout)
+
+    def _push(
+        self,
+        uuid: str,
+        data: Any,
+        type_id: str | None,
+        owner: str | None,
+        deps: Iterable[str] | None,
+        base_revision: int | None,
+        blocking: bool,
+    ) -> Push:
         token = self._require_session()
         payload = pack(data)
         deps_list = list(deps) if deps is not None else None
-        header = message(
-            "UPDATE",
+        # The replica mirrors it when it has a copy, or can create one.
+        mirrored = uuid in self._replica.blocks or type_id is not None
+        fields = dict(
             uuid=uuid,
             type_id=type_id,
             owner=owner,
             deps=deps_list,
             base_revision=base_revision,
         )
-        self._publish(token, uuid, header, payload)
+        push = self._publish(token, uuid, fields, payload, blocking, mirrored, patch=False)
         self._replica.pushed(uuid, unpack(payload), type_id, owner, deps_list, self.user)
-        if uuid in self._replica.blocks:
-            self._unconfirmed[uuid] = self._replica.blocks[uuid].revision
+        return push
 
     def push_patch(
         self,
@@ -454,19 +487,52 @@ class Session(WireHalf, ConsumerHalf):
         base_revision: int | None = AUTO,
         deps: Iterable[str] | None = None,
         check: bool = True,
-    ) -> None:
+    ) -> int:
         """UPDATE with a patch (see :mod:`replication_client.patch`). By
         default it is conditional on the replica's revision, so it is never
         applied to a state it was not computed for. It is applied to the
         replica first: if it does not apply there, :class:`PatchError` is
         raised and nothing is sent. ``check=False`` sends it as given,
-        unvalidated and without touching the replica (for tools and tests)."""
+        unvalidated and without touching the replica (for tools and tests;
+        the replica fetches the datablock once the server has applied it).
+        Returns the request id at once, as :meth:`push` does;
+        :meth:`push_patch_confirmed` waits."""
+        return self._push_patch(uuid, ops, base_revision, deps, check, False).id
+
+    def push_patch_confirmed(
+        self,
+        uuid: str,
+        ops: Iterable[dict[str, Any]],
+        *,
+        base_revision: int | None = AUTO,
+        deps: Iterable[str] | None = None,
+        check: bool = True,
+        timeout: float = 10.0,
+    ) -> int:
+        """:meth:`push_patch`, then waits for the ACK and returns the
+        datablock's revision after the patch. Raises :class:`RequestRefused`
+        (``stale_revision``, ``patch_failed``, ...)."""
+        push = self._push_patch(uuid, ops, base_revision, deps, check, True)
+        return self._confirmed(push, timeout)
+
+    def _push_patch(
+        self,
+        uuid: str,
+        ops: Iterable[dict[str, Any]],
+        base_revision: int | None,
+        deps: Iterable[str] | None,
+        check: bool,
+        blocking: bool,
+    ) -> Push:
         token = self._require_session()
         payload = pack(list(ops))
+        deps_list = list(deps) if deps is not None else None
         if not check:
-            header = message("UPDATE", uuid=uuid, patch=True, base_revision=base_revision)
-            self._publish(token, uuid, header, payload)
-            return
+            if base_revision is AUTO:
+                local = self._replica.blocks.get(uuid)
+                base_revision = local.revision if local is not None and local.revision else None
+            fields = dict(uuid=uuid, patch=True, base_revision=base_revision, deps=deps_list)
+            return self._publish(token, uuid, fields, payload, blocking, False, patch=True)
         normalized = unpack(payload)
         validate_patch(normalized)
         local = self._replica.blocks.get(uuid)
@@ -474,28 +540,68 @@ class Session(WireHalf, ConsumerHalf):
             base_revision = local.revision if local is not None and local.revision else None
         if local is not None:
             self._replica.patch_preview(uuid, normalized)
-        header = message(
-            "UPDATE",
-            uuid=uuid,
-            patch=True,
-            base_revision=base_revision,
-            deps=list(deps) if deps is not None else None,
-        )
-        self._publish(token, uuid, header, payload)
+        fields = dict(uuid=uuid, patch=True, base_revision=base_revision, deps=deps_list)
+        push = self._publish(token, uuid, fields, payload, blocking, local is not None, patch=True)
         if local is not None:
             local.revision += 1
-            self._unconfirmed[uuid] = local.revision
-            if deps is not None:
-                local.deps = list(deps)
+            if deps_list is not None:
+                local.deps = deps_list
+        return push
 
-    def _publish(self, token: bytes, uuid: str, header: dict[str, Any], payload: bytes) -> None:
+    def _publish(
+        self,
+        token: bytes,
+        uuid: str,
+        fields: dict[str, Any],
+        payload: bytes,
+        blocking: bool,
+        mirrored: bool,
+        *,
+        patch: bool,
+    ) -> Push:
+        """Sends an UPDATE with a request id, tracked until its ACK or ERROR."""
+        rid = next(self._ids)
         transfer = next(self._transfers)
-        msgs = payload_messages(header, payload, self._chunk_bytes, transfer)
-        if len(msgs) > 1:
-            self._pushed_transfers[transfer] = uuid
-            while len(self._pushed_transfers) > 1000:
-                del self._pushed_transfers[next(iter(self._pushed_transfers))]
-        self._send(Channel.PUBLISHER, [[token, *m] for m in msgs])
+        msgs = payload_messages(
+            message("UPDATE", id=rid, **fields), payload, self._chunk_bytes, transfer
+        )
+        chunked = len(msgs) > 1
+        push = Push(
+            rid, blocking, uuid, transfer if chunked else None, mirrored=mirrored, patch=patch
+        )
+        with self._requests_lock:
+            self._requests[rid] = push
+            if chunked:
+                self._push_transfers[transfer] = push
+                if len(self._push_transfers) > 1000:  # refused ones, kept to match CHUNK ERRORs
+                    for t, p in list(self._push_transfers.items()):
+                        if p.done.is_set():
+                            del self._push_transfers[t]
+        self._pushes[rid] = push
+        try:
+            self._send(Channel.PUBLISHER, [[token, *m] for m in msgs])
+        except BaseException:
+            self._pushes.pop(rid, None)
+            with self._requests_lock:
+                self._requests.pop(rid, None)
+                self._push_transfers.pop(transfer, None)
+            raise
+        return push
+
+    def _confirmed(self, push: Push, timeout: float) -> int:
+        """Waits for a blocking push's ACK and returns its revision."""
+        if not self._wait(push.done, timeout):
+            with self._requests_lock:
+                if not push.done.is_set():
+                    # Still tracked: wait_applied waits for it, and its ACK
+                    # or refusal will arrive as an event.
+                    push.blocking = False
+                    raise Timeout(f"no ACK for the update of {push.uuid} within {timeout} s")
+        self._dispatch(None)
+        if push.error is not None:
+            raise push.error
+        assert push.answer is not None
+        return int(push.answer.header["revision"])
 
     def lock(self, uuids: Iterable[str], timeout: float = 10.0) -> dict[str, Any]:
         """RIGHT to yourself (allowed while the datablocks are COMMON)."""
@@ -536,7 +642,9 @@ class Session(WireHalf, ConsumerHalf):
         return req
 
     def delete(self, uuid: str, force: bool = False, timeout: float = 10.0) -> dict[str, Any]:
-        """DELETE one datablock."""
+        """DELETE one datablock. Your own updates of it are acknowledged first
+        (:meth:`wait_applied`), so that the DELETE never overtakes them."""
+        self.wait_applied([uuid], timeout)
         return self._call(self._delete(uuid, force, True), timeout)
 
     def delete_nowait(self, uuid: str, force: bool = False) -> int:
@@ -585,37 +693,46 @@ class Session(WireHalf, ConsumerHalf):
         return req
 
     def wait_applied(self, uuids: Iterable[str] | None = None, timeout: float = 10.0) -> None:
-        """Waits until the server has applied your own pushes (of ``uuids``,
-        or all), by FETCHing until the revisions are reached.
+        """Waits until every UPDATE you have sent (of ``uuids``, or all) is
+        acknowledged or refused by the server.
 
-        An accepted UPDATE is never acknowledged, and the publisher channel
-        has no order with the commands channel: a RIGHT or DISCONNECT sent
-        right after an UPDATE may be processed before it. Call this before
-        anything that must come after your edits (``change_owner``,
-        ``unlock`` and ``leave`` do it themselves). A refused push counts as
-        done: its ServerError has been (or will be) delivered."""
-        wanted = set(self._unconfirmed) if uuids is None else set(uuids) & set(self._unconfirmed)
+        UPDATEs travel on the publisher channel, which has no order with the
+        commands channel: a RIGHT, DELETE or DISCONNECT sent right after an
+        UPDATE may be processed before it. Each push carries a request id and
+        the server answers it with an ACK once applied, so call this before
+        anything that must come after your edits (``change_owner``, ``lock``,
+        ``unlock``, ``delete`` and ``leave`` do it themselves). A refused push
+        counts as done: its :class:`ServerError` has been (or will be)
+        delivered. Raises :class:`Timeout`, or :class:`Disconnected` when
+        the session ended before the server answered. Costs nothing when no
+        push is outstanding; :meth:`pending_pushes` is the non-blocking
+        check."""
+        wanted = self._outstanding(uuids)
+        if not wanted:
+            return
         deadline = time.monotonic() + timeout
-        for uuid in sorted(wanted):
-            while uuid in self._unconfirmed:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise Timeout(f"update of {uuid} not confirmed within {timeout} s")
-                req = self._fetch(uuid, True)
-                self._probes.add(req.id)  # the answer must not touch the replica
-                try:
-                    answer = self._call(req, remaining)
-                except RequestRefused as e:
-                    if e.code != "unknown_datablock":
-                        raise
-                    self._unconfirmed.pop(uuid, None)  # deleted meanwhile
-                    break
-                finally:
-                    self._probes.discard(req.id)
-                if answer.revision >= self._unconfirmed.get(uuid, 0):
-                    self._unconfirmed.pop(uuid, None)
-                else:
-                    self.poll(min(0.01, max(0.0, deadline - time.monotonic())))
+        for push in wanted:
+            if not self._wait(push.done, max(0.0, deadline - time.monotonic())):
+                raise Timeout(
+                    f"update {push.id} of {push.uuid} not acknowledged within {timeout} s"
+                )
+        self._dispatch(None)
+        for push in wanted:
+            if isinstance(push.error, Disconnected):
+                raise push.error
+
+    def pending_pushes(self, uuids: Iterable[str] | None = None) -> list[int]:
+        """The request ids of your pushes (of ``uuids``, or all) whose ACK or
+        refusal :meth:`poll` has not delivered yet, oldest first. Empty
+        means the server has applied (or refused) everything you sent: the
+        non-blocking form of :meth:`wait_applied`, for timers."""
+        return [push.id for push in self._outstanding(uuids)]
+
+    def _outstanding(self, uuids: Iterable[str] | None) -> list[Push]:
+        if uuids is None:
+            return list(self._pushes.values())
+        wanted = set(uuids)
+        return [push for push in self._pushes.values() if push.uuid in wanted]
 
     def list_users(self) -> tuple[User, ...]:
         """The users of the latest CLIENTS_STATE (it arrives about every
@@ -623,15 +740,15 @@ class Session(WireHalf, ConsumerHalf):
         return self.users
 
     def leave(self, reason: str = "leaving", timeout: float = 2.0) -> None:
-        """DISCONNECT and close. Your updates not yet confirmed applied are
-        confirmed first (up to ``timeout``): the server forgets the token on
-        DISCONNECT and would drop them. Then waits (up to ``timeout``) for the
-        server's goodbye."""
+        """DISCONNECT and close. Your updates not yet acknowledged are waited
+        for first (up to ``timeout``, :meth:`wait_applied`): the server
+        forgets the token on DISCONNECT and would drop those still on their
+        way. Then waits (up to ``timeout``) for the server's goodbye."""
         if self._token is not None and self._transport is not None:
             try:
                 self.wait_applied(timeout=timeout)
             except (Timeout, ReplicationError) as e:
-                log.warning("leaving with updates not confirmed: %s", e)
+                log.warning("leaving with updates not acknowledged: %s", e)
             self._send(Channel.COMMANDS, [[pack(message("DISCONNECT", reason=reason))]])
             try:
                 self.wait_until(lambda: self.ended is not None, timeout)

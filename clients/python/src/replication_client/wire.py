@@ -1,10 +1,11 @@
 """The wire half of a session: it runs on the thread that owns the sockets.
 
 It decodes frames, acknowledges the snapshot window, joins chunks, matches
-answers to the requests waiting for them, drives uploads (SETs leave once
-INIT is accepted) and notices the end of the session. Whole messages go to
-the inbox, for the consumer half. Nothing here touches the replica, the
-callbacks or Blender data.
+answers to the requests waiting for them (the ACK or ERROR of an own
+UPDATE included), drives uploads (SETs leave once INIT is accepted) and
+notices the end of the session. Whole messages go to the inbox, for the
+consumer half. Nothing here touches the replica, the callbacks or Blender
+data.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .errors import (
 )
 from .events import LocalError
 from .heartbeat import Heartbeat
-from .inbox import ANSWERS, Ended, Message, Request
+from .inbox import ANSWERS, Ended, Message, Push, Request
 from .model import AuthInfo
 from .protocol import DEFAULT_CHUNK_BYTES, Channel, message
 from .stream import Reassembler, SnapshotWindow
@@ -49,6 +50,7 @@ class WireHalf:
     _chunk_bytes: int
     _requests: dict[int, Request]
     _requests_lock: threading.Lock
+    _push_transfers: dict[int, Push]
     _uploads: dict[int, Upload]
     _reassembler: Reassembler
     _window: SnapshotWindow
@@ -131,19 +133,47 @@ class WireHalf:
         if up is not None:
             self._upload_progress(up, msg)
             msg.claimed = True
-        rid = h.get("id") if kind in ANSWERS else None
-        if kind == "ERROR":
-            rid = (h.get("refers_to") or {}).get("id")
-        with self._requests_lock:
-            req = self._requests.get(rid) if rid is not None else None
-        if req is not None:
-            self._resolve(req, msg)
-            msg.claimed = req.blocking
+        self._match(msg)
         self._post(msg)
         if kind == "DISCONNECT":
             self._end_session(str(h.get("reason", "")), by_server=True)
         elif kind == "ERROR" and h.get("code") == "not_authenticated" and self._token is not None:
             self._end_session("the server no longer knows this session", by_server=True)
+
+    def _match(self, msg: Message) -> None:
+        """Finds the request ``msg`` answers or refuses, and resolves it.
+
+        An ERROR about a CHUNK names only its transfer: when that is the
+        transfer of one of our UPDATEs, the ERROR is about that push. Once
+        a chunked push has been refused, the server refuses its remaining
+        CHUNKs too; those ERRORs are claimed, so the push is reported once.
+        """
+        h = msg.header
+        kind = h["type"]
+        rid = h.get("id") if kind in ANSWERS else None
+        rt: dict[str, Any] = {}
+        if kind == "ERROR":
+            rt = h.get("refers_to") or {}
+            rid = rt.get("id")
+        with self._requests_lock:
+            req: Request | None = None
+            if rid is None and rt.get("type") == "CHUNK":
+                push = self._push_transfers.get(rt.get("transfer"))  # type: ignore[arg-type]
+                if push is not None:
+                    rid = push.id
+                    if push.done.is_set():
+                        msg.claimed = True
+                    else:
+                        req = push
+            elif rid is not None:
+                req = self._requests.get(rid)
+            msg.rid = rid
+            if req is None:
+                return
+            self._resolve(req, msg)
+            msg.claimed = req.blocking
+            if isinstance(req, Push) and req.transfer is not None and kind == "ACK":
+                self._push_transfers.pop(req.transfer, None)
 
     def _on_auth(self, h: dict[str, Any]) -> None:
         self.auth = AuthInfo(
@@ -183,6 +213,7 @@ class WireHalf:
         with self._requests_lock:
             pending = list(self._requests.values())
             self._requests.clear()
+            self._push_transfers.clear()
         failed = []
         for req in pending:
             req.error = error
