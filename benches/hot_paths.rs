@@ -110,5 +110,32 @@ fn fan_out(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decode, patch, fan_out);
+fn snapshot(c: &mut Criterion) {
+    let mut room = Room::new(Limits::default());
+    let host = ClientId(0);
+    room.join(host, "host", true, None).unwrap();
+    room.upload(host, UploadStep::Init, None, None).unwrap();
+    let data = Bytes::from(encode_value(&Value::Binary(vec![7; 1000])).to_vec());
+    for i in 0..10_000 {
+        let spec =
+            BlockSpec::checked(format!("block-{i:06}"), Some("Mesh".into()), None, None).unwrap();
+        room.upload(host, UploadStep::Set, None, Some((spec, data.clone())))
+            .unwrap();
+    }
+    room.upload(host, UploadStep::End, None, None).unwrap();
+    let mut next = 1;
+    c.bench_function("room: snapshot stream of 10,000 x 1 KB", |b| {
+        b.iter(|| {
+            let joiner = ClientId(next);
+            next += 1;
+            room.join(joiner, &format!("joiner-{}", joiner.0), false, None)
+                .unwrap();
+            let fx = room.subscribe(joiner, None).unwrap();
+            black_box(&fx);
+            room.leave(joiner);
+        })
+    });
+}
+
+criterion_group!(benches, decode, patch, fan_out, snapshot);
 criterion_main!(benches);
