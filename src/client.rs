@@ -181,6 +181,12 @@ impl Client {
         })
     }
 
+    /// The session token from AUTH (the first frame of publisher messages),
+    /// for tools that build publisher messages themselves.
+    pub fn token(&self) -> Option<&[u8]> {
+        self.token.as_deref()
+    }
+
     /// The user name this client authenticates as.
     pub fn user(&self) -> &str {
         &self.options.user

@@ -79,6 +79,9 @@ pub struct Limits {
     pub max_datablock_bytes: usize,
     /// Most bytes of unfinished chunked transfers one client may hold.
     pub max_transfer_bytes_per_client: usize,
+    /// Most bytes of unfinished chunked transfers all clients together may
+    /// hold, so that memory stays bounded however many clients upload.
+    pub max_transfer_bytes_total: usize,
     /// Most messages queued for one client before it is disconnected as too slow.
     pub outbox_max_messages: usize,
     /// Most bytes queued for one client before it is disconnected as too slow.
@@ -103,6 +106,7 @@ impl Default for Limits {
             max_header_bytes: 1 << 20,
             max_datablock_bytes: 512 << 20,
             max_transfer_bytes_per_client: 1 << 30,
+            max_transfer_bytes_total: 4 << 30,
             outbox_max_messages: 100_000,
             outbox_max_bytes: 1 << 30,
             max_metadata_bytes: 64 << 10,
@@ -195,6 +199,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.max_transfer_bytes_per_client",
                 reason: "must be at least limits.max_datablock_bytes".into(),
+            });
+        }
+        if l.max_transfer_bytes_total < l.max_transfer_bytes_per_client {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_transfer_bytes_total",
+                reason: "must be at least limits.max_transfer_bytes_per_client".into(),
             });
         }
         if l.snapshot_window_messages == 0 || l.snapshot_window_bytes < l.chunk_bytes {

@@ -554,3 +554,71 @@ fn acknowledged_updates_are_applied_before_what_follows() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn unfinished_transfers_are_bounded_server_wide() {
+    let server = TestServer::start_with(|c| {
+        c.limits.chunk_bytes = 4096;
+        c.limits.max_header_bytes = 4096;
+        c.limits.max_datablock_bytes = 100_000;
+        c.limits.max_transfer_bytes_per_client = 100_000;
+        c.limits.max_transfer_bytes_total = 150_000;
+    });
+    let mut host = admin(&server, "host");
+    host.upload(&[], T).unwrap();
+    let (mut bob, _) = joined(&server, "bob");
+    let (mut carol, _) = joined(&server, "carol");
+    // Announce a chunked UPDATE (with an id, to get an answer) and send no
+    // chunk: its size stays reserved.
+    let announce = |client: &mut Client, id: u64, size: u64| {
+        let header = encode(&replication_serve::protocol::PublisherMessage::Update {
+            id: Some(id),
+            uuid: format!("big-{id}"),
+            type_id: Some("Image".into()),
+            owner: None,
+            deps: None,
+            patch: false,
+            base_revision: None,
+            chunk: ChunkFields {
+                transfer: Some(id),
+                chunks: Some(25),
+                size: Some(size),
+            },
+        });
+        let token = client.token().unwrap().to_vec();
+        client
+            .send_raw(
+                replication_serve::protocol::Channel::Publisher,
+                &[&token, &header],
+            )
+            .unwrap();
+    };
+    announce(&mut bob, 1, 90_000);
+    // An acknowledged update on the same (ordered) channel shows that the
+    // announcement was handled, and accepted: no ERROR came first.
+    let mut tiny = block("tiny", "Empty", Value::Nil);
+    tiny.owner = None;
+    assert_eq!(bob.update_confirmed(&tiny, T).unwrap(), 1);
+    announce(&mut carol, 2, 90_000);
+    let ev = wait(&mut carol, "the refusal", |e| {
+        matches!(e.message, ServerMessage::Error { .. })
+    });
+    let ServerMessage::Error {
+        code,
+        message,
+        refers_to,
+    } = ev.message
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        code,
+        replication_serve::protocol::ErrorCode::LimitExceeded,
+        "{message}"
+    );
+    assert_eq!((refers_to.id, refers_to.transfer), (Some(2), Some(2)));
+    // Within the budget, a smaller transfer is still accepted and completes.
+    let mut small = block("small", "Image", Value::Binary(vec![3; 40_000]));
+    small.owner = None;
+    assert_eq!(carol.update_confirmed(&small, T).unwrap(), 1);
+}

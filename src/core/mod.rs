@@ -28,6 +28,9 @@ use transfers::Transfers;
 
 /// Delay that gathers presence changes into one CLIENTS_STATE broadcast.
 const PRESENCE_DELAY: Duration = Duration::from_millis(30);
+/// An unfinished chunked transfer that receives nothing for this long is
+/// dropped: long enough for a 1 MiB chunk over a very slow link.
+const TRANSFER_IDLE: Duration = Duration::from_secs(120);
 
 /// Requests from the admin console, answered through a oneshot.
 #[derive(Debug)]
@@ -186,6 +189,7 @@ impl Core {
         for id in silent {
             self.disconnect(id, "timed out").await;
         }
+        self.expire_transfers(now.into_std()).await;
         self.logins.forget(now.into_std());
         if self.sessions.is_empty() {
             return;
@@ -209,6 +213,27 @@ impl Core {
             })
             .await;
         self.presence_changed();
+    }
+
+    /// Drops abandoned chunked transfers and tells their senders.
+    async fn expire_transfers(&mut self, now: std::time::Instant) {
+        let mut expired = Vec::new();
+        for (id, session) in &mut self.sessions {
+            for (pending, transfer) in session.transfers.expire(now, TRANSFER_IDLE) {
+                expired.push((*id, pending, transfer));
+            }
+        }
+        for (id, pending, transfer) in expired {
+            let error = RoomError::new(
+                ErrorCode::TransferFailed,
+                format!(
+                    "transfer {transfer} abandoned: no chunk for {} s; send the whole payload again",
+                    TRANSFER_IDLE.as_secs()
+                ),
+            );
+            self.error_to_client(id, &error, pending.refers_to(Some(transfer)))
+                .await;
+        }
     }
 
     fn presence_changed(&mut self) {

@@ -14,7 +14,7 @@ use crate::room::{ClientId, Delivery, Effects, RoomError};
 
 impl Pending {
     /// What an ERROR about this payload refers to.
-    fn refers_to(&self, transfer: Option<u64>) -> RefersTo {
+    pub(super) fn refers_to(&self, transfer: Option<u64>) -> RefersTo {
         let (kind, id, uuid) = match self {
             Pending::UploadSet { req_id, spec } => ("SERVER_SNAPSHOT", *req_id, &spec.uuid),
             Pending::Update { req_id, spec, .. } => ("UPDATE", *req_id, &spec.uuid),
@@ -93,6 +93,20 @@ impl Core {
                 .can_update(id, &spec.uuid, *patch, *base_revision)?,
         }
         let limits = &self.config.limits;
+        let held: u64 = self.sessions.values().map(|s| s.transfers.reserved()).sum();
+        // A payload over the datablock limit is refused as too large below.
+        if size <= limits.max_datablock_bytes as u64
+            && held + size > limits.max_transfer_bytes_total as u64
+        {
+            return Err(protocol_error(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the server is holding {held} bytes of unfinished transfers, the most it takes \
+                     is {}; retry when uploads in progress have finished",
+                    limits.max_transfer_bytes_total
+                ),
+            ));
+        }
         let session = self.sessions.get_mut(&id).ok_or_else(not_connected)?;
         session
             .transfers

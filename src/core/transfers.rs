@@ -1,6 +1,7 @@
 //! Reassembly of payloads a client sends in chunks.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -28,6 +29,8 @@ pub enum Pending {
 #[derive(Debug)]
 struct Partial {
     pending: Pending,
+    /// When the header or the last chunk arrived.
+    last_activity: Instant,
     chunks: u32,
     size: u64,
     next_index: u32,
@@ -88,6 +91,7 @@ impl Transfers {
             (channel, transfer),
             Partial {
                 pending,
+                last_activity: Instant::now(),
                 chunks,
                 size,
                 next_index: 0,
@@ -147,6 +151,7 @@ impl Transfers {
         }
         partial.data.extend_from_slice(data);
         partial.next_index += 1;
+        partial.last_activity = Instant::now();
         if partial.next_index < partial.chunks {
             return Ok(None);
         }
@@ -155,6 +160,31 @@ impl Transfers {
         };
         self.reserved -= done.size;
         Ok(Some((done.pending, done.data.freeze())))
+    }
+
+    /// Bytes announced by this client's unfinished transfers.
+    pub fn reserved(&self) -> u64 {
+        self.reserved
+    }
+
+    /// Drops the transfers that received nothing for `idle`, so that an
+    /// abandoned upload does not hold memory until the client leaves;
+    /// returns them with their transfer ids.
+    pub fn expire(&mut self, now: Instant, idle: Duration) -> Vec<(Pending, u64)> {
+        let stale: Vec<(Channel, u64)> = self
+            .partial
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.last_activity) > idle)
+            .map(|(key, _)| *key)
+            .collect();
+        stale
+            .into_iter()
+            .filter_map(|key| {
+                let p = self.partial.remove(&key)?;
+                self.reserved -= p.size;
+                Some((p.pending, key.1))
+            })
+            .collect()
     }
 
     fn abort(&mut self, channel: Channel, transfer: u64) {
@@ -218,6 +248,33 @@ mod tests {
             "short total"
         );
         assert_eq!(t.reserved, 0);
+    }
+
+    #[test]
+    fn abandoned_transfers_expire() {
+        let mut t = Transfers::default();
+        t.begin(Channel::Publisher, 1, 2, 4, pending(), &limits(100, 100))
+            .unwrap();
+        t.begin(Channel::Commands, 2, 2, 4, pending(), &limits(100, 100))
+            .unwrap();
+        let idle = Duration::from_secs(120);
+        assert!(
+            t.expire(Instant::now(), idle).is_empty(),
+            "fresh transfers stay"
+        );
+        let later = Instant::now() + Duration::from_secs(121);
+        let mut expired: Vec<u64> = t
+            .expire(later, idle)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        expired.sort_unstable();
+        assert_eq!(expired, [1, 2]);
+        assert_eq!(t.reserved(), 0);
+        assert!(
+            t.chunk(Channel::Publisher, 1, 0, b"ab").is_err(),
+            "an expired transfer is gone"
+        );
     }
 
     #[test]
