@@ -1,0 +1,248 @@
+//! A blocking Rust client of protocol v1, used by the tests and tools.
+//!
+//! It owns its four sockets (three DEALERs sharing one random 16-byte routing
+//! identity, and a PUSH), answers the server's pings whenever it is polled,
+//! reassembles chunked payloads and acknowledges snapshot windows, so callers
+//! see whole messages as [`Event`]s.
+
+mod receive;
+mod requests;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rand::RngExt;
+use rmpv::Value;
+use serde::Serialize;
+
+use crate::protocol::patch::Patch;
+use crate::protocol::{
+    AuthStatus, Channel, ChunkFields, CommandRequest, DatablockHeader, HeartbeatMessage,
+    PROTOCOL_VERSION, PayloadSpec, ProtocolError, PublisherMessage, Role, ServerMessage,
+    SnapshotStep, SubscriberRequest, UploadStatus, UploadStep, codec::encode_value, decode_header,
+    encode,
+};
+
+/// Largest header the client accepts from a server.
+const MAX_HEADER: usize = 64 << 20;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("socket error: {0}")]
+    Zmq(#[from] zmq::Error),
+    #[error("invalid message from the server: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("no answer from the server within {0:?}")]
+    Timeout(Duration),
+    #[error("the server refused: {code}: {message}")]
+    Refused { code: String, message: String },
+    #[error("disconnected by the server: {0}")]
+    Disconnected(String),
+    #[error("not authenticated")]
+    NotAuthenticated,
+}
+
+/// Who connects, and how.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub role: Role,
+    pub admin_password: Option<String>,
+    pub server_password: Option<String>,
+}
+
+impl ClientOptions {
+    /// A regular user on localhost.
+    pub fn new(port: u16, user: &str) -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port,
+            user: user.into(),
+            role: Role::Client,
+            admin_password: None,
+            server_password: None,
+        }
+    }
+
+    /// An admin on localhost.
+    pub fn admin(port: u16, user: &str, password: &str) -> Self {
+        Self {
+            role: Role::Admin,
+            admin_password: Some(password.into()),
+            ..Self::new(port, user)
+        }
+    }
+}
+
+/// A whole message from the server, chunks reassembled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub channel: Channel,
+    pub message: ServerMessage,
+    /// The data frame (datablock data or a patch), if any.
+    pub payload: Option<Bytes>,
+}
+
+/// A datablock as uploaded or downloaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Block {
+    pub uuid: String,
+    pub type_id: String,
+    pub owner: Option<String>,
+    pub deps: Vec<String>,
+    pub data: Value,
+}
+
+/// A downloaded datablock with its server-side header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub header: DatablockHeader,
+    pub data: Bytes,
+}
+
+struct Partial {
+    message: ServerMessage,
+    data: BytesMut,
+}
+
+/// One connection to a server.
+pub struct Client {
+    options: ClientOptions,
+    commands: zmq::Socket,
+    subscriber: zmq::Socket,
+    publisher: zmq::Socket,
+    heartbeat: zmq::Socket,
+    token: Option<Bytes>,
+    chunk_bytes: usize,
+    next_id: u64,
+    next_transfer: u64,
+    events: VecDeque<Event>,
+    partial: HashMap<u64, Partial>,
+    /// Snapshot acknowledgement state: messages and bytes since BEGIN, and
+    /// when the next acknowledgement is due.
+    snapshot: Option<SnapshotProgress>,
+    /// Answer pings while polling (tests turn this off to play dead).
+    pub answer_pings: bool,
+}
+
+#[derive(Debug, Default)]
+struct SnapshotProgress {
+    received: u64,
+    bytes: u64,
+    acked: u64,
+    acked_bytes: u64,
+    window: u64,
+    window_bytes: u64,
+}
+
+impl Client {
+    /// Opens the four sockets towards `options.host` (nothing is sent yet).
+    pub fn connect(options: ClientOptions) -> Result<Self, ClientError> {
+        Self::connect_in(&zmq::Context::new(), options)
+    }
+
+    /// Like [`Client::connect`], in an existing ZeroMQ context, so that many
+    /// clients in one process can share its I/O thread.
+    pub fn connect_in(context: &zmq::Context, options: ClientOptions) -> Result<Self, ClientError> {
+        let mut identity: [u8; 16] = rand::rng().random();
+        // libzmq reserves identities that start with a zero byte.
+        identity[0] = identity[0].max(1);
+        let base = options.port;
+        let endpoint = |offset: u16| format!("tcp://{}:{}", options.host, base + offset);
+        let dealer = |offset: u16| -> Result<zmq::Socket, zmq::Error> {
+            let s = context.socket(zmq::DEALER)?;
+            s.set_identity(&identity)?;
+            s.set_linger(0)?;
+            s.connect(&endpoint(offset))?;
+            Ok(s)
+        };
+        let commands = dealer(0)?;
+        let subscriber = dealer(1)?;
+        let publisher = context.socket(zmq::PUSH)?;
+        // Lets queued updates reach the server when the client closes.
+        publisher.set_linger(1000)?;
+        publisher.connect(&endpoint(2))?;
+        let heartbeat = dealer(3)?;
+        Ok(Self {
+            options,
+            commands,
+            subscriber,
+            publisher,
+            heartbeat,
+            token: None,
+            chunk_bytes: 1 << 20,
+            next_id: 1,
+            next_transfer: 1,
+            events: VecDeque::new(),
+            partial: HashMap::new(),
+            snapshot: None,
+            answer_pings: true,
+        })
+    }
+
+    /// The session token from AUTH (the first frame of publisher messages),
+    /// for tools that build publisher messages themselves.
+    pub fn token(&self) -> Option<&[u8]> {
+        self.token.as_deref()
+    }
+
+    /// The user name this client authenticates as.
+    pub fn user(&self) -> &str {
+        &self.options.user
+    }
+
+    /// Sends raw frames on a channel (the token frame is not added): for
+    /// tests of bad input.
+    pub fn send_raw(&self, channel: Channel, frames: &[&[u8]]) -> Result<(), ClientError> {
+        let socket = self.socket(channel);
+        socket.send_multipart(frames.iter().copied(), 0)?;
+        Ok(())
+    }
+
+    fn socket(&self, channel: Channel) -> &zmq::Socket {
+        match channel {
+            Channel::Commands => &self.commands,
+            Channel::Subscriber => &self.subscriber,
+            Channel::Publisher => &self.publisher,
+            Channel::Heartbeat => &self.heartbeat,
+        }
+    }
+
+    fn send<T: Serialize>(
+        &self,
+        channel: Channel,
+        msg: &T,
+        payload: Option<&[u8]>,
+    ) -> Result<(), ClientError> {
+        let header = encode(msg);
+        let socket = self.socket(channel);
+        if channel == Channel::Publisher {
+            let token = self.token.as_ref().ok_or(ClientError::NotAuthenticated)?;
+            socket.send(&token[..], zmq::SNDMORE)?;
+        }
+        match payload {
+            Some(p) => {
+                socket.send(&header[..], zmq::SNDMORE)?;
+                socket.send(p, 0)?;
+            }
+            None => socket.send(&header[..], 0)?,
+        }
+        Ok(())
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+}
+
+fn unexpected(message: &ServerMessage) -> ClientError {
+    ClientError::Protocol(ProtocolError::Invalid(format!(
+        "unexpected answer: {message:?}"
+    )))
+}

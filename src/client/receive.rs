@@ -1,0 +1,253 @@
+//! Receiving: polling the sockets, answering pings, reassembling chunks,
+//! acknowledging snapshot windows, and waiting for events.
+
+use super::*;
+
+impl Client {
+    /// The next whole message, waiting at most `timeout`.
+    pub fn next_event(&mut self, timeout: Duration) -> Result<Option<Event>, ClientError> {
+        self.next_event_until(Instant::now() + timeout)
+    }
+
+    /// Waits for an event matching `pred`, keeping the others queued.
+    pub fn wait_for(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Event) -> bool,
+    ) -> Result<Event, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut skipped = Vec::new();
+        let result = loop {
+            match self.next_event_until(deadline)? {
+                None => break Err(ClientError::Timeout(timeout)),
+                Some(e) if pred(&e) => break Ok(e),
+                Some(e) => skipped.push(e),
+            }
+        };
+        for e in skipped.into_iter().rev() {
+            self.events.push_front(e);
+        }
+        result
+    }
+
+    pub(super) fn next_event_until(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<Option<Event>, ClientError> {
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Ok(Some(e));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let wait = i64::try_from((deadline - now).as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1);
+            self.poll_once(wait)?;
+        }
+    }
+
+    /// The next message on the subscriber channel as raw frames, without
+    /// decoding it; pings are still answered and command-channel messages
+    /// still queued as events. For tools that only count or sample traffic.
+    pub fn next_subscriber_frames(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<Vec<zmq::Message>>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.subscriber.recv_msg(zmq::DONTWAIT) {
+                Ok(first) => {
+                    let mut more = first.get_more();
+                    let mut frames = vec![first];
+                    while more {
+                        let part = self.subscriber.recv_msg(0)?;
+                        more = part.get_more();
+                        frames.push(part);
+                    }
+                    return Ok(Some(frames));
+                }
+                Err(zmq::Error::EAGAIN) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let wait = i64::try_from((deadline - now).as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1);
+            let mut items = [
+                self.commands.as_poll_item(zmq::POLLIN),
+                self.subscriber.as_poll_item(zmq::POLLIN),
+                self.heartbeat.as_poll_item(zmq::POLLIN),
+            ];
+            zmq::poll(&mut items, wait)?;
+            let (commands, heartbeat) = (items[0].is_readable(), items[2].is_readable());
+            if heartbeat {
+                while let Ok(frames) = self.heartbeat.recv_multipart(zmq::DONTWAIT) {
+                    self.on_heartbeat(&frames)?;
+                }
+            }
+            if commands {
+                while let Ok(frames) = self.commands.recv_multipart(zmq::DONTWAIT) {
+                    self.on_message(Channel::Commands, frames)?;
+                }
+            }
+        }
+    }
+
+    /// Polls the sockets once and queues whatever arrived.
+    pub fn poll_once(&mut self, timeout_ms: i64) -> Result<(), ClientError> {
+        let mut items = [
+            self.commands.as_poll_item(zmq::POLLIN),
+            self.subscriber.as_poll_item(zmq::POLLIN),
+            self.heartbeat.as_poll_item(zmq::POLLIN),
+        ];
+        zmq::poll(&mut items, timeout_ms)?;
+        let ready = [
+            items[0].is_readable(),
+            items[1].is_readable(),
+            items[2].is_readable(),
+        ];
+        if ready[2] {
+            while let Ok(frames) = self.heartbeat.recv_multipart(zmq::DONTWAIT) {
+                self.on_heartbeat(&frames)?;
+            }
+        }
+        if ready[0] {
+            while let Ok(frames) = self.commands.recv_multipart(zmq::DONTWAIT) {
+                self.on_message(Channel::Commands, frames)?;
+            }
+        }
+        if ready[1] {
+            while let Ok(frames) = self.subscriber.recv_multipart(zmq::DONTWAIT) {
+                self.on_message(Channel::Subscriber, frames)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_heartbeat(&mut self, frames: &[Vec<u8>]) -> Result<(), ClientError> {
+        let Some(header) = frames.first() else {
+            return Ok(());
+        };
+        if let HeartbeatMessage::Ping { seq } = decode_header(header, MAX_HEADER)? {
+            if self.answer_pings {
+                self.send(Channel::Heartbeat, &HeartbeatMessage::Pong { seq }, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_message(&mut self, channel: Channel, frames: Vec<Vec<u8>>) -> Result<(), ClientError> {
+        let mut frames = frames.into_iter();
+        let header = frames.next().unwrap_or_default();
+        let payload = frames.next().map(Bytes::from);
+        let message: ServerMessage = decode_header(&header, MAX_HEADER)?;
+        if channel == Channel::Subscriber {
+            self.count_snapshot(
+                &message,
+                header.len() + payload.as_ref().map_or(0, Bytes::len),
+            )?;
+        }
+        if let ServerMessage::Chunk { transfer, index: _ } = message {
+            let Some(partial) = self.partial.get_mut(&transfer) else {
+                return Err(ProtocolError::Invalid(format!(
+                    "chunk of unknown transfer {transfer}"
+                ))
+                .into());
+            };
+            partial
+                .data
+                .extend_from_slice(payload.as_deref().unwrap_or_default());
+            let complete = match &partial.message {
+                ServerMessage::Datablock { chunk, .. } | ServerMessage::Update { chunk, .. } => {
+                    chunk.size.unwrap_or_default() <= partial.data.len() as u64
+                }
+                _ => true,
+            };
+            if complete {
+                if let Some(done) = self.partial.remove(&transfer) {
+                    self.events.push_back(Event {
+                        channel,
+                        message: done.message,
+                        payload: Some(done.data.freeze()),
+                    });
+                }
+            }
+            return Ok(());
+        }
+        let chunked = match &message {
+            ServerMessage::Datablock { chunk, .. } | ServerMessage::Update { chunk, .. } => {
+                chunk.spec()?
+            }
+            _ => PayloadSpec::Inline,
+        };
+        match chunked {
+            PayloadSpec::Chunked { transfer, .. } => {
+                self.partial.insert(
+                    transfer,
+                    Partial {
+                        message,
+                        data: BytesMut::new(),
+                    },
+                );
+            }
+            PayloadSpec::Inline => self.events.push_back(Event {
+                channel,
+                message,
+                payload,
+            }),
+        }
+        Ok(())
+    }
+
+    /// Counts snapshot messages and acknowledges every half window.
+    fn count_snapshot(&mut self, message: &ServerMessage, size: usize) -> Result<(), ClientError> {
+        if let ServerMessage::Snapshot {
+            step: SnapshotStep::Begin,
+            window,
+            window_bytes,
+            ..
+        } = message
+        {
+            self.snapshot = Some(SnapshotProgress {
+                window: window.unwrap_or(1).max(1),
+                window_bytes: window_bytes.unwrap_or(1).max(1),
+                ..SnapshotProgress::default()
+            });
+        }
+        let Some(progress) = self.snapshot.as_mut() else {
+            return Ok(());
+        };
+        progress.received += 1;
+        progress.bytes += size as u64;
+        let end = matches!(
+            message,
+            ServerMessage::Snapshot {
+                step: SnapshotStep::End,
+                ..
+            }
+        );
+        if end {
+            self.snapshot = None;
+            return Ok(());
+        }
+        if (progress.received - progress.acked) * 2 >= progress.window
+            || (progress.bytes - progress.acked_bytes) * 2 >= progress.window_bytes
+        {
+            progress.acked = progress.received;
+            progress.acked_bytes = progress.bytes;
+            let received = progress.received;
+            self.send(
+                Channel::Subscriber,
+                &SubscriberRequest::SnapshotAck { received },
+                None,
+            )?;
+        }
+        Ok(())
+    }
+}
