@@ -372,22 +372,7 @@ fn console_on_a_pipe() {
 /// with an authenticated client that has had a full round trip.
 fn headless_with_client() -> (Server, Client) {
     let server = start(Start::default());
-    server.stderr.expect_from(0, "the console closing", |l| {
-        l.contains("console input closed")
-    });
-    let mut client = server.client(|p| ClientOptions::new(p, "carol"));
-    assert_eq!(client.authenticate(T).expect("auth"), AuthStatus::Lobby);
-    let info = client.server_info(T).expect("server info");
-    assert!(
-        matches!(
-            info,
-            ServerMessage::ServerInfo {
-                users_online: 1,
-                ..
-            }
-        ),
-        "{info:?}"
-    );
+    let client = server.headless_client("carol");
     (server, client)
 }
 

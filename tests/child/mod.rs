@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use replication_serve::client::{Client, ClientOptions};
+use replication_serve::protocol::{AuthStatus, ServerMessage};
 
 use crate::common::{T, free_base_port};
 
@@ -181,6 +182,29 @@ impl Server {
 
     pub fn client(&self, options: impl FnOnce(u16) -> ClientOptions) -> Client {
         Client::connect(options(self.port)).expect("connect")
+    }
+
+    /// For a server started without stdin: waits until it has given up its
+    /// console, then authenticates `user` and makes one full round trip,
+    /// proving that it still serves.
+    pub fn headless_client(&self, user: &str) -> Client {
+        self.stderr.expect_from(0, "the console closing", |l| {
+            l.contains("console input closed")
+        });
+        let mut client = self.client(|p| ClientOptions::new(p, user));
+        assert_eq!(client.authenticate(T).expect("auth"), AuthStatus::Lobby);
+        let info = client.server_info(T).expect("server info");
+        assert!(
+            matches!(
+                info,
+                ServerMessage::ServerInfo {
+                    users_online: 1,
+                    ..
+                }
+            ),
+            "{info:?}"
+        );
+        client
     }
 }
 
