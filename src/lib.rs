@@ -18,6 +18,7 @@
 //! - [`console`]: the admin console on stdin.
 //! - [`health`]: the health check (`--health-check`).
 //! - [`client`]: a blocking Rust client, used by the tests and tools.
+//! - [`store`]: durable sessions: the data directory and session files.
 //! - [`server`]: wires the pieces together: `run(config, shutdown)`.
 #![forbid(unsafe_code)]
 
@@ -31,4 +32,5 @@ pub mod logging;
 pub mod protocol;
 pub mod room;
 pub mod server;
+pub mod store;
 pub mod transport;

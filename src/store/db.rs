@@ -1,0 +1,1 @@
+//! The data directory: a SQLite database recording the session.

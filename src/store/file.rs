@@ -1,0 +1,1 @@
+//! Session files: portable, compressed backups of a session.
