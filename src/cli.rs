@@ -28,7 +28,9 @@ use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Args, Command, CommandFactory, FromArgMatches, Parser};
 
 use crate::config::file::{ConfigFile, ConfigFileError};
-use crate::config::{Config, ConfigError, DEFAULT_PORT, DEFAULT_TIMEOUT_MS, LogLevel, render};
+use crate::config::{
+    Config, ConfigError, DEFAULT_PORT, DEFAULT_TIMEOUT_MS, Durability, Interval, LogLevel, render,
+};
 use legacy::{LONG_ADMIN_PASSWORD, LONG_LOG_FILE, LONG_SERVER_PASSWORD};
 
 /// Dedicated replication server for collaborative Blender sessions.
@@ -150,12 +152,77 @@ struct Settings {
         allow_hyphen_values = true
     )]
     bind: IpAddr,
+
+    /// Record the session in this directory, so that it survives restarts and crashes [default: ~/.local/share/replication-serve]
+    #[arg(
+        long = "data-dir",
+        env = "REPLICATION_DATA_DIR",
+        value_name = "DIR",
+        help_heading = "Sessions and backups"
+    )]
+    data_dir: Option<PathBuf>,
+
+    /// Keep the session in memory only: nothing is recorded, a restart starts empty
+    #[arg(
+        long = "in-memory",
+        env = "REPLICATION_IN_MEMORY",
+        help_heading = "Sessions and backups",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    in_memory: bool,
+
+    /// normal: a change is forwarded once written to the OS (survives a server crash; a power loss takes at most the last 100 ms). strict: once flushed to the disk (survives a power loss; slower)
+    #[arg(
+        long = "durability",
+        env = "REPLICATION_DURABILITY",
+        value_name = "MODE",
+        default_value_t = Config::default().durability,
+        help_heading = "Sessions and backups"
+    )]
+    durability: Durability,
+
+    /// Start from this session file (written by `save` or autosave), replacing the recorded session, which is saved as a backup first
+    #[arg(
+        long = "load",
+        env = "REPLICATION_LOAD",
+        value_name = "FILE",
+        help_heading = "Sessions and backups"
+    )]
+    load: Option<PathBuf>,
+
+    /// Save the session to the backup directory this often when it changed (15m, 1h, 90s; 0 turns it off)
+    #[arg(
+        long = "autosave",
+        env = "REPLICATION_AUTOSAVE",
+        value_name = "INTERVAL",
+        default_value_t = Config::default().autosave,
+        help_heading = "Sessions and backups"
+    )]
+    autosave: Interval,
+
+    /// How many autosaved files to keep
+    #[arg(
+        long = "autosave-keep",
+        env = "REPLICATION_AUTOSAVE_KEEP",
+        value_name = "COUNT",
+        default_value_t = Config::default().autosave_keep,
+        help_heading = "Sessions and backups"
+    )]
+    autosave_keep: usize,
+
+    /// Where `save` and autosave write session files [default: DATA_DIR/backups]
+    #[arg(
+        long = "backup-dir",
+        env = "REPLICATION_BACKUP_DIR",
+        value_name = "DIR",
+        help_heading = "Sessions and backups"
+    )]
+    backup_dir: Option<PathBuf>,
 }
 
-/// What the command line asks for.
 pub enum Action {
     /// Run the server with this configuration.
-    Serve(Config),
+    Serve(Box<Config>),
     /// Print this text (the effective configuration) and exit.
     PrintConfig(String),
     /// Ask the server at this address whether it is serving.
@@ -304,7 +371,7 @@ where
             .unwrap_or_else(|| reachable(config.bind).to_string());
         return Ok(Action::HealthCheck(HealthTarget { host, ports }));
     }
-    Ok(Action::Serve(config))
+    Ok(Action::Serve(Box::new(config)))
 }
 
 /// The address to reach a server bound to `bind` from this machine: a
@@ -405,6 +472,30 @@ impl Settings {
             origins.record("server_password", given);
             config.server_password = Some(password);
         }
+        if origins.record("in_memory", given) {
+            config.in_memory = self.in_memory;
+        }
+        if origins.record("durability", given) {
+            config.durability = self.durability;
+        }
+        if origins.record("autosave", given) {
+            config.autosave = self.autosave;
+        }
+        if origins.record("autosave_keep", given) {
+            config.autosave_keep = self.autosave_keep;
+        }
+        if let Some(path) = self.data_dir {
+            origins.record("data_dir", given);
+            config.data_dir = Some(path);
+        }
+        if let Some(path) = self.load {
+            origins.record("load", given);
+            config.load = Some(path);
+        }
+        if let Some(path) = self.backup_dir {
+            origins.record("backup_dir", given);
+            config.backup_dir = Some(path);
+        }
         if let Some(path) = self.log_file {
             origins.record("log_file", given);
             config.log_file = Some(path);
@@ -414,6 +505,9 @@ impl Settings {
         // to send an empty string.
         config.server_password = config.server_password.filter(|p| !p.is_empty());
         config.log_file = config.log_file.filter(|p| !p.as_os_str().is_empty());
+        config.data_dir = config.data_dir.filter(|p| !p.as_os_str().is_empty());
+        config.load = config.load.filter(|p| !p.as_os_str().is_empty());
+        config.backup_dir = config.backup_dir.filter(|p| !p.as_os_str().is_empty());
         // Unless the file fixes it, the heartbeat follows the timeout: at
         // most a quarter of it, which leaves a client several pings before
         // it is dropped even when the timeout is set far below the default.

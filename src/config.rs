@@ -46,6 +46,24 @@ pub struct Config {
     pub log_level: LogLevel,
     /// Also append the log to this file.
     pub log_file: Option<PathBuf>,
+    /// Where the session is recorded; `None` for [`default_data_dir`].
+    pub data_dir: Option<PathBuf>,
+    /// Keep the session in memory only: nothing is recorded, and a restart
+    /// starts an empty session.
+    pub in_memory: bool,
+    /// How far each change is flushed before it is forwarded.
+    pub durability: Durability,
+    /// Start from this session file, replacing the recorded session (which
+    /// is first saved to the backup directory).
+    pub load: Option<PathBuf>,
+    /// Save the session to the backup directory this often, when it
+    /// changed; zero turns autosave off.
+    pub autosave: Interval,
+    /// How many autosaved files to keep; older ones are deleted.
+    pub autosave_keep: usize,
+    /// Where `save` and autosave write; `None` for `backups` in the data
+    /// directory.
+    pub backup_dir: Option<PathBuf>,
     /// Resource limits that protect the server from clients.
     pub limits: Limits,
 }
@@ -61,6 +79,13 @@ impl Default for Config {
             heartbeat_interval_ms: 1000,
             log_level: LogLevel::Info,
             log_file: None,
+            data_dir: None,
+            in_memory: false,
+            durability: Durability::Normal,
+            load: None,
+            autosave: Interval(Duration::from_secs(15 * 60)),
+            autosave_keep: 8,
+            backup_dir: None,
             limits: Limits::default(),
         }
     }
@@ -133,6 +158,18 @@ impl Config {
         Duration::from_millis(self.timeout_ms)
     }
 
+    /// The data directory in use.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(default_data_dir)
+    }
+
+    /// Where session files are saved.
+    pub fn backup_dir(&self) -> PathBuf {
+        self.backup_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("backups"))
+    }
+
     /// Ping interval as a duration.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms)
@@ -173,6 +210,22 @@ impl Config {
         if self.admin_password.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "admin_password",
+                reason: "must not be empty".into(),
+            });
+        }
+        if self.autosave_keep == 0 {
+            return Err(ConfigError::Invalid {
+                key: "autosave_keep",
+                reason: "must be at least 1 (turn autosave off with autosave = \"0\")".into(),
+            });
+        }
+        if self
+            .data_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(ConfigError::Invalid {
+                key: "data_dir",
                 reason: "must not be empty".into(),
             });
         }
@@ -220,6 +273,117 @@ impl Config {
             });
         }
         Ok(())
+    }
+}
+
+/// The data directory when none is configured: `$XDG_DATA_HOME/replication-serve`,
+/// else `~/.local/share/replication-serve`, else `replication-data` in the
+/// working directory. The Docker image sets `/data`.
+pub fn default_data_dir() -> PathBuf {
+    let non_empty = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(base) = non_empty("XDG_DATA_HOME") {
+        return PathBuf::from(base).join("replication-serve");
+    }
+    if let Some(home) = non_empty("HOME") {
+        return PathBuf::from(home).join(".local/share/replication-serve");
+    }
+    PathBuf::from("replication-data")
+}
+
+/// How far a recorded change is flushed before it is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Durability {
+    /// Written to the operating system before forwarding (survives a crash
+    /// of the server), flushed to the disk within 100 ms (a power loss
+    /// takes at most that).
+    Normal,
+    /// Flushed to the disk before forwarding (survives a power loss).
+    Strict,
+}
+
+impl FromStr for Durability {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "normal" => Ok(Self::Normal),
+            "strict" => Ok(Self::Strict),
+            _ => Err(ConfigError::Invalid {
+                key: "durability",
+                reason: format!("{s:?}: use normal or strict"),
+            }),
+        }
+    }
+}
+
+impl TryFrom<String> for Durability {
+    type Error = ConfigError;
+
+    fn try_from(s: String) -> Result<Self, ConfigError> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Normal => "normal",
+            Self::Strict => "strict",
+        })
+    }
+}
+
+/// A duration written the way people write them: `15m`, `1h 30m`, `90s`;
+/// `0` or `off` for none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Interval(pub Duration);
+
+impl Interval {
+    pub fn is_off(self) -> bool {
+        self.0.is_zero()
+    }
+}
+
+impl FromStr for Interval {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s == "0" || s.eq_ignore_ascii_case("off") {
+            return Ok(Self(Duration::ZERO));
+        }
+        humantime::parse_duration(s)
+            .map(Self)
+            .map_err(|e| ConfigError::Invalid {
+                key: "autosave",
+                reason: format!("{s:?}: {e}; write it like 15m, 1h or 90s, or 0 for off"),
+            })
+    }
+}
+
+impl TryFrom<String> for Interval {
+    type Error = ConfigError;
+
+    fn try_from(s: String) -> Result<Self, ConfigError> {
+        s.parse()
+    }
+}
+
+impl From<Interval> for String {
+    fn from(i: Interval) -> String {
+        if i.is_off() {
+            "0".to_owned()
+        } else {
+            humantime::format_duration(i.0).to_string()
+        }
+    }
+}
+
+impl std::fmt::Display for Interval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from(*self))
     }
 }
 

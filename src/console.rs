@@ -1,4 +1,5 @@
-//! The admin console on stdin: `help`, `users`, `kick`, `status`, `exit`.
+//! The admin console on stdin: `help`, `users`, `kick`, `status`, `save`,
+//! `exit`.
 //!
 //! On a terminal it uses rustyline (history, line editing) and routes log
 //! lines above the prompt so they never garble what the admin is typing. On a
@@ -6,6 +7,7 @@
 //! (`docker run -d`, systemd) the server keeps running headless.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -37,6 +39,11 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "session state, datablocks, bytes, users and uptime",
     ),
     (
+        "save",
+        "save [FILE]",
+        "write the session to a session file while everyone keeps working (default: a new file in the backup directory)",
+    ),
+    (
         "exit",
         "exit",
         "disconnect everyone and stop the server (also: quit, Ctrl+C)",
@@ -54,6 +61,7 @@ pub enum ConsoleCommand {
         reason: Option<String>,
     },
     Status,
+    Save(Option<PathBuf>),
     Exit,
 }
 
@@ -78,6 +86,10 @@ pub fn parse(line: &str) -> Result<ConsoleCommand, String> {
         )),
         "users" => no_args(ConsoleCommand::Users),
         "status" => no_args(ConsoleCommand::Status),
+        // The rest of the line is the path, spaces included.
+        "save" => Ok(ConsoleCommand::Save(
+            (!rest.is_empty()).then(|| PathBuf::from(rest)),
+        )),
         "exit" | "quit" | "stop" => no_args(ConsoleCommand::Exit),
         "kick" => {
             let (user, reason) = match rest.split_once(char::is_whitespace) {
@@ -145,6 +157,19 @@ pub fn execute(
             Some(status) => format_status(&status),
             None => "the server is shutting down\n".into(),
         },
+        ConsoleCommand::Save(path) => {
+            match ask(server, |reply| ConsoleRequest::Save { path, reply }) {
+                Some(Ok(saved)) => format!(
+                    "saved {} datablocks ({}) to {} ({} on disk)\n",
+                    saved.summary.datablocks,
+                    human_bytes(saved.summary.bytes),
+                    saved.path.display(),
+                    human_bytes(usize::try_from(saved.summary.file_bytes).unwrap_or(usize::MAX)),
+                ),
+                Some(Err(e)) => format!("cannot save: {e}\n"),
+                None => "the server is shutting down\n".into(),
+            }
+        }
         ConsoleCommand::Kick { user, reason } => {
             let answer = ask(server, |reply| ConsoleRequest::Kick {
                 user: user.clone(),

@@ -4,7 +4,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::core::{ConsoleRequest, Core};
+use crate::core::{ConsoleRequest, Core, backups};
+use crate::room::Room;
+use crate::store::SessionImage;
+use crate::store::db::{Store, StoreError};
+use crate::store::file::{FileError, SaveInfo, read_session, write_session};
 use crate::transport::{BindError, Sockets, TransportHandle, TransportLimits};
 
 /// Why the server could not start.
@@ -16,6 +20,19 @@ pub enum ServerError {
     Bind(#[from] BindError),
     #[error("cannot start the network thread: {0}")]
     Thread(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot load the session: {0}")]
+    Load(#[from] FileError),
+    #[error("cannot load {}: {reason}", .file.display())]
+    TooBig {
+        file: std::path::PathBuf,
+        reason: String,
+    },
+    #[error(
+        "cannot keep a backup of the recorded session before replacing it with --load, so nothing was replaced: {0}"
+    )]
+    Backup(String),
 }
 
 /// A server whose sockets are bound, ready to run.
@@ -25,6 +42,8 @@ pub struct Server {
     ports: [u16; 4],
     console_tx: mpsc::Sender<ConsoleRequest>,
     console_rx: mpsc::Receiver<ConsoleRequest>,
+    room: Room,
+    store: Option<Store>,
 }
 
 impl Server {
@@ -33,6 +52,7 @@ impl Server {
     pub fn bind(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
         let ports = config.ports()?;
+        let (room, store) = open_session(&config)?;
         let sockets = Sockets::bind(&config)?;
         let (console_tx, console_rx) = mpsc::channel(16);
         Ok(Self {
@@ -41,6 +61,8 @@ impl Server {
             ports,
             console_tx,
             console_rx,
+            room,
+            store,
         })
     }
 
@@ -63,6 +85,8 @@ impl Server {
             ports,
             console_tx,
             console_rx,
+            room,
+            store,
         } = self;
         // Only the console's own senders should keep the channel open.
         drop(console_tx);
@@ -79,9 +103,99 @@ impl Server {
             "replication-serve {} listening",
             env!("CARGO_PKG_VERSION")
         );
-        Core::new(config, transport)
+        Core::new(config, transport, room, store)
             .run(inbound, console_rx, shutdown)
-            .await;
+            .await?;
         Ok(())
     }
+}
+
+/// The session to serve: loaded from `--load`, else recovered from the data
+/// directory, else empty.
+fn open_session(config: &Config) -> Result<(Room, Option<Store>), ServerError> {
+    let limits = &config.limits;
+    let loaded = match &config.load {
+        Some(file) => {
+            let (image, header) = read_session(file, limits.max_datablock_bytes)?;
+            if image.blocks.len() > limits.max_datablocks {
+                return Err(ServerError::TooBig {
+                    file: file.clone(),
+                    reason: format!(
+                        "it holds {} datablocks; limits.max_datablocks is {}",
+                        image.blocks.len(),
+                        limits.max_datablocks
+                    ),
+                });
+            }
+            tracing::info!(
+                file = %file.display(),
+                datablocks = image.blocks.len(),
+                bytes = image.bytes(),
+                saved_by = header.server_version,
+                "loaded a session file"
+            );
+            Some(image)
+        }
+        None => None,
+    };
+    if config.in_memory {
+        tracing::info!("the session is kept in memory only: a restart starts an empty session");
+        let room = match loaded {
+            Some(image) => Room::restore(limits.clone(), image),
+            None => Room::new(limits.clone()),
+        };
+        return Ok((room, None));
+    }
+    let dir = config.data_dir();
+    let (mut store, recovered) = Store::open(&dir, config.durability)?;
+    if let Some(image) = loaded {
+        if let Some(previous) = recovered.image.filter(|i| !i.blocks.is_empty()) {
+            keep_before_load(config, &previous)?;
+        }
+        store.replace(&image)?;
+        return Ok((Room::restore(limits.clone(), image), Some(store)));
+    }
+    let room = match recovered.image {
+        Some(image) => {
+            tracing::info!(
+                data_dir = %dir.display(),
+                datablocks = image.blocks.len(),
+                bytes = image.bytes(),
+                folded_patches = recovered.compacted_patches,
+                "restored the recorded session; it is ACTIVE and every owner is COMMON"
+            );
+            if image.blocks.len() > limits.max_datablocks {
+                tracing::warn!(
+                    datablocks = image.blocks.len(),
+                    limit = limits.max_datablocks,
+                    "the recorded session holds more datablocks than limits.max_datablocks; no new ones will be accepted"
+                );
+            }
+            Room::restore(limits.clone(), image)
+        }
+        None => {
+            tracing::info!(data_dir = %dir.display(), "recording the session; it waits for its first upload");
+            Room::new(limits.clone())
+        }
+    };
+    Ok((room, Some(store)))
+}
+
+/// Saves the recorded session before `--load` replaces it.
+fn keep_before_load(config: &Config, previous: &SessionImage) -> Result<(), ServerError> {
+    let dir = config.backup_dir();
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ServerError::Backup(format!("cannot create {}: {e}", dir.display())))?;
+    let path = backups::new_path(&dir, "before-load");
+    let info = SaveInfo {
+        server_version: env!("CARGO_PKG_VERSION").to_owned(),
+        saved_at_ms: backups::now_ms(),
+    };
+    write_session(&path, previous, &info).map_err(|e| ServerError::Backup(e.to_string()))?;
+    tracing::warn!(
+        backup = %path.display(),
+        datablocks = previous.blocks.len(),
+        "--load replaces the recorded session; it was saved first"
+    );
+    Ok(())
 }

@@ -2438,14 +2438,14 @@ fn a_flood_of_garbage_does_not_starve_the_others() {
             !left.is_zero(),
             "only {errors} of {FLOOD} ERRORs within {T:?}"
         );
-        if let Some(e) = bob.next_event(left).expect("event") {
-            if let ServerMessage::Error { code, .. } = e.message {
-                assert!(
-                    matches!(code, ErrorCode::Malformed | ErrorCode::InvalidMessage),
-                    "{code:?}"
-                );
-                errors += 1;
-            }
+        if let Some(e) = bob.next_event(left).expect("event")
+            && let ServerMessage::Error { code, .. } = e.message
+        {
+            assert!(
+                matches!(code, ErrorCode::Malformed | ErrorCode::InvalidMessage),
+                "{code:?}"
+            );
+            errors += 1;
         }
     }
     assert!(logs.warnings_since(since) >= FLOOD);

@@ -30,6 +30,7 @@ fn command(args: &[&str]) -> Command {
             cmd.env_remove(key);
         }
     }
+    cmd.env("XDG_DATA_HOME", fresh_data_home());
     cmd
 }
 

@@ -836,15 +836,15 @@ fn feed_everything(bytes: &[u8]) {
         );
         assert!(decode_header::<Value>(bytes, usize::MAX).is_err());
     }
-    if let Ok(value) = decoded {
-        if let Ok(patch) = Patch::from_value(value.clone()) {
-            let mut target = value;
-            let _ = patch.apply(&mut target);
-            let mut target = sample_target();
-            let before = target.clone();
-            if patch.apply(&mut target).is_err() {
-                assert_eq!(target, before, "a failed patch changed the target");
-            }
+    if let Ok(value) = decoded
+        && let Ok(patch) = Patch::from_value(value.clone())
+    {
+        let mut target = value;
+        let _ = patch.apply(&mut target);
+        let mut target = sample_target();
+        let before = target.clone();
+        if patch.apply(&mut target).is_err() {
+            assert_eq!(target, before, "a failed patch changed the target");
         }
     }
 }
@@ -1355,8 +1355,8 @@ proptest! {
             prop_assert!(read.is_ok(), "rmpv refused what validate_value accepted: {:?}", read);
             prop_assert!(rd.is_empty(), "validate_value accepted {} trailing bytes", rd.len());
         }
-        if let Some(v) = whole {
-            if depth(v) <= MAX_DEPTH {
+        if let Some(v) = whole
+            && depth(v) <= MAX_DEPTH {
                 match &validated {
                     Ok(()) => {}
                     // rmpv 1.3 reads the reserved marker 0xc1 as nil;
@@ -1372,7 +1372,6 @@ proptest! {
                     }
                 }
             }
-        }
     }
 
     /// Values nested up to MAX_DEPTH containers (mixing arrays and maps)

@@ -51,6 +51,7 @@ fn entrypoint(bin: &TempDir, env: &[(&str, &str)], args: &[&str]) -> Command {
     cmd.args(args)
         .env_clear()
         .env("PATH", path)
+        .env("XDG_DATA_HOME", fresh_data_home())
         .envs(env.iter().copied());
     cmd
 }
@@ -64,7 +65,9 @@ fn binary(env: &[(&str, &str)], args: &[&str]) -> Command {
             cmd.env_remove(key);
         }
     }
-    cmd.args(args).envs(env.iter().copied());
+    cmd.args(args)
+        .env("XDG_DATA_HOME", fresh_data_home())
+        .envs(env.iter().copied());
     cmd
 }
 
@@ -594,6 +597,9 @@ fn shipped_config_lists_every_option() {
     let full = Config {
         server_password: Some(String::new()),
         log_file: Some(PathBuf::new()),
+        data_dir: Some(PathBuf::new()),
+        load: Some(PathBuf::new()),
+        backup_dir: Some(PathBuf::new()),
         ..Config::default()
     };
     let table = toml::Table::try_from(&full).expect("Config serializes");

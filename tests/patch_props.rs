@@ -181,7 +181,7 @@ fn edit(model: &mut Value, seed: &Seed) -> PatchOp {
             let start = seed.a % (items.len() + 1);
             let delete = seed.b % (items.len() - start + 1);
             items.splice(start..start + delete, seed.items.iter().cloned());
-            let insert = if seed.items.is_empty() && seed.b % 2 == 0 {
+            let insert = if seed.items.is_empty() && seed.b.is_multiple_of(2) {
                 Value::Nil
             } else {
                 Value::Array(seed.items.clone())
@@ -201,7 +201,7 @@ fn edit(model: &mut Value, seed: &Seed) -> PatchOp {
             new.extend_from_slice(&seed.bytes);
             new.extend_from_slice(&bytes[start + delete..]);
             *bytes = new;
-            let insert = if seed.bytes.is_empty() && seed.b % 2 == 0 {
+            let insert = if seed.bytes.is_empty() && seed.b.is_multiple_of(2) {
                 Value::Nil
             } else {
                 Value::Binary(seed.bytes.clone())
@@ -225,7 +225,7 @@ fn edit(model: &mut Value, seed: &Seed) -> PatchOp {
             let ends: Vec<usize> = bounds.iter().copied().filter(|&e| e >= start).collect();
             let end = ends[seed.b % ends.len()];
             *s = format!("{}{}{}", &old[..start], seed.text, &old[end..]).into();
-            let insert = if seed.text.is_empty() && seed.b % 2 == 0 {
+            let insert = if seed.text.is_empty() && seed.b.is_multiple_of(2) {
                 Value::Nil
             } else {
                 Value::from(seed.text.as_str())

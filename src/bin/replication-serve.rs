@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     match cli::parse() {
-        Ok(Action::Serve(config)) => serve(config),
+        Ok(Action::Serve(config)) => serve(*config),
         Ok(Action::PrintConfig(text)) => {
             // Fails only when stdout is closed, and then nobody is reading.
             let _ = std::io::stdout().write_all(text.as_bytes());

@@ -22,7 +22,7 @@ fn action(list: &[&str]) -> Action {
 
 fn config(list: &[&str]) -> Config {
     match action(list) {
-        Action::Serve(config) => config,
+        Action::Serve(config) => *config,
         _ => panic!("{list:?} should run the server"),
     }
 }

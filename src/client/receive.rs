@@ -134,10 +134,10 @@ impl Client {
         let Some(header) = frames.first() else {
             return Ok(());
         };
-        if let HeartbeatMessage::Ping { seq } = decode_header(header, MAX_HEADER)? {
-            if self.answer_pings {
-                self.send(Channel::Heartbeat, &HeartbeatMessage::Pong { seq }, None)?;
-            }
+        if let HeartbeatMessage::Ping { seq } = decode_header(header, MAX_HEADER)?
+            && self.answer_pings
+        {
+            self.send(Channel::Heartbeat, &HeartbeatMessage::Pong { seq }, None)?;
         }
         Ok(())
     }
@@ -169,14 +169,12 @@ impl Client {
                 }
                 _ => true,
             };
-            if complete {
-                if let Some(done) = self.partial.remove(&transfer) {
-                    self.events.push_back(Event {
-                        channel,
-                        message: done.message,
-                        payload: Some(done.data.freeze()),
-                    });
-                }
+            if complete && let Some(done) = self.partial.remove(&transfer) {
+                self.events.push_back(Event {
+                    channel,
+                    message: done.message,
+                    payload: Some(done.data.freeze()),
+                });
             }
             return Ok(());
         }

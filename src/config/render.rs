@@ -29,16 +29,28 @@ pub fn to_toml(
     if config.log_file.is_none() {
         out.push_str("# log_file is not set: the log goes to stderr only\n");
     }
+    if config.data_dir.is_none() && !config.in_memory {
+        out.push_str(&format!(
+            "# data_dir is not set: the session is recorded in {}\n",
+            config.data_dir().display()
+        ));
+    }
+    if config.backup_dir.is_none() {
+        out.push_str(&format!(
+            "# backup_dir is not set: session files are saved in {}\n",
+            config.backup_dir().display()
+        ));
+    }
     let mut table = String::new();
     for line in body.lines() {
         out.push_str(line);
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             table = format!("{name}.");
-        } else if let Some((key, _)) = line.split_once(" = ") {
-            if let Some(note) = note(&format!("{table}{key}")) {
-                out.push_str("  # ");
-                out.push_str(&note);
-            }
+        } else if let Some((key, _)) = line.split_once(" = ")
+            && let Some(note) = note(&format!("{table}{key}"))
+        {
+            out.push_str("  # ");
+            out.push_str(&note);
         }
         out.push('\n');
     }

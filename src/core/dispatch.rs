@@ -24,12 +24,11 @@ impl Core {
                 if let Some(&id) = self.by_identity.get(&identity) {
                     self.disconnect(id, "too slow").await;
                 } else {
-                    self.transport
-                        .send(Command::Disconnect {
-                            identity,
-                            last: None,
-                        })
-                        .await;
+                    self.send(Command::Disconnect {
+                        identity,
+                        last: None,
+                    })
+                    .await;
                 }
             }
             Inbound::Message {
@@ -45,10 +44,10 @@ impl Core {
                     (None, Some(token)) => self.by_token.get(token).copied(),
                     (None, None) => None,
                 };
-                if let Some(id) = sender {
-                    if let Some(s) = self.sessions.get_mut(&id) {
-                        s.last_seen = Instant::now();
-                    }
+                if let Some(id) = sender
+                    && let Some(s) = self.sessions.get_mut(&id)
+                {
+                    s.last_seen = Instant::now();
                 }
                 let message = match message {
                     Ok(m) => m,
@@ -347,8 +346,8 @@ impl Core {
                         .in_scope(|| tracing::info!(target_user = %user, "kicked a user"));
                 }
                 let ack = ServerMessage::Kick { id: req_id, user };
-                if let Some(s) = self.sessions.get(&id) {
-                    self.reply_to(&s.identity, &ack).await;
+                if let Some(identity) = self.sessions.get(&id).map(|s| s.identity.clone()) {
+                    self.reply_to(&identity, &ack).await;
                 }
                 self.disconnect(victim, &kick_reason(&kicker, reason.as_deref()))
                     .await;
@@ -441,25 +440,24 @@ impl Core {
                 let Some(session) = self.sessions.get_mut(&id) else {
                     return;
                 };
-                if let Some((sent_seq, sent_at)) = session.ping {
-                    if sent_seq == seq {
-                        let ms = sent_at.elapsed().as_secs_f64() * 1000.0;
-                        session.ping = None;
-                        self.room.set_latency(id, (ms * 100.0).round() / 100.0);
-                    }
+                if let Some((sent_seq, sent_at)) = session.ping
+                    && sent_seq == seq
+                {
+                    let ms = sent_at.elapsed().as_secs_f64() * 1000.0;
+                    session.ping = None;
+                    self.room.set_latency(id, (ms * 100.0).round() / 100.0);
                 }
             }
             HeartbeatMessage::Ping { seq } => {
-                self.transport
-                    .send(Command::Deliver {
-                        channel: Channel::Heartbeat,
-                        to: vec![identity],
-                        wire: Wire {
-                            header: encode(&HeartbeatMessage::Pong { seq }),
-                            payload: None,
-                        },
-                    })
-                    .await;
+                self.send(Command::Deliver {
+                    channel: Channel::Heartbeat,
+                    to: vec![identity],
+                    wire: Wire {
+                        header: encode(&HeartbeatMessage::Pong { seq }),
+                        payload: None,
+                    },
+                })
+                .await;
             }
         }
     }

@@ -3,11 +3,15 @@
 //! else touches the state, so it needs no locks.
 
 mod auth;
+pub mod backups;
 mod dispatch;
 mod payloads;
 mod transfers;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +25,9 @@ use crate::protocol::{
     encode,
 };
 use crate::room::{ClientId, Effects, Room, RoomError};
+use crate::store::Change;
+use crate::store::db::{Store, StoreError};
+use crate::store::file::FileSummary;
 use crate::transport::{Command, Identity, Inbound, TransportHandle};
 
 use auth::LoginThrottle;
@@ -42,6 +49,19 @@ pub enum ConsoleRequest {
         reply: oneshot::Sender<Result<(), String>>,
     },
     Status(oneshot::Sender<StatusReport>),
+    /// Save the session to a file (`None`: a new file in the backup
+    /// directory). Answered once the file is written.
+    Save {
+        path: Option<PathBuf>,
+        reply: oneshot::Sender<Result<SavedFile, String>>,
+    },
+}
+
+/// A session file written by `save` or autosave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedFile {
+    pub path: PathBuf,
+    pub summary: FileSummary,
 }
 
 /// What `status` shows.
@@ -82,12 +102,31 @@ pub struct Core {
     started: Instant,
     /// When the next CLIENTS_STATE broadcast is due, if one is.
     presence_due: Option<Instant>,
+    /// The data directory, unless the session is in memory only.
+    store: Option<Store>,
+    /// Transport commands held until the changes recorded before them are
+    /// committed: nothing is forwarded before it is recorded.
+    deferred: Vec<Command>,
+    /// The session changed since the last autosave began.
+    changed_since_autosave: bool,
+    /// Set while an autosave is being written, so they never overlap.
+    autosaving: Arc<AtomicBool>,
+    /// Recording failed: the server stops rather than forward what it could
+    /// not record.
+    failure: Option<StoreError>,
 }
 
 impl Core {
-    pub fn new(config: Config, transport: TransportHandle) -> Self {
+    /// A core serving `room`, recording it in `store` when there is one.
+    pub fn new(
+        config: Config,
+        transport: TransportHandle,
+        mut room: Room,
+        store: Option<Store>,
+    ) -> Self {
+        room.set_recording(store.is_some());
         Self {
-            room: Room::new(config.limits.clone()),
+            room,
             config,
             sessions: HashMap::new(),
             by_identity: HashMap::new(),
@@ -98,21 +137,36 @@ impl Core {
             transport,
             started: Instant::now(),
             presence_due: None,
+            store,
+            deferred: Vec::new(),
+            changed_since_autosave: false,
+            autosaving: Arc::new(AtomicBool::new(false)),
+            failure: None,
         }
     }
 
     /// Runs until `shutdown` is cancelled, then tells every client and closes
-    /// the transport.
+    /// the transport. Fails when the session could not be recorded.
     pub async fn run(
         mut self,
         mut inbound: mpsc::Receiver<Inbound>,
         mut console: mpsc::Receiver<ConsoleRequest>,
         shutdown: CancellationToken,
-    ) {
+    ) -> Result<(), StoreError> {
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval());
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let autosave_every = self.config.autosave;
+        let mut autosave = tokio::time::interval_at(
+            Instant::now() + autosave_every.0.max(Duration::from_millis(1)),
+            autosave_every.0.max(Duration::from_millis(1)),
+        );
+        autosave.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(256);
         loop {
+            self.flush().await;
+            if self.failure.is_some() {
+                break;
+            }
             let presence_due = self.presence_due;
             tokio::select! {
                 biased;
@@ -132,14 +186,88 @@ impl Core {
                     self.presence_due = None;
                     self.broadcast_presence().await;
                 }
+                _ = autosave.tick(), if !autosave_every.is_off() => self.autosave(),
             }
         }
+        self.flush().await;
+        let reason = match &self.failure {
+            Some(e) => {
+                tracing::error!("{e}");
+                "server storage failed; the session was stopped at its last recorded change"
+            }
+            None => "server shutting down",
+        };
         let ids: Vec<ClientId> = self.sessions.keys().copied().collect();
         for id in ids {
-            self.disconnect(id, "server shutting down").await;
+            self.disconnect(id, reason).await;
         }
+        self.flush().await;
         tracing::info!("server stopped");
         self.transport.shutdown().await;
+        // Closing the store flushes and checkpoints what was recorded.
+        drop(self.store.take());
+        match self.failure.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Commits what was recorded, then sends what waited for it.
+    async fn flush(&mut self) {
+        if let Some(store) = &mut self.store
+            && let Err(e) = store.commit()
+        {
+            self.fail(e);
+        }
+        if self.failure.is_some() {
+            // Never forward what could not be recorded.
+            self.deferred.clear();
+            return;
+        }
+        for command in std::mem::take(&mut self.deferred) {
+            self.transport.send(command).await;
+        }
+    }
+
+    fn fail(&mut self, error: StoreError) {
+        if self.failure.is_none() {
+            tracing::error!("{error}; stopping the server");
+            self.failure = Some(error);
+        }
+    }
+
+    /// Sends a transport command now, or after the commit when changes
+    /// are waiting to be recorded.
+    async fn send(&mut self, command: Command) {
+        if self.failure.is_some() {
+            if let Command::Disconnect { identity, .. } = command {
+                self.transport
+                    .send(Command::Disconnect {
+                        identity,
+                        last: None,
+                    })
+                    .await;
+            }
+            return;
+        }
+        if self.store.as_ref().is_some_and(Store::in_transaction) {
+            self.deferred.push(command);
+        } else {
+            self.transport.send(command).await;
+        }
+    }
+
+    /// Records accepted changes (before anything about them is sent).
+    fn record(&mut self, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        self.changed_since_autosave = true;
+        if let Some(store) = &mut self.store
+            && let Err(e) = store.record(changes)
+        {
+            self.fail(e);
+        }
     }
 
     async fn console(&mut self, request: ConsoleRequest) {
@@ -156,6 +284,21 @@ impl Core {
                     users: s.users,
                     uptime: self.started.elapsed(),
                 });
+            }
+            ConsoleRequest::Save { path, reply } => {
+                let path =
+                    path.unwrap_or_else(|| backups::new_path(&self.config.backup_dir(), "session"));
+                match self.room.image() {
+                    Some(image) => backups::save_in_background(image, path, None, move |result| {
+                        let _ = reply.send(result);
+                    }),
+                    None => {
+                        let _ = reply.send(Err(format!(
+                            "the session is {}: there is no scene to save yet",
+                            self.room.state()
+                        )));
+                    }
+                }
             }
             ConsoleRequest::Kick {
                 user,
@@ -205,13 +348,12 @@ impl Core {
             session.ping = Some((seq, now));
             to.push(session.identity.clone());
         }
-        self.transport
-            .send(Command::Deliver {
-                channel: Channel::Heartbeat,
-                to,
-                wire,
-            })
-            .await;
+        self.send(Command::Deliver {
+            channel: Channel::Heartbeat,
+            to,
+            wire,
+        })
+        .await;
         self.presence_changed();
     }
 
@@ -236,6 +378,33 @@ impl Core {
         }
     }
 
+    /// Starts an autosave when the session changed since the last one.
+    fn autosave(&mut self) {
+        if !self.changed_since_autosave || self.autosaving.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(image) = self.room.image() else {
+            return;
+        };
+        self.changed_since_autosave = false;
+        self.autosaving.store(true, Ordering::Release);
+        let dir = self.config.backup_dir();
+        let path = backups::new_path(&dir, backups::AUTOSAVE_PREFIX);
+        let keep = self.config.autosave_keep;
+        let running = self.autosaving.clone();
+        backups::save_in_background(image, path, Some((dir, keep)), move |result| {
+            match result {
+                Ok(saved) => tracing::info!(
+                    file = %saved.path.display(),
+                    datablocks = saved.summary.datablocks,
+                    "autosaved the session"
+                ),
+                Err(e) => tracing::error!("autosave failed: {e}"),
+            }
+            running.store(false, Ordering::Release);
+        });
+    }
+
     fn presence_changed(&mut self) {
         if self.presence_due.is_none() {
             self.presence_due = Some(Instant::now() + PRESENCE_DELAY);
@@ -248,8 +417,10 @@ impl Core {
             .await;
     }
 
-    /// Carries out what the room asked for.
+    /// Carries out what the room asked for: records its changes, then
+    /// sends its messages.
     async fn apply(&mut self, effects: Effects) {
+        self.record(&effects.changes);
         for d in effects.deliveries {
             self.deliver(d.to, d.channel, d.wire).await;
         }
@@ -267,26 +438,23 @@ impl Core {
             .filter_map(|id| self.sessions.get(id).map(|s| s.identity.clone()))
             .collect();
         if !to.is_empty() {
-            self.transport
-                .send(Command::Deliver { channel, to, wire })
-                .await;
+            self.send(Command::Deliver { channel, to, wire }).await;
         }
     }
 
     /// Sends a message on the command channel to any identity, authenticated
     /// or not.
-    async fn reply_to(&self, identity: &Identity, msg: &ServerMessage) {
-        self.transport
-            .send(Command::Deliver {
-                channel: Channel::Commands,
-                to: vec![identity.clone()],
-                wire: Wire::message(msg),
-            })
-            .await;
+    async fn reply_to(&mut self, identity: &Identity, msg: &ServerMessage) {
+        self.send(Command::Deliver {
+            channel: Channel::Commands,
+            to: vec![identity.clone()],
+            wire: Wire::message(msg),
+        })
+        .await;
     }
 
     /// Sends an ERROR to a client and logs it.
-    async fn error_to(&self, identity: &Identity, error: &RoomError, refers_to: RefersTo) {
+    async fn error_to(&mut self, identity: &Identity, error: &RoomError, refers_to: RefersTo) {
         tracing::warn!(code = ?error.code, kind = refers_to.kind.as_deref().unwrap_or("?"), "refused: {}", error.message);
         let msg = ServerMessage::Error {
             code: error.code,
@@ -309,12 +477,11 @@ impl Core {
         let last = Wire::message(&ServerMessage::Disconnect {
             reason: reason.to_owned(),
         });
-        self.transport
-            .send(Command::Disconnect {
-                identity: session.identity,
-                last: Some(last),
-            })
-            .await;
+        self.send(Command::Disconnect {
+            identity: session.identity,
+            last: Some(last),
+        })
+        .await;
         let effects = self.room.leave(id);
         Box::pin(self.apply(effects)).await;
     }

@@ -203,7 +203,7 @@ impl Core {
 
     /// Sends an ERROR to an authenticated client.
     pub(super) async fn error_to_client(
-        &self,
+        &mut self,
         id: ClientId,
         error: &RoomError,
         refers_to: RefersTo,

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Patches to one datablock are recorded as such until they add up to more
+/// than its data or this, whichever is larger; then its full data is.
+const COMPACT_MIN_BYTES: usize = 16 << 10;
+
 impl Room {
     /// Whether `id` may update `uuid` now: the session is live, the
     /// datablock exists for a patch, its owner allows it and `base_revision`
@@ -67,8 +71,17 @@ impl Room {
             .map(|m| m.name.clone())
             .ok_or_else(not_member)?;
         let uuid = spec.uuid.clone();
+        let patch_deps = if self.recording && patch {
+            spec.deps.clone()
+        } else {
+            None
+        };
+        let mut fx = Effects::default();
         match self.repository.get(&uuid) {
-            None => self.create(&user, spec, payload.clone())?,
+            None => {
+                self.create(&user, spec, payload.clone())?;
+                self.record_put(&mut fx, &uuid);
+            }
             Some(block) => {
                 if spec.type_id.as_ref().is_some_and(|t| *t != block.type_id) {
                     return Err(RoomError::new(
@@ -123,6 +136,7 @@ impl Room {
                         Ok::<(), RoomError>(())
                     })
                     .unwrap_or(Ok(()))?;
+                self.record_edit(&mut fx, &uuid, patch.then_some(&payload), patch_deps);
             }
         }
         let Some(block) = self.repository.get(&uuid) else {
@@ -144,11 +158,43 @@ impl Room {
             self.limits.chunk_bytes,
             transfer,
         );
-        let mut fx = Effects::default();
         for wire in wires {
             self.broadcast(Some(id), wire, &mut fx);
         }
         Ok(fx)
+    }
+
+    /// Records an accepted update: the patch, or the full data after a full
+    /// update or once the recorded patches outweigh the data (compaction).
+    fn record_edit(
+        &mut self,
+        fx: &mut Effects,
+        uuid: &str,
+        patch: Option<&Bytes>,
+        deps: Option<Vec<String>>,
+    ) {
+        if !self.recording {
+            return;
+        }
+        let Some(patch) = patch else {
+            return self.record_put(fx, uuid);
+        };
+        let Some(block) = self.repository.get(uuid) else {
+            return;
+        };
+        let recorded = block.recorded_patch_bytes + patch.len();
+        if recorded > block.content.size().max(COMPACT_MIN_BYTES) {
+            return self.record_put(fx, uuid);
+        }
+        let revision = block.revision;
+        self.repository
+            .edit(uuid, |b| b.recorded_patch_bytes = recorded);
+        fx.changes.push(Change::Patch {
+            uuid: uuid.to_owned(),
+            revision,
+            deps,
+            patch: patch.clone(),
+        });
     }
 
     /// RIGHT: gives the listed datablocks to `owner` (a user in the session or
@@ -184,6 +230,10 @@ impl Room {
             self.repository.edit(uuid, |b| b.owner.clone_from(&owner));
         }
         let mut fx = Effects::default();
+        self.record(&mut fx, || Change::Owner {
+            uuids: uuids.clone(),
+            owner: owner.clone(),
+        });
         fx.reply(
             id,
             &ServerMessage::Right {
@@ -218,6 +268,7 @@ impl Room {
         let sender = member.name.clone();
         self.repository.remove(&uuid);
         let mut fx = Effects::default();
+        self.record(&mut fx, || Change::Delete { uuid: uuid.clone() });
         fx.reply(
             id,
             &ServerMessage::Delete {

@@ -27,6 +27,7 @@ use crate::protocol::{
     AuthStatus, BlockSpec, COMMON, CatalogueEntry, Channel, ErrorCode, ServerMessage, SessionState,
     SnapshotStep, UploadStatus, UploadStep, UserState, UserStatus, Wire, codec::decode_value,
 };
+use crate::store::{Change, SessionImage, StoredBlock};
 
 /// Identifies a connected client for the lifetime of its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,6 +61,9 @@ pub struct Effects {
     pub disconnect: Vec<(ClientId, String)>,
     /// The user list or someone's presence changed: CLIENTS_STATE is due.
     pub presence_changed: bool,
+    /// Accepted changes to record before the deliveries go out (only when
+    /// the room is recording).
+    pub changes: Vec<Change>,
 }
 
 impl Effects {
@@ -104,6 +108,8 @@ pub struct Room {
     limits: Limits,
     /// Transfer ids for payloads the server sends in chunks.
     next_transfer: u64,
+    /// Whether accepted changes are returned in [`Effects::changes`].
+    recording: bool,
 }
 
 impl Room {
@@ -115,6 +121,71 @@ impl Room {
             uploader: None,
             limits,
             next_transfer: 1,
+            recording: false,
+        }
+    }
+
+    /// A live session holding `image`, as recorded or saved. Owners are
+    /// reset to COMMON: nobody is connected yet.
+    pub fn restore(limits: Limits, image: SessionImage) -> Self {
+        let mut room = Self::new(limits);
+        for block in image.blocks {
+            room.repository.restore(block);
+        }
+        room.state = SessionState::Active;
+        room
+    }
+
+    /// Turns recording of accepted changes on or off.
+    pub fn set_recording(&mut self, recording: bool) {
+        self.recording = recording;
+    }
+
+    /// The whole scene, for saving: every datablock at its current
+    /// revision, in snapshot order. `None` until the session is ACTIVE.
+    pub fn image(&mut self) -> Option<SessionImage> {
+        if self.state != SessionState::Active {
+            return None;
+        }
+        let order: Vec<String> = self
+            .repository
+            .snapshot_order()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let blocks = order
+            .iter()
+            .filter_map(|uuid| self.stored_block(uuid))
+            .collect();
+        Some(SessionImage { blocks })
+    }
+
+    /// One datablock as stored, encoding it if patches changed it.
+    fn stored_block(&mut self, uuid: &str) -> Option<StoredBlock> {
+        self.repository.edit(uuid, |b| StoredBlock {
+            uuid: uuid.to_owned(),
+            type_id: b.type_id.clone(),
+            owner: b.owner.clone(),
+            deps: b.deps.clone(),
+            revision: b.revision,
+            data: b.content.encoded(),
+        })
+    }
+
+    /// Adds a change to record, when recording.
+    fn record(&self, fx: &mut Effects, change: impl FnOnce() -> Change) {
+        if self.recording {
+            fx.changes.push(change());
+        }
+    }
+
+    /// Records a datablock's full state, when recording.
+    fn record_put(&mut self, fx: &mut Effects, uuid: &str) {
+        if self.recording
+            && let Some(block) = self.stored_block(uuid)
+        {
+            self.repository.edit(uuid, |b| b.recorded_patch_bytes = 0);
+            fx.changes.push(Change::Put(block));
         }
     }
 
@@ -213,9 +284,15 @@ impl Room {
             self.uploader = None;
             self.repository.clear();
             self.state = SessionState::Waiting;
+            self.record(&mut fx, || Change::Clear);
+            self.record(&mut fx, || Change::State(SessionState::Waiting));
         }
         let released = self.repository.reassign(&member.name, COMMON);
         if !released.is_empty() {
+            self.record(&mut fx, || Change::Owner {
+                uuids: released.clone(),
+                owner: COMMON.to_owned(),
+            });
             let msg = ServerMessage::Right {
                 id: None,
                 uuids: released,
@@ -301,13 +378,13 @@ impl Room {
         for wire in released.wires {
             fx.send(id, Channel::Subscriber, wire);
         }
-        if released.finished {
-            if let Some(member) = self.members.get_mut(id) {
-                member.snapshot_sent = member.download.as_ref().map_or(0, Download::sent);
-                member.download = None;
-                member.status = UserStatus::Active;
-                fx.presence_changed = true;
-            }
+        if released.finished
+            && let Some(member) = self.members.get_mut(id)
+        {
+            member.snapshot_sent = member.download.as_ref().map_or(0, Download::sent);
+            member.download = None;
+            member.status = UserStatus::Active;
+            fx.presence_changed = true;
         }
     }
 

@@ -7,7 +7,8 @@ use rmpv::Value;
 
 use crate::protocol::codec::{decode_value, encode_value};
 use crate::protocol::patch::Patch;
-use crate::protocol::{DatablockHeader, ProtocolError};
+use crate::protocol::{COMMON, DatablockHeader, ProtocolError};
+use crate::store::StoredBlock;
 
 /// A datablock's data. Kept encoded as the client sent it (so it is forwarded
 /// and snapshotted without re-encoding), and decoded only once patches start
@@ -89,6 +90,10 @@ pub struct Datablock {
     pub content: Content,
     /// Creation order, the tie-breaker for snapshot order.
     created: u64,
+    /// Bytes of patches recorded since the datablock's full data was last
+    /// recorded; past the data's own size, the full data is recorded
+    /// instead (compaction).
+    pub recorded_patch_bytes: usize,
 }
 
 impl Datablock {
@@ -154,6 +159,7 @@ impl Repository {
             revision: 1,
             content,
             created,
+            recorded_patch_bytes: 0,
         };
         self.blocks.entry(uuid).insert_entry(block).into_mut()
     }
@@ -166,6 +172,19 @@ impl Repository {
         let out = edit(block);
         self.bytes = self.bytes - before + block.content.size();
         Some(out)
+    }
+
+    /// Adds a datablock as stored, with its owner reset to COMMON.
+    pub fn restore(&mut self, block: StoredBlock) {
+        let revision = block.revision;
+        let restored = self.insert(
+            block.uuid,
+            block.type_id,
+            COMMON.to_owned(),
+            block.deps,
+            Content::from_encoded(block.data),
+        );
+        restored.revision = revision;
     }
 
     pub fn remove(&mut self, uuid: &str) -> Option<Datablock> {
@@ -215,11 +234,11 @@ impl Repository {
                 match deps.get(next_dep) {
                     Some(dep) => {
                         stack.push((uuid, next_dep + 1));
-                        if let Some((dep_key, _)) = self.blocks.get_key_value(dep.as_str()) {
-                            if !placed.contains_key(dep_key.as_str()) {
-                                placed.insert(dep_key.as_str(), false);
-                                stack.push((dep_key.as_str(), 0));
-                            }
+                        if let Some((dep_key, _)) = self.blocks.get_key_value(dep.as_str())
+                            && !placed.contains_key(dep_key.as_str())
+                        {
+                            placed.insert(dep_key.as_str(), false);
+                            stack.push((dep_key.as_str(), 0));
                         }
                     }
                     None => {

@@ -54,6 +54,7 @@ impl Room {
                 }
                 self.state = SessionState::SrvSync;
                 self.uploader = Some(id);
+                self.record(&mut fx, || Change::State(SessionState::SrvSync));
                 if let Some(m) = self.members.get_mut(id) {
                     m.status = UserStatus::Uploading;
                 }
@@ -66,12 +67,15 @@ impl Room {
                     RoomError::new(ErrorCode::InvalidMessage, "SET needs a datablock")
                 })?;
                 let name = member.name.clone();
+                let uuid = spec.uuid.clone();
                 self.create(&name, spec, payload)?;
+                self.record_put(&mut fx, &uuid);
             }
             UploadStep::End => {
                 self.check_uploader(id)?;
                 self.state = SessionState::Active;
                 self.uploader = None;
+                self.record(&mut fx, || Change::State(SessionState::Active));
                 if let Some(m) = self.members.get_mut(id) {
                     m.status = UserStatus::Active;
                     m.subscribed = true;

@@ -10,6 +10,8 @@ pub mod file;
 
 use bytes::Bytes;
 
+use crate::protocol::SessionState;
+
 /// One datablock as stored: everything needed to rebuild it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredBlock {
@@ -41,9 +43,10 @@ impl SessionImage {
 /// One accepted change, in the order the room accepted it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    /// An initial upload began, or an unfinished one was abandoned: the
-    /// session holds no scene until `Active`.
-    Reset,
+    /// The session's state changed (an upload began or ended).
+    State(SessionState),
+    /// Every datablock was dropped (an unfinished upload was abandoned).
+    Clear,
     /// A datablock created or replaced in full (a full UPDATE, an upload SET,
     /// or a compaction of its patches).
     Put(StoredBlock),
@@ -61,6 +64,4 @@ pub enum Change {
         uuids: Vec<String>,
         owner: String,
     },
-    /// The initial upload completed: the session is ACTIVE.
-    Active,
 }

@@ -287,3 +287,13 @@ pub fn start_listening(console: bool, mut make: impl FnMut(u16) -> Command) -> S
 pub fn is_listening_line(line: &str) -> bool {
     line.contains("INFO") && line.contains("listening")
 }
+
+/// A data directory of its own (under Cargo's temporary directory for
+/// tests) for each server a test starts, so servers running in parallel
+/// never share one and nothing is written to the user's home.
+pub fn fresh_data_home() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("data-home-{}-{n}", std::process::id()))
+}

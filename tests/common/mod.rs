@@ -64,6 +64,7 @@ impl TestServer {
         loop {
             let mut config = Config {
                 bind: [127, 0, 0, 1].into(),
+                in_memory: true,
                 ..Config::default()
             };
             configure(&mut config);

@@ -77,6 +77,7 @@ class ServerProcess:
                         str(self.port),
                         "-pwd",
                         ADMIN_PASSWORD,
+                        "--in-memory",
                         *self.args,
                     ],
                     stdin=subprocess.DEVNULL,

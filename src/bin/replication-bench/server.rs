@@ -31,6 +31,7 @@ impl ServerProcess {
                     "ERROR",
                 ])
                 .args(extra)
+                .args((!extra.contains(&"--data-dir")).then_some("--in-memory"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
