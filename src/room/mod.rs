@@ -559,4 +559,6 @@ fn not_member() -> RoomError {
 }
 
 #[cfg(test)]
+mod record_tests;
+#[cfg(test)]
 mod tests;
