@@ -187,11 +187,8 @@ fn keep_before_load(config: &Config, previous: &SessionImage) -> Result<(), Serv
     std::fs::create_dir_all(&dir)
         .map_err(|e| ServerError::Backup(format!("cannot create {}: {e}", dir.display())))?;
     let path = backups::new_path(&dir, "before-load");
-    let info = SaveInfo {
-        server_version: env!("CARGO_PKG_VERSION").to_owned(),
-        saved_at_ms: backups::now_ms(),
-    };
-    write_session(&path, previous, &info).map_err(|e| ServerError::Backup(e.to_string()))?;
+    write_session(&path, previous, &SaveInfo::now())
+        .map_err(|e| ServerError::Backup(e.to_string()))?;
     tracing::warn!(
         backup = %path.display(),
         datablocks = previous.blocks.len(),

@@ -8,7 +8,7 @@ use child::*;
 use common::*;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,11 +37,18 @@ fn server_command(data_dir: &Path, port: u16, args: &[&str]) -> Command {
             cmd.env_remove(key);
         }
     }
-    cmd.args(["--bind", "127.0.0.1", "-p", &port.to_string(), "-pwd", ADMIN])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env("XDG_DATA_HOME", fresh_data_home());
+    cmd.args([
+        "--bind",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-pwd",
+        ADMIN,
+    ])
+    .arg("--data-dir")
+    .arg(data_dir)
+    .args(args)
+    .env("XDG_DATA_HOME", fresh_data_home());
     cmd
 }
 
@@ -279,11 +286,350 @@ fn sigkill_at_random_moments_loses_nothing_that_was_sent() {
                 "round {round} (seed {seed}): {uuid} came back at revision {revision}, but revision {sent} had been sent"
             );
             let n = field(value, "n");
-            assert_eq!(n, i64::try_from(*revision).expect("small") - 1, "{uuid}: {value}");
+            assert_eq!(
+                n,
+                i64::try_from(*revision).expect("small") - 1,
+                "{uuid}: {value}"
+            );
             assert_eq!(field(value, "twice"), 2 * n, "{uuid}: {value}");
             assert_eq!(owner, COMMON);
             revisions.insert(uuid.clone(), *revision);
         }
         server = Some(restarted);
+    }
+}
+
+/// Hosts `blocks` on `server` (the admin uploads them, then leaves).
+fn host(server: &Server, blocks: &[Block]) {
+    let mut admin = connect(server, "host", true);
+    assert_eq!(
+        admin.authenticate(T).expect("authenticate"),
+        AuthStatus::Lobby
+    );
+    admin.upload(blocks, T).expect("upload");
+    admin.leave().expect("leave");
+}
+
+/// Stops a server with SIGTERM and waits for it.
+fn stop(mut server: Server) {
+    server.signal("TERM");
+    assert!(server.wait_exit().success(), "{}", server.stderr.text());
+}
+
+#[test]
+fn a_restart_brings_the_session_back_with_owners_reset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_on(dir.path(), &[], false);
+    host(&server, &scene(3));
+    let mut bob = connect(&server, "bob", false);
+    bob.authenticate(T).expect("authenticate");
+    bob.lock(&["block-01"], T).expect("lock");
+    let mine = Block {
+        owner: Some("bob".into()),
+        ..block("block-01", "Object", value(1))
+    };
+    bob.update_confirmed(&mine, T).expect("update");
+    stop(server);
+
+    let server = start_on(dir.path(), &[], false);
+    let (status, restored) = download(&server, "carol");
+    assert_eq!(status, AuthStatus::Running);
+    assert_eq!(restored.len(), 3);
+    let (revision, value, owner) = &restored["block-01"];
+    assert_eq!(
+        (*revision, field(value, "n"), owner.as_str()),
+        (2, 1, COMMON)
+    );
+    // bob can come back and carry on from there.
+    let mut bob = connect(&server, "bob", false);
+    assert_eq!(
+        bob.authenticate(T).expect("authenticate"),
+        AuthStatus::Running
+    );
+    assert_eq!(
+        bob.patch_confirmed("block-01", &patch_to(2), Some(2), T)
+            .expect("patch"),
+        3
+    );
+}
+
+#[test]
+fn in_memory_sessions_start_empty_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = start_on(&data, &["--in-memory", "--autosave", "0"], false);
+    host(&server, &scene(2));
+    stop(server);
+    assert!(
+        !data.exists(),
+        "an in-memory server created {}",
+        data.display()
+    );
+    let server = start_on(&data, &["--in-memory"], false);
+    let mut client = connect(&server, "late", false);
+    assert_eq!(
+        client.authenticate(T).expect("authenticate"),
+        AuthStatus::Lobby
+    );
+}
+
+/// The console's `save` answers on stdout; returns that line.
+fn console_save(server: &mut Server, argument: &str) -> String {
+    let from = server.stdout.len();
+    server.console(&format!("save {argument}").trim_end().to_owned());
+    let at = server.stdout.expect_from(from, "the save answer", |l| {
+        l.contains("saved ") || l.contains("cannot save")
+    });
+    server.stdout.snapshot()[at].clone()
+}
+
+#[test]
+fn save_while_clients_write_then_load_elsewhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = start_on(&dir.path().join("a"), &[], true);
+    // Nothing to save before the scene exists.
+    assert!(console_save(&mut server, "").contains("no scene"));
+    host(&server, &scene(8));
+
+    // A writer keeps going while the admin saves.
+    let seen = Arc::new(Seen::default());
+    let uuids: Vec<(String, u64)> = (0..4).map(|i| (format!("block-{i:02}"), 1)).collect();
+    let writer = {
+        let (port, seen) = (server.port, seen.clone());
+        std::thread::spawn(move || writer(port, "writer".into(), uuids, seen))
+    };
+    let deadline = Instant::now() + T;
+    while seen.snapshot().len() < 4 {
+        assert!(Instant::now() < deadline, "no writes");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let file = dir.path().join("copy.rsession");
+    let line = console_save(&mut server, file.to_str().expect("utf-8"));
+    assert!(line.contains("saved 8 datablocks"), "{line}");
+    assert!(line.contains("copy.rsession"), "{line}");
+    // The default name goes to the backup directory.
+    let line = console_save(&mut server, "");
+    assert!(line.contains("backups"), "{line}");
+    stop(server);
+    writer.join().expect("writer");
+
+    // The file holds a consistent scene: every value matches its revision.
+    let loaded = start_on(
+        &dir.path().join("b"),
+        &["--load", file.to_str().expect("utf-8")],
+        false,
+    );
+    let (status, scene) = download(&loaded, "viewer");
+    assert_eq!(status, AuthStatus::Running);
+    assert_eq!(scene.len(), 8);
+    for (uuid, (revision, value, owner)) in &scene {
+        assert_eq!(
+            field(value, "n"),
+            i64::try_from(*revision).expect("small") - 1,
+            "{uuid}"
+        );
+        assert_eq!(owner, COMMON);
+    }
+    stop(loaded);
+    // And it was recorded in the new data directory: a restart without
+    // --load has it too.
+    let again = start_on(&dir.path().join("b"), &[], false);
+    let (_, restarted) = download(&again, "viewer");
+    assert_eq!(restarted, scene);
+}
+
+#[test]
+fn load_replaces_the_recorded_session_after_saving_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    // Session B, saved to a file.
+    let mut server = start_on(&b, &[], true);
+    host(&server, &[block("only-in-b", "Mesh", value(0))]);
+    let file = dir.path().join("b.rsession");
+    console_save(&mut server, file.to_str().expect("utf-8"));
+    stop(server);
+    // Session A, recorded; then started with --load B.
+    let server = start_on(&a, &[], false);
+    host(&server, &scene(2));
+    stop(server);
+    let server = start_on(&a, &["--load", file.to_str().expect("utf-8")], false);
+    let (_, scene_now) = download(&server, "viewer");
+    assert_eq!(scene_now.keys().collect::<Vec<_>>(), ["only-in-b"]);
+    stop(server);
+    // A was kept as a backup, which loads back.
+    let kept: Vec<PathBuf> = std::fs::read_dir(a.join("backups"))
+        .expect("backups")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let name = kept[0].file_name().and_then(|n| n.to_str()).expect("name");
+    assert!(name.starts_with("before-load-"), "{name}");
+    let server = start_on(&a, &["--load", kept[0].to_str().expect("utf-8")], false);
+    let (_, scene_a) = download(&server, "viewer");
+    assert_eq!(scene_a.len(), 2);
+}
+
+fn autosaves(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.map(|e| e.expect("entry").path()).collect())
+        .unwrap_or_default();
+    files.retain(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("autosave-") && n.ends_with(".rsession"))
+    });
+    files.sort();
+    files
+}
+
+#[test]
+fn autosave_writes_only_after_changes_and_keeps_the_newest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backups = dir.path().join("saves");
+    let server = start_on(
+        &dir.path().join("data"),
+        &[
+            "--autosave",
+            "300ms",
+            "--autosave-keep",
+            "2",
+            "--backup-dir",
+            backups.to_str().expect("utf-8"),
+        ],
+        false,
+    );
+    host(&server, &scene(2));
+    let mut writer = connect(&server, "writer", false);
+    writer.authenticate(T).expect("authenticate");
+    let mut autosaved = 0;
+    for n in 1..=4 {
+        writer
+            .update_confirmed(&block("block-00", "Object", value(n)), T)
+            .expect("update");
+        let from = server.stderr.len();
+        server
+            .stderr
+            .expect_from(from, "an autosave", |l| l.contains("autosaved the session"));
+        autosaved += 1;
+    }
+    assert!(autosaved >= 3);
+    let files = autosaves(&backups);
+    assert_eq!(files.len(), 2, "{files:?}");
+    // Without changes, no new file appears over several intervals: the
+    // heartbeat's own traffic is not a change.
+    let before = server
+        .stderr
+        .text()
+        .matches("autosaved the session")
+        .count();
+    writer.leave().expect("leave");
+    let quiet_until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < quiet_until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = server
+        .stderr
+        .text()
+        .matches("autosaved the session")
+        .count();
+    assert!(after <= before + 1, "{before} then {after}");
+    stop(server);
+    // The newest autosave holds the last update.
+    let newest = autosaves(&backups).pop().expect("an autosave");
+    let loaded = start_on(
+        &dir.path().join("other"),
+        &["--in-memory", "--load", newest.to_str().expect("utf-8")],
+        false,
+    );
+    let (_, scene) = download(&loaded, "viewer");
+    assert_eq!(field(&scene["block-00"].1, "n"), 4);
+}
+
+#[test]
+fn disk_use_follows_the_scene_not_its_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_on(dir.path(), &["--autosave", "0"], false);
+    host(&server, &scene(1));
+    let mut writer = connect(&server, "writer", false);
+    writer.authenticate(T).expect("authenticate");
+    // 20,000 patches to a 300-byte datablock: about 600 KB of history.
+    for revision in 1..=20_000u64 {
+        let n = i64::try_from(revision).expect("small");
+        writer
+            .patch(&"block-00".to_owned(), &patch_to(n), None)
+            .expect("patch");
+    }
+    let last = writer
+        .patch_confirmed("block-00", &patch_to(20_001), None, T)
+        .expect("patch");
+    assert_eq!(last, 20_002);
+    stop(server);
+    let used: u64 = std::fs::read_dir(dir.path())
+        .expect("data dir")
+        .map(|e| e.expect("entry").metadata().expect("metadata").len())
+        .sum();
+    assert!(used < 256 * 1024, "the data directory holds {used} bytes");
+    let server = start_on(dir.path(), &[], false);
+    let (_, scene) = download(&server, "viewer");
+    assert_eq!(scene["block-00"].0, 20_002);
+    assert_eq!(field(&scene["block-00"].1, "n"), 20_001);
+}
+
+#[test]
+fn a_damaged_data_directory_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_on(dir.path(), &[], false);
+    host(&server, &scene(40));
+    stop(server);
+    let db = dir.path().join("session.db");
+    let bytes = std::fs::read(&db).expect("read");
+    for (what, damaged) in [
+        ("cut in half", bytes[..bytes.len() / 2].to_vec()),
+        ("header overwritten", {
+            let mut b = bytes.clone();
+            b[..16].copy_from_slice(b"not a database!!");
+            b
+        }),
+    ] {
+        std::fs::write(&db, &damaged).expect("write");
+        let stderr = refused_start(dir.path(), &[]);
+        assert!(stderr.contains("session.db"), "{what}: {stderr}");
+        assert!(stderr.contains("damaged"), "{what}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        assert_eq!(
+            std::fs::read(&db).expect("read"),
+            damaged,
+            "{what}: changed"
+        );
+    }
+}
+
+#[test]
+fn a_damaged_session_file_is_refused_with_its_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = start_on(&dir.path().join("data"), &[], true);
+    host(&server, &scene(40));
+    let file = dir.path().join("s.rsession");
+    console_save(&mut server, file.to_str().expect("utf-8"));
+    stop(server);
+    let bytes = std::fs::read(&file).expect("read");
+    let bad = dir.path().join("bad.rsession");
+    let mut flipped = bytes.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x55;
+    for (what, damaged) in [
+        ("truncated", bytes[..bytes.len() - 7].to_vec()),
+        ("flipped", flipped),
+        ("not a session file", b"hello".to_vec()),
+    ] {
+        std::fs::write(&bad, &damaged).expect("write");
+        let fresh = dir.path().join(format!("fresh-{}", what.replace(' ', "-")));
+        let stderr = refused_start(&fresh, &["--load", bad.to_str().expect("utf-8")]);
+        assert!(stderr.contains("bad.rsession"), "{what}: {stderr}");
+        assert!(
+            stderr.contains("offset") || what == "not a session file",
+            "{what}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
     }
 }

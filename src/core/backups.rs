@@ -2,7 +2,7 @@
 //! autosave, with rotation of autosaved files.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use super::SavedFile;
 use crate::store::SessionImage;
@@ -48,22 +48,11 @@ fn save(image: &SessionImage, path: &Path) -> Result<SavedFile, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create the directory {}: {e}", dir.display()))?;
     }
-    let info = SaveInfo {
-        server_version: env!("CARGO_PKG_VERSION").to_owned(),
-        saved_at_ms: now_ms(),
-    };
-    let summary = write_session(path, image, &info).map_err(|e| e.to_string())?;
+    let summary = write_session(path, image, &SaveInfo::now()).map_err(|e| e.to_string())?;
     Ok(SavedFile {
         path: path.to_owned(),
         summary,
     })
-}
-
-/// The time now in milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Deletes the oldest autosaved files in `dir` beyond the newest `keep`.

@@ -63,7 +63,10 @@ fn the_upload_is_recorded_as_it_arrives() {
     assert_eq!(changes[0], Change::State(SessionState::SrvSync));
     match &changes[1] {
         Change::Put(b) => {
-            assert_eq!((b.uuid.as_str(), b.revision, b.owner.as_str()), ("cube", 1, COMMON));
+            assert_eq!(
+                (b.uuid.as_str(), b.revision, b.owner.as_str()),
+                ("cube", 1, COMMON)
+            );
             assert_eq!(b.data, encode_value(&value(0, 10)));
         }
         other => panic!("{other:?}"),
@@ -99,7 +102,9 @@ fn every_live_change_is_recorded_and_refusals_record_nothing() {
         .update(BOB, spec("cube"), false, None, encode_value(&value(5, 10)))
         .unwrap();
     assert!(matches!(&fx.changes[..], [Change::Put(b)] if b.revision == 2));
-    let fx = room.update(BOB, spec("cube"), true, Some(2), set_n(6)).unwrap();
+    let fx = room
+        .update(BOB, spec("cube"), true, Some(2), set_n(6))
+        .unwrap();
     assert_eq!(
         fx.changes,
         [Change::Patch {
@@ -110,7 +115,10 @@ fn every_live_change_is_recorded_and_refusals_record_nothing() {
         }]
     );
     // A refused patch (stale revision) records nothing.
-    assert!(room.update(BOB, spec("cube"), true, Some(1), set_n(7)).is_err());
+    assert!(
+        room.update(BOB, spec("cube"), true, Some(1), set_n(7))
+            .is_err()
+    );
     // Ownership, and its release when the owner leaves.
     let fx = room
         .change_owner(BOB, None, vec!["cube".into()], "bob".into(), false)
@@ -143,7 +151,9 @@ fn every_live_change_is_recorded_and_refusals_record_nothing() {
 fn a_room_not_recording_reports_no_changes() {
     let (mut room, _) = recording_room(10);
     room.set_recording(false);
-    let fx = room.update(BOB, spec("cube"), true, Some(1), set_n(1)).unwrap();
+    let fx = room
+        .update(BOB, spec("cube"), true, Some(1), set_n(1))
+        .unwrap();
     assert!(fx.changes.is_empty());
 }
 
@@ -176,7 +186,8 @@ fn patches_are_compacted_into_full_data_once_they_outweigh_it() {
     let per_put = size / patch_len;
     assert!(puts.len() >= 2, "{puts:?}");
     assert!(
-        puts.windows(2).all(|w| (w[1] - w[0]) as usize <= per_put + 1),
+        puts.windows(2)
+            .all(|w| (w[1] - w[0]) as usize <= per_put + 1),
         "{puts:?}, {per_put}"
     );
     assert_eq!(patches + puts.len(), 10_000);
@@ -217,8 +228,7 @@ fn restore_is_active_with_owners_reset_and_revisions_kept() {
     assert_eq!(back.blocks[0].owner, COMMON);
     assert_eq!(back.blocks[1].data, image.blocks[1].data);
     // The next change continues from the restored revision.
-    let fx = room
-        .update(BOB, spec("obj"), false, Some(2), encode_value(&value(2, 3)));
+    let fx = room.update(BOB, spec("obj"), false, Some(2), encode_value(&value(2, 3)));
     assert!(fx.is_ok());
     assert_eq!(room.repository().get("obj").unwrap().revision, 3);
 }
