@@ -171,7 +171,7 @@ fn writer(port: u16, name: String, uuids: Vec<(String, u64)>, seen: Arc<Seen>) -
         for (uuid, _) in &uuids {
             let revision = revisions[uuid];
             let n = i64::try_from(revision).expect("small");
-            let result = if revision % 2 == 0 {
+            let result = if revision.is_multiple_of(2) {
                 client.patch_confirmed(uuid, &patch_to(n), Some(revision), ACK_WAIT)
             } else {
                 client.update_confirmed(&block(uuid, "Object", value(n)), ACK_WAIT)
@@ -376,7 +376,7 @@ fn in_memory_sessions_start_empty_and_leave_nothing_behind() {
 /// The console's `save` answers on stdout; returns that line.
 fn console_save(server: &mut Server, argument: &str) -> String {
     let from = server.stdout.len();
-    server.console(&format!("save {argument}").trim_end().to_owned());
+    server.console(format!("save {argument}").trim_end());
     let at = server.stdout.expect_from(from, "the save answer", |l| {
         l.contains("saved ") || l.contains("cannot save")
     });
@@ -555,9 +555,7 @@ fn disk_use_follows_the_scene_not_its_history() {
     // 20,000 patches to a 300-byte datablock: about 600 KB of history.
     for revision in 1..=20_000u64 {
         let n = i64::try_from(revision).expect("small");
-        writer
-            .patch(&"block-00".to_owned(), &patch_to(n), None)
-            .expect("patch");
+        writer.patch("block-00", &patch_to(n), None).expect("patch");
     }
     let last = writer
         .patch_confirmed("block-00", &patch_to(20_001), None, T)
