@@ -40,8 +40,10 @@ COPY docker/entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 # the health check asks the right one even when it came from an argument.
 ENV HEALTH_CHECK_FILE=/tmp/replication-serve.health
 
-# Session data, for when the server keeps it; the working directory, so a
-# relative log file (-lf server.log) lands in the volume too.
+# The recorded session (session.db) and its backups (backups/) live in the
+# volume, so they survive the container. It is also the working directory,
+# so a relative log file (-lf server.log) lands there too.
+ENV REPLICATION_DATA_DIR=/data
 VOLUME /data
 WORKDIR /data
 USER 10001:10001

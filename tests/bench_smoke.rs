@@ -31,6 +31,8 @@ fn every_benchmark_scenario_runs() {
         "one-value patch",
         "idle",
         "stalled",
+        "recorded, normal",
+        "recorded, strict",
     ] {
         assert!(stdout.contains(measure), "no {measure:?} row:\n{stdout}");
     }

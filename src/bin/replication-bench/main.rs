@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use scenarios::Setup;
+use scenarios::{Setup, Storage};
 use stats::Spread;
 
 #[derive(Parser)]
@@ -61,6 +61,9 @@ enum Scenario {
     BigPatch,
     Idle,
     Crowd,
+    /// Fan-out and latency with the session in memory, recorded, and
+    /// recorded strictly: what recording costs.
+    Durability,
 }
 
 /// Sizes of every scenario.
@@ -132,9 +135,10 @@ fn main() -> anyhow::Result<()> {
         "server binary {} not found (build it, or pass --server)",
         binary.display()
     );
-    let setup = Setup {
+    let mut setup = Setup {
         binary,
         first_port: cli.port,
+        storage: Storage::InMemory,
     };
     let (plan, runs) = if cli.quick {
         (Plan::quick(), 1)
@@ -327,6 +331,53 @@ fn main() -> anyhow::Result<()> {
             table.row("  server RSS", "MiB", "", Spread::of(&rss).show(1));
             table.row("  server CPU", "% core", "", Spread::of(&cpu).show(2));
         }
+    }
+
+    if wanted(Scenario::Durability) {
+        for storage in [Storage::InMemory, Storage::Normal, Storage::Strict] {
+            setup.storage = storage;
+            let (mut rate, mut cpu, mut p50, mut p99, mut lost) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
+            for _ in 0..runs {
+                let r =
+                    scenarios::fanout(&setup, plan.fanout_updates / 2, 1024, plan.readers, None)?;
+                rate.push(r.rate);
+                cpu.push(r.cpu_us);
+                lost += r.lost;
+                let updates = (plan.slow_rate * plan.latency_seconds) as u64;
+                let r =
+                    scenarios::fanout(&setup, updates, 1024, plan.readers, Some(plan.slow_rate))?;
+                p50.push(r.p50_us / 1e3);
+                p99.push(r.p99_us / 1e3);
+                lost += r.lost;
+            }
+            let name = storage.name();
+            let readers = plan.readers;
+            table.row(
+                &format!("{name}: fan-out 1 -> {readers}, 1 KB, updates/s"),
+                "/s",
+                "",
+                Spread::of(&rate).show(0),
+            );
+            table.row(
+                "  server CPU per update",
+                "us",
+                "",
+                Spread::of(&cpu).show(2),
+            );
+            table.row(
+                &format!("  latency p50 / p99 at {:.0}/s", plan.slow_rate),
+                "ms",
+                "",
+                format!(
+                    "{} / {}",
+                    Spread::of(&p50).show(3),
+                    Spread::of(&p99).show(3)
+                ),
+            );
+            table.row("  updates lost", "", "0", lost.to_string());
+        }
+        setup.storage = Storage::InMemory;
     }
 
     print!("{}", table.render(runs));

@@ -23,11 +23,56 @@ const WAIT: Duration = Duration::from_secs(120);
 pub struct Setup {
     pub binary: PathBuf,
     pub first_port: u16,
+    /// How the server records the session.
+    pub storage: Storage,
+}
+
+/// The server's recording mode for a scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// `--in-memory`: nothing recorded.
+    InMemory,
+    /// A data directory with `--durability normal` (the default).
+    Normal,
+    /// A data directory with `--durability strict`.
+    Strict,
+}
+
+impl Storage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::InMemory => "in memory",
+            Self::Normal => "recorded, normal",
+            Self::Strict => "recorded, strict",
+        }
+    }
 }
 
 impl Setup {
     fn server(&self) -> anyhow::Result<ServerProcess> {
-        ServerProcess::start(&self.binary, self.first_port, &[])
+        let durability = match self.storage {
+            Storage::InMemory => {
+                return ServerProcess::start(&self.binary, self.first_port, &[]);
+            }
+            Storage::Normal => "normal",
+            Storage::Strict => "strict",
+        };
+        let dir = crate::server::scratch_dir();
+        let dir_arg = dir.to_string_lossy().into_owned();
+        let mut server = ServerProcess::start(
+            &self.binary,
+            self.first_port,
+            &[
+                "--data-dir",
+                &dir_arg,
+                "--durability",
+                durability,
+                "--autosave",
+                "0",
+            ],
+        )?;
+        server.scratch = Some(dir);
+        Ok(server)
     }
 }
 

@@ -1,8 +1,9 @@
 //! The server under test, as a separate process, with its CPU time and
 //! memory read from /proc.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -12,6 +13,8 @@ use replication_serve::client::{Client, ClientOptions};
 pub struct ServerProcess {
     child: Child,
     pub port: u16,
+    /// A data directory to remove once the server is gone.
+    pub scratch: Option<PathBuf>,
 }
 
 impl ServerProcess {
@@ -39,7 +42,13 @@ impl ServerProcess {
                 .with_context(|| format!("cannot start {}", binary.display()))?;
             let mut probe = Client::connect(ClientOptions::new(port, "probe"))?;
             match probe.server_info(Duration::from_secs(5)) {
-                Ok(_) => return Ok(Self { child, port }),
+                Ok(_) => {
+                    return Ok(Self {
+                        child,
+                        port,
+                        scratch: None,
+                    });
+                }
                 Err(_) => {
                     // Lost a race for the port: try the next ones.
                     let _ = child.kill();
@@ -65,7 +74,17 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = self.scratch.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// A new, empty directory path under the system's temporary directory.
+pub fn scratch_dir() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("replication-bench-{}-{n}", std::process::id()))
 }
 
 /// A base port whose four ports are free now.
