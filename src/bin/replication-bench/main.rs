@@ -378,6 +378,29 @@ fn main() -> anyhow::Result<()> {
             table.row("  updates lost", "", "0", lost.to_string());
         }
         setup.storage = Storage::InMemory;
+        let n = plan.join_blocks;
+        for durability in ["normal", "strict"] {
+            let (mut serving, mut joined, mut disk) = (Vec::new(), Vec::new(), 0);
+            for _ in 0..runs {
+                let r = scenarios::recovery(&setup, durability, n, 1024)?;
+                serving.push(r.serving_s * 1e3);
+                joined.push(r.joined_s * 1e3);
+                disk = r.disk_bytes;
+            }
+            table.row(
+                &format!("restart after kill -9, {n} x 1 KB, {durability}: serving"),
+                "ms",
+                "",
+                Spread::of(&serving).show(1),
+            );
+            table.row(
+                "  until a late joiner has the scene",
+                "ms",
+                "",
+                Spread::of(&joined).show(1),
+            );
+            table.row("  data directory at the kill", "MiB", "", mib(disk));
+        }
     }
 
     print!("{}", table.render(runs));

@@ -496,3 +496,72 @@ fn record(seen: &mut Seen, frames: &[zmq::Message]) {
         seen.count += 1;
     }
 }
+
+/// Restart after a crash: a recorded server holding `count` datablocks of
+/// `size` bytes is killed with SIGKILL, then started again on the same data
+/// directory. Measures the time from the new process's start until it
+/// answers SERVER_INFO (the session restored), and until a late joiner has
+/// downloaded every datablock.
+pub struct Recovery {
+    pub serving_s: f64,
+    pub joined_s: f64,
+    pub disk_bytes: u64,
+}
+
+pub fn recovery(
+    setup: &Setup,
+    durability: &str,
+    count: usize,
+    size: usize,
+) -> anyhow::Result<Recovery> {
+    let dir = crate::server::scratch_dir();
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let args = [
+        "--data-dir",
+        &dir_arg,
+        "--durability",
+        durability,
+        "--autosave",
+        "0",
+    ];
+    let result = (|| {
+        let first = ServerProcess::start(&setup.binary, setup.first_port, &args)?;
+        let ctx = zmq::Context::new();
+        let mut host = admin(&ctx, first.port)?;
+        let blocks: Vec<Block> = (0..count)
+            .map(|i| {
+                block(
+                    &format!("block-{i:06}"),
+                    Value::Binary(vec![(i % 251) as u8; size]),
+                )
+            })
+            .collect();
+        host.upload(&blocks, WAIT)?;
+        drop(host);
+        // Drop kills the process with SIGKILL.
+        drop(first);
+        let disk_bytes = std::fs::read_dir(&dir)?
+            .filter_map(Result::ok)
+            .filter_map(|e| e.metadata().ok())
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len())
+            .sum();
+        let started = Instant::now();
+        let second = ServerProcess::start(&setup.binary, setup.first_port, &args)?;
+        let serving_s = started.elapsed().as_secs_f64();
+        let mut joiner = Client::connect_in(&ctx, ClientOptions::new(second.port, "joiner"))?;
+        joiner.authenticate(WAIT)?;
+        let got = joiner.download(WAIT, |_, _| {})?;
+        let joined_s = started.elapsed().as_secs_f64();
+        if got.len() != count {
+            bail!("restored {} of {count} datablocks", got.len());
+        }
+        Ok(Recovery {
+            serving_s,
+            joined_s,
+            disk_bytes,
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
