@@ -372,3 +372,73 @@ fn health_check_targets_this_machine_or_the_given_host() {
         CliError::Clap(_)
     ));
 }
+
+#[test]
+fn session_storage_options() {
+    let c = config(&[
+        "--data-dir",
+        "/srv/rs",
+        "--durability",
+        "STRICT",
+        "--load",
+        "backup.rsession",
+        "--autosave",
+        "1h 30m",
+        "--autosave-keep",
+        "3",
+        "--backup-dir",
+        "/mnt/backups",
+    ]);
+    assert_eq!(c.data_dir, Some(PathBuf::from("/srv/rs")));
+    assert_eq!(c.durability, crate::config::Durability::Strict);
+    assert_eq!(c.load, Some(PathBuf::from("backup.rsession")));
+    assert_eq!(c.autosave.0, std::time::Duration::from_secs(90 * 60));
+    assert_eq!(c.autosave_keep, 3);
+    assert_eq!(c.backup_dir(), PathBuf::from("/mnt/backups"));
+    assert!(!c.in_memory);
+
+    let c = config(&["--in-memory", "--autosave", "off"]);
+    assert!(c.in_memory);
+    assert!(c.autosave.is_off());
+    // Backups default to the data directory.
+    let c = config(&["--data-dir", "d"]);
+    assert_eq!(c.backup_dir(), PathBuf::from("d/backups"));
+}
+
+#[test]
+fn bad_session_storage_values_are_explained() {
+    for (list, words) in [
+        (&["--durability", "fast"][..], "normal or strict"),
+        (&["--autosave", "soon"][..], "15m"),
+        (&["--autosave-keep", "0"][..], "autosave_keep"),
+        (&["--autosave-keep", "-1"][..], "-1"),
+    ] {
+        let message = error(list).to_string();
+        assert!(message.contains(words), "{list:?}: {message}");
+    }
+}
+
+#[test]
+fn the_storage_settings_come_from_the_config_file() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        file,
+        "data_dir = \"/var/lib/rs\"\ndurability = \"strict\"\nautosave = \"5m\"\nautosave_keep = 2"
+    )
+    .unwrap();
+    let path = file.path().to_str().unwrap();
+    let c = config(&["--config", path]);
+    assert_eq!(c.data_dir, Some(PathBuf::from("/var/lib/rs")));
+    assert_eq!(c.durability, crate::config::Durability::Strict);
+    assert_eq!(c.autosave.0, std::time::Duration::from_secs(300));
+    assert_eq!(c.autosave_keep, 2);
+    // The command line wins.
+    let c = config(&["--config", path, "--durability", "normal"]);
+    assert_eq!(c.durability, crate::config::Durability::Normal);
+    let printed = match action(&["--config", path, "--print-config"]) {
+        Action::PrintConfig(text) => text,
+        _ => panic!("--print-config prints"),
+    };
+    assert!(printed.contains("durability = \"strict\""), "{printed}");
+    assert!(printed.contains("autosave = \"5m\""), "{printed}");
+}
