@@ -631,3 +631,92 @@ fn a_damaged_session_file_is_refused_with_its_offset() {
         assert!(!stderr.contains("panicked"), "{what}: {stderr}");
     }
 }
+
+/// When the disk refuses a write, the server forwards nothing it could not
+/// record: it tells everyone why, exits with an error, and a restart finds
+/// the session as last recorded. The disk is "full" through a file-size
+/// limit (`ulimit -f`, with SIGXFSZ ignored so that writes fail with EFBIG
+/// instead of killing the process).
+#[test]
+fn a_storage_failure_stops_the_server_without_forwarding_unrecorded_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut server = start_listening(false, |port| {
+        let inner = server_command(&data, port, &["--autosave", "0"]);
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("trap '' XFSZ; ulimit -f 40960; exec \"$@\"")
+            .arg("sh")
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        for (key, value) in inner.get_envs() {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        cmd
+    });
+    host(&server, &scene(2));
+    let mut writer = connect(&server, "writer", false);
+    writer.authenticate(T).expect("authenticate");
+    let mut watcher = connect(&server, "watcher", false);
+    watcher.authenticate(T).expect("authenticate");
+    watcher.download(T, |_, _| {}).expect("download");
+    // New 256 KiB datablocks until the 20 MiB limit (40960 blocks of 512
+    // bytes) bites.
+    let big = Value::Map(vec![
+        ("n".into(), 0.into()),
+        ("twice".into(), 0.into()),
+        ("pad".into(), Value::Binary(vec![7; 256 << 10])),
+    ]);
+    let mut created = 0;
+    let failure = loop {
+        let uuid = format!("big-{created:03}");
+        match writer.update_confirmed(&block(&uuid, "Image", big.clone()), T) {
+            Ok(revision) => {
+                assert_eq!(revision, 1);
+                created += 1;
+            }
+            Err(e) => break e,
+        }
+        assert!(
+            created < 100,
+            "the file-size limit never stopped the server"
+        );
+    };
+    assert!(created > 0, "not even one datablock fitted");
+    eprintln!("{created} datablocks recorded before the limit");
+    assert!(
+        failure.to_string().contains("storage failed"),
+        "{failure}\n{}",
+        server.stderr.text()
+    );
+    let status = server.wait_exit();
+    assert!(!status.success(), "{status}");
+    let log = server.stderr.text();
+    assert!(log.contains("cannot record the session"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    // The watcher was sent the acknowledged datablocks and no other.
+    let mut forwarded = 0;
+    while let Ok(Some(event)) = watcher.next_event(Duration::from_millis(200)) {
+        if let ServerMessage::Update { header, .. } = event.message {
+            assert!(header.uuid < format!("big-{created:03}"), "{}", header.uuid);
+            forwarded += 1;
+        }
+    }
+    assert!(
+        forwarded <= created,
+        "{forwarded} forwarded, {created} acknowledged"
+    );
+    // Restarted without the limit: everything acknowledged is there.
+    let server = start_on(&data, &[], false);
+    let (_, restored) = download(&server, "viewer");
+    for i in 0..created {
+        assert!(
+            restored.contains_key(&format!("big-{i:03}")),
+            "big-{i:03} lost"
+        );
+    }
+    assert!(restored.contains_key("block-00"));
+}

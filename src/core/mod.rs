@@ -191,10 +191,7 @@ impl Core {
         }
         self.flush().await;
         let reason = match &self.failure {
-            Some(e) => {
-                tracing::error!("{e}");
-                "server storage failed; the session was stopped at its last recorded change"
-            }
+            Some(_) => "server storage failed; the session was stopped at its last recorded change",
             None => "server shutting down",
         };
         let ids: Vec<ClientId> = self.sessions.keys().copied().collect();
@@ -240,13 +237,9 @@ impl Core {
     /// are waiting to be recorded.
     async fn send(&mut self, command: Command) {
         if self.failure.is_some() {
-            if let Command::Disconnect { identity, .. } = command {
-                self.transport
-                    .send(Command::Disconnect {
-                        identity,
-                        last: None,
-                    })
-                    .await;
+            // Only goodbyes go out now: nothing else was recorded.
+            if matches!(command, Command::Disconnect { .. }) {
+                self.transport.send(command).await;
             }
             return;
         }
