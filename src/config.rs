@@ -48,8 +48,8 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// Where the session is recorded; `None` for [`default_data_dir`].
     pub data_dir: Option<PathBuf>,
-    /// Keep the session in memory only: nothing is recorded, and a restart
-    /// starts an empty session.
+    /// Keep the session in memory only: nothing is recorded or autosaved,
+    /// and a restart starts an empty session.
     pub in_memory: bool,
     /// How far each change is flushed before it is forwarded.
     pub durability: Durability,
