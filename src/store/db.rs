@@ -15,23 +15,17 @@
 //! checkpoints the WAL into the database every [`SYNC_INTERVAL`], which also
 //! flushes it, so the core never waits for a checkpoint.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
-use rusqlite::{Connection, ErrorCode as SqliteCode, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode as SqliteCode, params};
 
 use super::{Change, SessionImage, StoredBlock};
 use crate::config::Durability;
 use crate::protocol::SessionState;
-use crate::protocol::codec::{decode_value, encode_value, validate_value};
-use crate::protocol::patch::Patch;
+use crate::protocol::codec::{decode_value, encode_value};
 
 /// The database's file name in the data directory.
 pub const DB_FILE: &str = "session.db";
@@ -235,261 +229,6 @@ impl Store {
         Ok(())
     }
 
-    /// `PRAGMA quick_check`, reported with byte offsets.
-    fn check_integrity(&self) -> Result<(), StoreError> {
-        let page_size: i64 = self
-            .conn
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .map_err(|e| self.damaged(e))?;
-        let problems: Vec<String> =
-            match self
-                .conn
-                .prepare("PRAGMA quick_check(20)")
-                .and_then(|mut stmt| {
-                    stmt.query_map([], |r| r.get::<_, String>(0))
-                        .and_then(Iterator::collect)
-                }) {
-                Ok(problems) => problems,
-                // SQLite gives up on some damage without saying where it is.
-                Err(e) => vec![self.locate(&e.to_string(), page_size)],
-            };
-        if problems.len() == 1 && problems[0] == "ok" {
-            return Ok(());
-        }
-        let detail = problems
-            .iter()
-            .map(|p| with_offset(p, page_size))
-            .collect::<Vec<_>>()
-            .join("; ");
-        Err(StoreError::Damaged {
-            file: self.file.clone(),
-            detail,
-        })
-    }
-
-    /// Finds the page SQLite could not read, by walking the file's b-trees.
-    fn locate(&self, problem: &str, page_size: i64) -> String {
-        let wal = wal_path(&self.file);
-        let wal_empty = std::fs::metadata(&wal).map_or(true, |m| m.len() == 0);
-        let mut roots = vec![1];
-        if let Ok(mut stmt) = self
-            .conn
-            .prepare("SELECT rootpage FROM sqlite_schema WHERE rootpage > 0")
-            && let Ok(rows) = stmt.query_map([], |r| r.get::<_, u32>(0))
-        {
-            roots.extend(rows.filter_map(Result::ok));
-        }
-        let found = usize::try_from(page_size)
-            .ok()
-            .filter(|_| wal_empty)
-            .and_then(|size| {
-                let file = File::open(&self.file).ok()?;
-                locate::first_bad_page(&file, size, &roots)
-            });
-        match found {
-            Some(page) => with_offset(&format!("{problem}: page {page} is invalid"), page_size),
-            None => format!("{problem} (the damaged page could not be located)"),
-        }
-    }
-
-    /// Reads the session, folds stored patches into their datablocks and
-    /// drops an unfinished upload.
-    fn recover(&mut self) -> Result<Recovered, StoreError> {
-        let state = self.state()?;
-        let count: i64 = self
-            .conn
-            .query_row("SELECT count(*) FROM datablocks", [], |r| r.get(0))
-            .map_err(|e| self.damaged(e))?;
-        let mut recovered = Recovered::default();
-        match state {
-            SessionState::Waiting if count > 0 => {
-                return Err(StoreError::Damaged {
-                    file: self.file.clone(),
-                    detail: format!(
-                        "the session is recorded as WAITING (no scene) but holds {count} datablocks"
-                    ),
-                });
-            }
-            SessionState::Waiting => return Ok(recovered),
-            SessionState::SrvSync => {
-                tracing::warn!(
-                    datablocks = count,
-                    "the initial upload was interrupted before it finished; its datablocks were discarded and the session waits for a new upload"
-                );
-                recovered.discarded_upload = usize::try_from(count).unwrap_or(usize::MAX);
-                self.record(&[Change::Clear, Change::State(SessionState::Waiting)])?;
-                self.commit()?;
-                return Ok(recovered);
-            }
-            SessionState::Active => {}
-        }
-        let mut blocks = self.read_blocks()?;
-        let patches = self.read_patches()?;
-        recovered.compacted_patches = patches.values().map(Vec::len).sum();
-        let mut compacted = Vec::new();
-        for block in &mut blocks {
-            if let Some(list) = patches.get(&block.uuid) {
-                self.replay(block, list)?;
-                compacted.push(Change::Put(block.clone()));
-            }
-        }
-        if let Some(uuid) = patches
-            .keys()
-            .find(|u| !blocks.iter().any(|b| &b.uuid == *u))
-        {
-            return Err(self.bad_row(
-                "patches",
-                uuid,
-                "patches for a datablock that does not exist",
-            ));
-        }
-        if !compacted.is_empty() {
-            self.record(&compacted)?;
-            self.commit()?;
-        }
-        self.reclaim_space();
-        recovered.image = Some(SessionImage { blocks });
-        Ok(recovered)
-    }
-
-    fn state(&self) -> Result<SessionState, StoreError> {
-        let value: Option<String> = self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = 'state'", [], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(|e| self.damaged(e))?;
-        match value.as_deref() {
-            None | Some("WAITING") => Ok(SessionState::Waiting),
-            Some("SRV_SYNC") => Ok(SessionState::SrvSync),
-            Some("ACTIVE") => Ok(SessionState::Active),
-            Some(other) => Err(self.bad_row("meta", "state", &format!("unknown state {other:?}"))),
-        }
-    }
-
-    fn read_blocks(&self) -> Result<Vec<StoredBlock>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT uuid, type_id, owner, deps, revision, data FROM datablocks ORDER BY seq",
-            )
-            .map_err(|e| self.damaged(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, Vec<u8>>(5)?,
-                ))
-            })
-            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-            .map_err(|e| self.damaged(e))?;
-        let mut blocks = Vec::with_capacity(rows.len());
-        for (uuid, type_id, owner, deps, revision, data) in rows {
-            let deps = decode_deps(&deps).map_err(|m| self.bad_row("datablocks", &uuid, &m))?;
-            let revision = u64::try_from(revision)
-                .ok()
-                .filter(|r| *r > 0)
-                .ok_or_else(|| self.bad_row("datablocks", &uuid, "revision below 1"))?;
-            validate_value(&data)
-                .map_err(|e| self.bad_row("datablocks", &uuid, &format!("data: {e}")))?;
-            blocks.push(StoredBlock {
-                uuid,
-                type_id,
-                owner,
-                deps,
-                revision,
-                data: Bytes::from(data),
-            });
-        }
-        Ok(blocks)
-    }
-
-    /// Every patch row, by datablock, in revision order.
-    fn read_patches(&self) -> Result<HashMap<String, Vec<PatchRow>>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT uuid, revision, deps, patch FROM patches ORDER BY uuid, revision")
-            .map_err(|e| self.damaged(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    PatchRow {
-                        revision: r.get(1)?,
-                        deps: r.get(2)?,
-                        patch: r.get(3)?,
-                    },
-                ))
-            })
-            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-            .map_err(|e| self.damaged(e))?;
-        let mut by_uuid: HashMap<String, Vec<PatchRow>> = HashMap::new();
-        for (uuid, row) in rows {
-            by_uuid.entry(uuid).or_default().push(row);
-        }
-        Ok(by_uuid)
-    }
-
-    /// Applies stored patches to a datablock, checking that their revisions
-    /// follow on from its own.
-    fn replay(&self, block: &mut StoredBlock, rows: &[PatchRow]) -> Result<(), StoreError> {
-        let mut value = decode_value(&block.data)
-            .map_err(|e| self.bad_row("datablocks", &block.uuid, &format!("data: {e}")))?;
-        for row in rows {
-            let expected = block.revision + 1;
-            if u64::try_from(row.revision).ok() != Some(expected) {
-                return Err(self.bad_row(
-                    "patches",
-                    &block.uuid,
-                    &format!(
-                        "a patch to revision {} follows revision {}",
-                        row.revision, block.revision
-                    ),
-                ));
-            }
-            let bad = |m: String| {
-                self.bad_row(
-                    "patches",
-                    &format!("{} revision {expected}", block.uuid),
-                    &m,
-                )
-            };
-            let patch = decode_value(&row.patch)
-                .map_err(|e| e.to_string())
-                .and_then(|v| Patch::from_value(v).map_err(|e| e.to_string()))
-                .map_err(bad)?;
-            patch.apply(&mut value).map_err(|e| bad(e.to_string()))?;
-            if let Some(deps) = &row.deps {
-                block.deps = decode_deps(deps).map_err(bad)?;
-            }
-            block.revision = expected;
-        }
-        block.data = encode_value(&value);
-        Ok(())
-    }
-
-    /// Gives free pages back to the file system when more than half the
-    /// database is free (after a large scene was deleted, say).
-    fn reclaim_space(&self) {
-        let pages = |pragma: &str| {
-            self.conn
-                .query_row(&format!("PRAGMA {pragma}"), [], |r| r.get::<_, i64>(0))
-                .unwrap_or(0)
-        };
-        let (free, total) = (pages("freelist_count"), pages("page_count"));
-        if free > 256 && free * 2 > total {
-            match self.conn.execute_batch("VACUUM") {
-                Ok(()) => tracing::info!(free_pages = free, "compacted the session database"),
-                Err(e) => tracing::warn!("could not compact the session database: {e}"),
-            }
-        }
-    }
-
     /// Whether changes were recorded that are not committed yet.
     pub fn in_transaction(&self) -> bool {
         self.in_transaction
@@ -635,77 +374,6 @@ impl Drop for Store {
     }
 }
 
-struct PatchRow {
-    revision: i64,
-    deps: Option<Vec<u8>>,
-    patch: Vec<u8>,
-}
-
-/// The thread that checkpoints the WAL (and so flushes it to the disk).
-struct Syncer {
-    dirty: Arc<AtomicBool>,
-    /// Dropping it stops the thread.
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Syncer {
-    fn spawn(file: &Path, durability: Durability) -> Result<Self, StoreError> {
-        let conn = Connection::open(file).map_err(|e| open_error(file, e))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .and_then(|()| {
-                conn.execute_batch(&format!("PRAGMA synchronous={}", sync_pragma(durability)))
-            })
-            .map_err(|e| open_error(file, e))?;
-        let dirty = Arc::new(AtomicBool::new(false));
-        let (stop, stopped) = mpsc::channel::<()>();
-        let wal = wal_path(file);
-        let flag = dirty.clone();
-        let thread = std::thread::Builder::new()
-            .name("checkpoint".into())
-            .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(SYNC_INTERVAL)
-                {
-                    if flag.swap(false, Ordering::AcqRel) {
-                        checkpoint(&conn, &wal);
-                    }
-                }
-                // A last flush of whatever was committed.
-                checkpoint(&conn, &wal);
-            })
-            .map_err(|source| StoreError::Directory {
-                dir: file.parent().unwrap_or(file).to_owned(),
-                source,
-            })?;
-        Ok(Self {
-            dirty,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Syncer {
-    fn drop(&mut self) {
-        self.stop.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Copies the WAL into the database without blocking the writer; truncates
-/// it with a blocking checkpoint when it has grown past [`WAL_LIMIT`].
-fn checkpoint(conn: &Connection, wal: &Path) {
-    let mode = match std::fs::metadata(wal) {
-        Ok(m) if m.len() > WAL_LIMIT => "TRUNCATE",
-        _ => "PASSIVE",
-    };
-    if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
-        tracing::warn!("checkpoint of the session database failed: {e}");
-    }
-}
-
 fn wal_path(file: &Path) -> PathBuf {
     let mut name = file.as_os_str().to_owned();
     name.push("-wal");
@@ -734,25 +402,6 @@ fn open_error(file: &Path, e: rusqlite::Error) -> StoreError {
     }
 }
 
-/// Adds a byte offset to a quick_check message that names a page
-/// ("Page 5: ..." or "... page 5 ...").
-fn with_offset(problem: &str, page_size: i64) -> String {
-    let lower = problem.to_ascii_lowercase();
-    let page = lower.find("page ").and_then(|at| {
-        lower[at + 5..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .and_then(|n| n.parse::<i64>().ok())
-    });
-    match page {
-        Some(page) if page > 0 => format!(
-            "{problem} (page {page} starts at byte offset {})",
-            (page - 1) * page_size
-        ),
-        _ => problem.to_owned(),
-    }
-}
-
 fn revision_i64(revision: u64) -> i64 {
     i64::try_from(revision).unwrap_or(i64::MAX)
 }
@@ -776,6 +425,12 @@ fn decode_deps(bytes: &[u8]) -> Result<Vec<String>, String> {
     }
 }
 
+mod checkpoint;
 mod locate;
+
+use checkpoint::Syncer;
+#[cfg(test)]
+use recover::with_offset;
+mod recover;
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,7 @@
 use super::*;
 
+use bytes::Bytes;
+
 use crate::protocol::codec::encode;
 
 fn value_bytes(value: rmpv::Value) -> Bytes {
