@@ -210,6 +210,24 @@ struct Settings {
     )]
     autosave_keep: usize,
 
+    /// Let any user create a room (by default only admins can)
+    #[arg(
+        long = "open-rooms",
+        env = "REPLICATION_OPEN_ROOMS",
+        help_heading = "Rooms",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    open_rooms: bool,
+
+    /// Keep rooms when their last user leaves (by default a room is closed and its data removed then, unless an admin kept it open)
+    #[arg(
+        long = "keep-rooms",
+        env = "REPLICATION_KEEP_ROOMS",
+        help_heading = "Rooms",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    keep_rooms: bool,
+
     /// Where `save` and autosave write session files [default: DATA_DIR/backups]
     #[arg(
         long = "backup-dir",
@@ -474,6 +492,12 @@ impl Settings {
         }
         if origins.record("in_memory", given) {
             config.in_memory = self.in_memory;
+        }
+        if origins.record("open_rooms", given) {
+            config.open_rooms = self.open_rooms;
+        }
+        if origins.record("keep_rooms", given) {
+            config.keep_rooms = self.keep_rooms;
         }
         if origins.record("durability", given) {
             config.durability = self.durability;

@@ -64,6 +64,11 @@ pub struct Config {
     /// Where `save` and autosave write; `None` for `backups` in the data
     /// directory.
     pub backup_dir: Option<PathBuf>,
+    /// Any user may create a room (otherwise only admins).
+    pub open_rooms: bool,
+    /// Rooms stay when their last user leaves (otherwise a room is closed
+    /// and its data removed then, unless it is kept open).
+    pub keep_rooms: bool,
     /// Resource limits that protect the server from clients.
     pub limits: Limits,
 }
@@ -86,6 +91,8 @@ impl Default for Config {
             autosave: Interval(Duration::from_secs(15 * 60)),
             autosave_keep: 8,
             backup_dir: None,
+            open_rooms: false,
+            keep_rooms: false,
             limits: Limits::default(),
         }
     }
@@ -114,10 +121,20 @@ pub struct Limits {
     /// Most bytes of one user's presence metadata (encoded), which every
     /// CLIENTS_STATE repeats to everyone.
     pub max_metadata_bytes: usize,
-    /// Most users in the session.
+    /// Most users in one room.
     pub max_users: usize,
-    /// Most datablocks in the session.
+    /// Most datablocks in one room.
     pub max_datablocks: usize,
+    /// Most bytes of datablocks in one room.
+    pub max_room_bytes: usize,
+    /// Most rooms on the server, the default room included.
+    pub max_rooms: usize,
+    /// Most users on the server, in all rooms together.
+    pub max_users_total: usize,
+    /// Most datablocks on the server, in all rooms together.
+    pub max_datablocks_total: usize,
+    /// Most bytes of datablocks on the server, in all rooms together.
+    pub max_bytes_total: usize,
     /// Most snapshot messages in flight to a joiner before it acknowledges.
     pub snapshot_window_messages: usize,
     /// Most snapshot bytes in flight to a joiner before it acknowledges.
@@ -137,6 +154,11 @@ impl Default for Limits {
             max_metadata_bytes: 64 << 10,
             max_users: 256,
             max_datablocks: 1_000_000,
+            max_room_bytes: 16 << 30,
+            max_rooms: 64,
+            max_users_total: 1024,
+            max_datablocks_total: 4_000_000,
+            max_bytes_total: 64 << 30,
             snapshot_window_messages: 4096,
             snapshot_window_bytes: 16 << 20,
         }
@@ -264,6 +286,18 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.snapshot_window_bytes",
                 reason: "the window must hold at least one message and one chunk".into(),
+            });
+        }
+        if l.max_rooms == 0 || l.max_users_total < l.max_users.min(1) {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_rooms",
+                reason: "the server needs at least its default room and one user".into(),
+            });
+        }
+        if l.max_room_bytes < l.max_datablock_bytes || l.max_bytes_total < l.max_room_bytes {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_room_bytes",
+                reason: "must be at least limits.max_datablock_bytes, and at most limits.max_bytes_total".into(),
             });
         }
         if l.outbox_max_messages == 0 || l.max_users == 0 || l.max_datablocks == 0 {

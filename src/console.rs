@@ -1,5 +1,5 @@
-//! The admin console on stdin: `help`, `users`, `kick`, `status`, `save`,
-//! `exit`.
+//! The admin console on stdin: `help`, `users`, `rooms`, `kick`, `close`,
+//! `status`, `save`, `exit`.
 //!
 //! On a terminal it uses rustyline (history, line editing) and routes log
 //! lines above the prompt so they never garble what the admin is typing. On a
@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{ConsoleRequest, StatusReport};
-use crate::protocol::UserState;
+use crate::protocol::{RoomInfo, UserState};
 
 /// The commands, with their one-line help, in the order `help` lists them.
 const COMMANDS: &[(&str, &str, &str)] = &[
@@ -25,23 +25,33 @@ const COMMANDS: &[(&str, &str, &str)] = &[
     ),
     (
         "users",
-        "users",
-        "list connected users: name, role, status, latency",
+        "users [ROOM]",
+        "list connected users (of one room, or of all): room, name, role, status, latency",
+    ),
+    (
+        "rooms",
+        "rooms",
+        "list the rooms, one line each: users, state, datablocks, size, keep-open",
     ),
     (
         "kick",
-        "kick NAME [REASON]",
-        "disconnect a user, releasing everything they own",
+        "kick NAME [ROOM] [REASON]",
+        "disconnect a user, releasing everything they own (name the room when several rooms have a user of that name)",
+    ),
+    (
+        "close",
+        "close ROOM [REASON]",
+        "disconnect everyone in a room and remove it with its data (not the default room)",
     ),
     (
         "status",
-        "status",
-        "session state, datablocks, bytes, users and uptime",
+        "status [ROOM]",
+        "state, datablocks, bytes and users of each room (or one), and uptime",
     ),
     (
         "save",
-        "save [FILE]",
-        "write the session to a session file while everyone keeps working (default: a new file in the backup directory)",
+        "save [FILE|-] [ROOM]",
+        "write a room (default: the default room) to a session file while everyone keeps working; without FILE or with -, a new file in the backup directory",
     ),
     (
         "exit",
@@ -55,13 +65,22 @@ const COMMANDS: &[(&str, &str, &str)] = &[
 pub enum ConsoleCommand {
     Empty,
     Help(Option<String>),
-    Users,
+    Users(Option<String>),
+    Rooms,
+    /// `rest`: a room and/or a reason; the server tells which.
     Kick {
         user: String,
+        rest: Option<String>,
+    },
+    Close {
+        room: String,
         reason: Option<String>,
     },
-    Status,
-    Save(Option<PathBuf>),
+    Status(Option<String>),
+    Save {
+        path: Option<PathBuf>,
+        room: Option<String>,
+    },
     Exit,
 }
 
@@ -84,29 +103,61 @@ pub fn parse(line: &str) -> Result<ConsoleCommand, String> {
         "help" | "?" => Ok(ConsoleCommand::Help(
             (!rest.is_empty()).then(|| rest.to_owned()),
         )),
-        "users" => no_args(ConsoleCommand::Users),
-        "status" => no_args(ConsoleCommand::Status),
-        // The rest of the line is the path, spaces included.
-        "save" => Ok(ConsoleCommand::Save(
-            (!rest.is_empty()).then(|| PathBuf::from(rest)),
-        )),
+        "users" => one_optional(rest, "users [ROOM]").map(ConsoleCommand::Users),
+        "rooms" => no_args(ConsoleCommand::Rooms),
+        "status" => one_optional(rest, "status [ROOM]").map(ConsoleCommand::Status),
+        "close" => {
+            let (room, reason) = match rest.split_once(char::is_whitespace) {
+                Some((r, why)) => (r, Some(why.trim().to_owned()).filter(|w| !w.is_empty())),
+                None => (rest, None),
+            };
+            if room.is_empty() {
+                return Err("usage: close ROOM [REASON]".into());
+            }
+            Ok(ConsoleCommand::Close {
+                room: room.to_owned(),
+                reason,
+            })
+        }
+        "save" => {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            let (path, room) = match words.as_slice() {
+                [] => (None, None),
+                [path] => (Some(*path), None),
+                [path, room] => (Some(*path), Some(*room)),
+                _ => return Err("usage: save [FILE|-] [ROOM] (a FILE without spaces)".into()),
+            };
+            Ok(ConsoleCommand::Save {
+                path: path.filter(|p| *p != "-").map(PathBuf::from),
+                room: room.map(str::to_owned),
+            })
+        }
         "exit" | "quit" | "stop" => no_args(ConsoleCommand::Exit),
         "kick" => {
-            let (user, reason) = match rest.split_once(char::is_whitespace) {
+            let (user, more) = match rest.split_once(char::is_whitespace) {
                 Some((u, r)) => (u, Some(r.trim().to_owned()).filter(|r| !r.is_empty())),
                 None => (rest, None),
             };
             if user.is_empty() {
-                return Err("usage: kick NAME [REASON]".into());
+                return Err("usage: kick NAME [ROOM] [REASON]".into());
             }
             Ok(ConsoleCommand::Kick {
                 user: user.to_owned(),
-                reason,
+                rest: more,
             })
         }
         other => Err(format!(
             "unknown command '{other}'; type 'help' for the list"
         )),
+    }
+}
+
+/// At most one argument.
+fn one_optional(rest: &str, usage: &str) -> Result<Option<String>, String> {
+    match rest.split_whitespace().count() {
+        0 => Ok(None),
+        1 => Ok(Some(rest.to_owned())),
+        _ => Err(format!("usage: {usage}")),
     }
 }
 
@@ -149,16 +200,38 @@ pub fn execute(
             shutdown.cancel();
             return None;
         }
-        ConsoleCommand::Users => match ask(server, ConsoleRequest::Users) {
-            Some(users) => format_users(&users),
-            None => "the server is shutting down\n".into(),
+        ConsoleCommand::Users(room) => {
+            match ask(server, |reply| ConsoleRequest::Users { room, reply }) {
+                Some(Ok(users)) => format_users(&users),
+                Some(Err(e)) => format!("{e}\n"),
+                None => SHUTTING_DOWN.into(),
+            }
+        }
+        ConsoleCommand::Rooms => match ask(server, ConsoleRequest::Rooms) {
+            Some(rooms) => format_rooms(&rooms),
+            None => SHUTTING_DOWN.into(),
         },
-        ConsoleCommand::Status => match ask(server, ConsoleRequest::Status) {
-            Some(status) => format_status(&status),
-            None => "the server is shutting down\n".into(),
-        },
-        ConsoleCommand::Save(path) => {
-            match ask(server, |reply| ConsoleRequest::Save { path, reply }) {
+        ConsoleCommand::Status(room) => {
+            match ask(server, |reply| ConsoleRequest::Status { room, reply }) {
+                Some(Ok(reports)) => format_status(&reports),
+                Some(Err(e)) => format!("{e}\n"),
+                None => SHUTTING_DOWN.into(),
+            }
+        }
+        ConsoleCommand::Close { room, reason } => {
+            let answer = ask(server, |reply| ConsoleRequest::Close {
+                room: room.clone(),
+                reason,
+                reply,
+            });
+            match answer {
+                Some(Ok(users)) => format!("closed room {room} ({users} users disconnected)\n"),
+                Some(Err(e)) => format!("cannot close {room}: {e}\n"),
+                None => SHUTTING_DOWN.into(),
+            }
+        }
+        ConsoleCommand::Save { path, room } => {
+            match ask(server, |reply| ConsoleRequest::Save { path, room, reply }) {
                 Some(Ok(saved)) => format!(
                     "saved {} datablocks ({}) to {} ({} on disk)\n",
                     saved.summary.datablocks,
@@ -167,19 +240,20 @@ pub fn execute(
                     human_bytes(usize::try_from(saved.summary.file_bytes).unwrap_or(usize::MAX)),
                 ),
                 Some(Err(e)) => format!("cannot save: {e}\n"),
-                None => "the server is shutting down\n".into(),
+                None => SHUTTING_DOWN.into(),
             }
         }
-        ConsoleCommand::Kick { user, reason } => {
+        ConsoleCommand::Kick { user, rest } => {
             let answer = ask(server, |reply| ConsoleRequest::Kick {
                 user: user.clone(),
-                reason,
+                room: None,
+                reason: rest,
                 reply,
             });
             match answer {
-                Some(Ok(())) => format!("kicked {user}\n"),
+                Some(Ok(room)) => format!("kicked {user} from room {room}\n"),
                 Some(Err(e)) => format!("cannot kick {user}: {e}\n"),
-                None => "the server is shutting down\n".into(),
+                None => SHUTTING_DOWN.into(),
             }
         }
     };
@@ -195,22 +269,24 @@ fn ask<T>(
     rx.blocking_recv().ok()
 }
 
-/// One line per user.
-pub fn format_users(users: &[UserState]) -> String {
+const SHUTTING_DOWN: &str = "the server is shutting down\n";
+
+/// One line per user, with their room.
+pub fn format_users(users: &[(String, UserState)]) -> String {
     if users.is_empty() {
         return "no users connected\n".into();
     }
     let mut out = format!(
-        "{:<24} {:<6} {:<10} {:>10}\n",
-        "NAME", "ROLE", "STATUS", "LATENCY"
+        "{:<16} {:<24} {:<6} {:<10} {:>10}\n",
+        "ROOM", "NAME", "ROLE", "STATUS", "LATENCY"
     );
-    for u in users {
+    for (room, u) in users {
         let latency = u
             .latency_ms
             .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1} ms"));
         let role = if u.admin { "admin" } else { "user" };
         out.push_str(&format!(
-            "{:<24} {role:<6} {:<10} {latency:>10}\n",
+            "{room:<16} {:<24} {role:<6} {:<10} {latency:>10}\n",
             u.name,
             u.status.to_string()
         ));
@@ -218,16 +294,51 @@ pub fn format_users(users: &[UserState]) -> String {
     out
 }
 
-/// The `status` report.
-pub fn format_status(s: &StatusReport) -> String {
-    format!(
-        "state {}, {} datablocks ({}), {} users, up {}\n",
-        s.state,
-        s.datablocks,
-        human_bytes(s.bytes),
-        s.users,
-        human_duration(s.uptime)
-    )
+/// One line per room.
+pub fn format_rooms(rooms: &[RoomInfo]) -> String {
+    let mut out = format!(
+        "{:<16} {:>5} {:<9} {:>10} {:>10} {}\n",
+        "ROOM", "USERS", "STATE", "DATABLOCKS", "SIZE", "FLAGS"
+    );
+    for r in rooms {
+        let mut flags = Vec::new();
+        if r.keep_open {
+            flags.push("keep-open");
+        }
+        if r.private {
+            flags.push("password");
+        }
+        out.push_str(&format!(
+            "{:<16} {:>5} {:<9} {:>10} {:>10} {}\n",
+            r.name,
+            r.users_online,
+            r.state.to_string(),
+            r.datablocks,
+            human_bytes(usize::try_from(r.bytes).unwrap_or(usize::MAX)),
+            flags.join(",")
+        ));
+    }
+    out
+}
+
+/// The `status` report: one line per room, then the uptime.
+pub fn format_status(reports: &[StatusReport]) -> String {
+    let mut out = String::new();
+    for s in reports {
+        out.push_str(&format!(
+            "room {}: state {}, {} datablocks ({}), {} users{}\n",
+            s.room,
+            s.state,
+            s.datablocks,
+            human_bytes(s.bytes),
+            s.users,
+            if s.keep_open { ", kept open" } else { "" }
+        ));
+    }
+    if let Some(first) = reports.first() {
+        out.push_str(&format!("up {}\n", human_duration(first.uptime)));
+    }
+    out
 }
 
 fn human_bytes(bytes: usize) -> String {
@@ -362,21 +473,58 @@ mod tests {
             parse("help kick"),
             Ok(ConsoleCommand::Help(Some("kick".into())))
         );
-        assert_eq!(parse("USERS"), Ok(ConsoleCommand::Users));
-        assert_eq!(parse("status"), Ok(ConsoleCommand::Status));
+        assert_eq!(parse("USERS"), Ok(ConsoleCommand::Users(None)));
+        assert_eq!(
+            parse("users team-a"),
+            Ok(ConsoleCommand::Users(Some("team-a".into())))
+        );
+        assert_eq!(parse("status"), Ok(ConsoleCommand::Status(None)));
+        assert_eq!(
+            parse("status b"),
+            Ok(ConsoleCommand::Status(Some("b".into())))
+        );
+        assert_eq!(parse("rooms"), Ok(ConsoleCommand::Rooms));
         assert_eq!(parse("quit"), Ok(ConsoleCommand::Exit));
         assert_eq!(
             parse("kick bob  spamming the scene "),
             Ok(ConsoleCommand::Kick {
                 user: "bob".into(),
-                reason: Some("spamming the scene".into())
+                rest: Some("spamming the scene".into())
             })
         );
         assert_eq!(
             parse("kick bob"),
             Ok(ConsoleCommand::Kick {
                 user: "bob".into(),
-                reason: None
+                rest: None
+            })
+        );
+        assert_eq!(
+            parse("close b  done for today"),
+            Ok(ConsoleCommand::Close {
+                room: "b".into(),
+                reason: Some("done for today".into())
+            })
+        );
+        assert_eq!(
+            parse("save"),
+            Ok(ConsoleCommand::Save {
+                path: None,
+                room: None
+            })
+        );
+        assert_eq!(
+            parse("save - b"),
+            Ok(ConsoleCommand::Save {
+                path: None,
+                room: Some("b".into())
+            })
+        );
+        assert_eq!(
+            parse("save x.rsession b"),
+            Ok(ConsoleCommand::Save {
+                path: Some("x.rsession".into()),
+                room: Some("b".into())
             })
         );
     }
@@ -384,7 +532,10 @@ mod tests {
     #[test]
     fn rejects_bad_lines_with_a_hint() {
         assert!(parse("kick").unwrap_err().contains("usage"));
-        assert!(parse("users now").unwrap_err().contains("no arguments"));
+        assert!(parse("users a b").unwrap_err().contains("usage"));
+        assert!(parse("rooms now").unwrap_err().contains("no arguments"));
+        assert!(parse("close").unwrap_err().contains("usage"));
+        assert!(parse("save a b c").unwrap_err().contains("usage"));
         assert!(parse("launch").unwrap_err().contains("help"));
     }
 

@@ -4,6 +4,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
+use crate::core::rooms::{self, DEFAULT_ROOM, RoomEntry, Rooms};
 use crate::core::{ConsoleRequest, Core, backups};
 use crate::room::Room;
 use crate::store::SessionImage;
@@ -42,8 +43,7 @@ pub struct Server {
     ports: [u16; 4],
     console_tx: mpsc::Sender<ConsoleRequest>,
     console_rx: mpsc::Receiver<ConsoleRequest>,
-    room: Room,
-    store: Option<Store>,
+    rooms: Rooms,
 }
 
 impl Server {
@@ -52,7 +52,7 @@ impl Server {
     pub fn bind(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
         let ports = config.ports()?;
-        let (room, store) = open_session(&config)?;
+        let rooms = open_rooms(&config)?;
         let sockets = Sockets::bind(&config)?;
         let (console_tx, console_rx) = mpsc::channel(16);
         Ok(Self {
@@ -61,8 +61,7 @@ impl Server {
             ports,
             console_tx,
             console_rx,
-            room,
-            store,
+            rooms,
         })
     }
 
@@ -85,8 +84,7 @@ impl Server {
             ports,
             console_tx,
             console_rx,
-            room,
-            store,
+            rooms,
         } = self;
         // Only the console's own senders should keep the channel open.
         drop(console_tx);
@@ -103,16 +101,34 @@ impl Server {
             "replication-serve {} listening",
             env!("CARGO_PKG_VERSION")
         );
-        Core::new(config, transport, room, store)
+        Core::new(config, transport, rooms)
             .run(inbound, console_rx, shutdown)
             .await?;
         Ok(())
     }
 }
 
-/// The session to serve: loaded from `--load`, else recovered from the data
+/// The rooms to serve: the default room (from `--load`, else recovered from
+/// the data directory, else empty) and every other recorded room.
+fn open_rooms(config: &Config) -> Result<Rooms, ServerError> {
+    let (room, store) = open_default_room(config)?;
+    let mut rooms = Rooms::default();
+    rooms.insert(DEFAULT_ROOM, RoomEntry::new(room, store));
+    if !config.in_memory {
+        for (name, entry) in rooms::open_recorded(config, &config.data_dir())? {
+            if name == DEFAULT_ROOM {
+                tracing::warn!("a recorded room is named like the default room; it was not opened");
+                continue;
+            }
+            rooms.insert(&name, entry);
+        }
+    }
+    Ok(rooms)
+}
+
+/// The default room: loaded from `--load`, else recovered from the data
 /// directory, else empty.
-fn open_session(config: &Config) -> Result<(Room, Option<Store>), ServerError> {
+fn open_default_room(config: &Config) -> Result<(Room, Option<Store>), ServerError> {
     let limits = &config.limits;
     let loaded = match &config.load {
         Some(file) => {

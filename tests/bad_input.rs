@@ -2580,11 +2580,15 @@ fn presence_metadata_is_bounded_in_bytes() {
     let (tx, rx) = tokio::sync::oneshot::channel();
     server
         .console
-        .blocking_send(replication_serve::core::ConsoleRequest::Users(tx))
+        .blocking_send(replication_serve::core::ConsoleRequest::Users {
+            room: None,
+            reply: tx,
+        })
         .expect("console");
-    let users = rx.blocking_recv().expect("users");
+    let users = rx.blocking_recv().expect("users").expect("every room");
     let stored = users
         .iter()
+        .map(|(_, u)| u)
         .find(|u| u.name == "bob")
         .expect("bob")
         .metadata

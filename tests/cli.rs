@@ -314,7 +314,9 @@ fn console_on_a_pipe() {
     server.console("status");
     server
         .stdout
-        .expect_from(mark, "the status", |l| l.starts_with("state WAITING,"));
+        .expect_from(mark, "the status", |l| {
+            l.starts_with("room default: state WAITING,")
+        });
 
     let mut bob = server.client(|p| ClientOptions::new(p, "bob"));
     assert_eq!(bob.authenticate(T).expect("bob auth"), AuthStatus::Lobby);
@@ -323,7 +325,7 @@ fn console_on_a_pipe() {
     let line = server
         .stdout
         .expect_from(mark, "bob in the user list", |l| {
-            l.split_whitespace().next() == Some("bob")
+            l.split_whitespace().take(2).eq(["default", "bob"])
         });
     let row = &server.stdout.snapshot()[line];
     assert!(row.contains("user"), "{row}");
@@ -332,7 +334,9 @@ fn console_on_a_pipe() {
     server.console("kick bob");
     server
         .stdout
-        .expect_from(mark, "the kick confirmation", |l| l == "kicked bob");
+        .expect_from(mark, "the kick confirmation", |l| {
+            l == "kicked bob from room default"
+        });
     let event = bob
         .wait_for(T, is_disconnect)
         .expect("bob is told he was kicked");

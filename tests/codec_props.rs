@@ -39,9 +39,9 @@ use replication_serve::protocol::patch::Patch;
 use replication_serve::protocol::wire::with_payload;
 use replication_serve::protocol::{
     AuthStatus, CatalogueEntry, ChunkFields, CommandRequest, DatablockHeader, ErrorCode,
-    HeartbeatMessage, MAX_DEPTH, PayloadSpec, PublisherMessage, RefersTo, Role, ServerMessage,
-    SessionState, SnapshotStep, SubscriberRequest, UploadStatus, UploadStep, UserState, UserStatus,
-    decode_header, encode, validate_value,
+    HeartbeatMessage, MAX_DEPTH, PayloadSpec, PublisherMessage, RefersTo, Role, RoomInfo,
+    ServerMessage, SessionState, SnapshotStep, SubscriberRequest, UploadStatus, UploadStep,
+    UserState, UserStatus, decode_header, encode, validate_value,
 };
 use rmpv::Value;
 use serde::Serialize;
@@ -126,6 +126,29 @@ fn role() -> impl Strategy<Value = Role> {
     prop_oneof![Just(Role::Admin), Just(Role::Client)]
 }
 
+fn room_info() -> impl Strategy<Value = RoomInfo> {
+    (
+        text(),
+        any::<u64>(),
+        any::<bool>(),
+        session_state(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(name, users_online, private, state, datablocks, bytes, keep_open)| RoomInfo {
+                name,
+                users_online,
+                private,
+                state,
+                datablocks,
+                bytes,
+                keep_open,
+            },
+        )
+}
+
 fn session_state() -> impl Strategy<Value = SessionState> {
     prop_oneof![
         Just(SessionState::Waiting),
@@ -175,7 +198,7 @@ fn snapshot_step() -> impl Strategy<Value = SnapshotStep> {
     ]
 }
 
-const ALL_ERROR_CODES: [ErrorCode; 24] = [
+const ALL_ERROR_CODES: [ErrorCode; 27] = [
     ErrorCode::Malformed,
     ErrorCode::InvalidMessage,
     ErrorCode::TooLarge,
@@ -200,6 +223,9 @@ const ALL_ERROR_CODES: [ErrorCode; 24] = [
     ErrorCode::PatchFailed,
     ErrorCode::TransferFailed,
     ErrorCode::LimitExceeded,
+    ErrorCode::UnknownRoom,
+    ErrorCode::NotInRoom,
+    ErrorCode::WrongRoomPassword,
 ];
 
 /// Exhaustive on purpose: adding an ErrorCode fails to compile here, as a
@@ -230,6 +256,9 @@ fn error_code_wire_name(code: ErrorCode) -> &'static str {
         ErrorCode::PatchFailed => "patch_failed",
         ErrorCode::TransferFailed => "transfer_failed",
         ErrorCode::LimitExceeded => "limit_exceeded",
+        ErrorCode::UnknownRoom => "unknown_room",
+        ErrorCode::NotInRoom => "not_in_room",
+        ErrorCode::WrongRoomPassword => "wrong_room_password",
     }
 }
 
@@ -328,9 +357,21 @@ fn command_request() -> BoxedStrategy<CommandRequest> {
             opt(text()),
             any::<u32>(),
             opt(metadata_map()),
+            opt(text()),
+            opt(text()),
         )
             .prop_map(
-                |(id, user, role, admin_password, server_password, protocol_version, metadata)| {
+                |(
+                    id,
+                    user,
+                    role,
+                    admin_password,
+                    server_password,
+                    protocol_version,
+                    metadata,
+                    room,
+                    room_password,
+                )| {
                     CommandRequest::Auth {
                         id,
                         user,
@@ -339,9 +380,22 @@ fn command_request() -> BoxedStrategy<CommandRequest> {
                         server_password,
                         protocol_version,
                         metadata,
+                        room,
+                        room_password,
                     }
                 }
             ),
+        (id(), text(), opt(text()), opt(metadata_map())).prop_map(
+            |(id, room, room_password, metadata)| CommandRequest::JoinRoom {
+                id,
+                room,
+                room_password,
+                metadata,
+            }
+        ),
+        id().prop_map(|id| CommandRequest::LeaveRoom { id }),
+        (id(), any::<bool>())
+            .prop_map(|(id, keep_open)| CommandRequest::RoomSettings { id, keep_open }),
         (
             id(),
             upload_step(),
@@ -450,6 +504,8 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
             session_state(),
             any::<u64>(),
             any::<u64>(),
+            vec(room_info(), 0..3),
+            any::<bool>(),
         )
             .prop_map(
                 |(
@@ -460,6 +516,8 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
                     state,
                     users_online,
                     datablocks,
+                    rooms,
+                    open_rooms,
                 )| {
                     ServerMessage::ServerInfo {
                         id,
@@ -469,6 +527,8 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
                         state,
                         users_online,
                         datablocks,
+                        rooms,
+                        open_rooms,
                     }
                 }
             ),
@@ -483,7 +543,7 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
             opt(any::<u64>()),
             opt(any::<u64>()),
             opt(any::<u64>()),
-            opt(any::<u64>()),
+            (opt(any::<u64>()), opt(text()), opt(any::<bool>())),
         )
             .prop_map(
                 |(
@@ -497,7 +557,7 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
                     heartbeat_ms,
                     timeout_ms,
                     chunk_bytes,
-                    max_header_bytes,
+                    (max_header_bytes, room, created),
                 )| ServerMessage::Auth {
                     id,
                     status,
@@ -510,6 +570,8 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
                     timeout_ms,
                     chunk_bytes,
                     max_header_bytes,
+                    room,
+                    created,
                 }
             ),
         (
@@ -579,6 +641,31 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
             sender
         }),
         (id(), text()).prop_map(|(id, user)| ServerMessage::Kick { id, user }),
+        (
+            id(),
+            opt(text()),
+            opt(auth_status()),
+            opt(session_state()),
+            opt(any::<bool>()),
+            opt(any::<bool>()),
+        )
+            .prop_map(|(id, room, status, state, created, admin)| {
+                ServerMessage::Room {
+                    id,
+                    room,
+                    status,
+                    state,
+                    created,
+                    admin,
+                }
+            }),
+        (id(), text(), any::<bool>()).prop_map(|(id, room, keep_open)| {
+            ServerMessage::RoomSettings {
+                id,
+                room,
+                keep_open,
+            }
+        }),
         vec(user_state(), 0..4).prop_map(|users| ServerMessage::ClientsState { users }),
         text().prop_map(|reason| ServerMessage::Disconnect { reason }),
         (error_code(), text(), refers_to()).prop_map(|(code, message, refers_to)| {
@@ -607,6 +694,9 @@ fn command_name(m: &CommandRequest) -> &'static str {
         CommandRequest::UpdateUserMetadata { .. } => "UPDATE_USER_METADATA",
         CommandRequest::Kick { .. } => "KICK",
         CommandRequest::Disconnect { .. } => "DISCONNECT",
+        CommandRequest::JoinRoom { .. } => "JOIN_ROOM",
+        CommandRequest::LeaveRoom { .. } => "LEAVE_ROOM",
+        CommandRequest::RoomSettings { .. } => "ROOM_SETTINGS",
     }
 }
 
@@ -645,6 +735,8 @@ fn server_name(m: &ServerMessage) -> &'static str {
         ServerMessage::Right { .. } => "RIGHT",
         ServerMessage::Delete { .. } => "DELETE",
         ServerMessage::Kick { .. } => "KICK",
+        ServerMessage::Room { .. } => "ROOM",
+        ServerMessage::RoomSettings { .. } => "ROOM_SETTINGS",
         ServerMessage::ClientsState { .. } => "CLIENTS_STATE",
         ServerMessage::Disconnect { .. } => "DISCONNECT",
         ServerMessage::Error { .. } => "ERROR",
@@ -661,6 +753,9 @@ const COMMAND_NAMES: &[&str] = &[
     "UPDATE_USER_METADATA",
     "KICK",
     "DISCONNECT",
+    "JOIN_ROOM",
+    "LEAVE_ROOM",
+    "ROOM_SETTINGS",
 ];
 const PUBLISHER_NAMES: &[&str] = &["UPDATE", "CHUNK"];
 const SUBSCRIBER_NAMES: &[&str] = &["SNAPSHOT", "SNAPSHOT_ACK", "FETCH"];
@@ -677,6 +772,8 @@ const SERVER_NAMES: &[&str] = &[
     "RIGHT",
     "DELETE",
     "KICK",
+    "ROOM",
+    "ROOM_SETTINGS",
     "CLIENTS_STATE",
     "DISCONNECT",
     "ERROR",
@@ -1225,6 +1322,8 @@ fn auth_metadata_some_nil_reads_back_as_none() {
         server_password: None,
         protocol_version: 1,
         metadata: Some(Value::Nil),
+        room: None,
+        room_password: None,
     };
     let back: CommandRequest = decode_header(&encode(&m), usize::MAX).unwrap();
     let CommandRequest::Auth { metadata, .. } = back else {

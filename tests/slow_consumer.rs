@@ -75,13 +75,17 @@ fn a_stalled_client_does_not_slow_a_reading_one() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         server
             .console
-            .blocking_send(ConsoleRequest::Users(tx))
+            .blocking_send(ConsoleRequest::Users {
+                room: None,
+                reply: tx,
+            })
             .unwrap();
         let names: Vec<String> = rx
             .blocking_recv()
             .unwrap()
+            .unwrap()
             .into_iter()
-            .map(|u| u.name)
+            .map(|(_, u)| u.name)
             .collect();
         if !names.contains(&"stalled".to_owned()) {
             assert_eq!(names, ["host", "fast"]);

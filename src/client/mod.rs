@@ -53,6 +53,9 @@ pub struct ClientOptions {
     pub role: Role,
     pub admin_password: Option<String>,
     pub server_password: Option<String>,
+    /// The room to join (or create); the default room when `None`.
+    pub room: Option<String>,
+    pub room_password: Option<String>,
 }
 
 impl ClientOptions {
@@ -65,6 +68,16 @@ impl ClientOptions {
             role: Role::Client,
             admin_password: None,
             server_password: None,
+            room: None,
+            room_password: None,
+        }
+    }
+
+    /// The same, joining (or creating) room `room`.
+    pub fn in_room(self, room: &str) -> Self {
+        Self {
+            room: Some(room.into()),
+            ..self
         }
     }
 
@@ -76,6 +89,18 @@ impl ClientOptions {
             ..Self::new(port, user)
         }
     }
+}
+
+/// Where JOIN_ROOM took the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomJoined {
+    pub room: String,
+    /// LOBBY (upload or wait for the scene) or RUNNING (download it).
+    pub status: AuthStatus,
+    /// This client created the room: it waits for this client's upload.
+    pub created: bool,
+    /// This client is an admin of the room.
+    pub admin: bool,
 }
 
 /// A whole message from the server, chunks reassembled.
@@ -117,6 +142,8 @@ pub struct Client {
     publisher: zmq::Socket,
     heartbeat: zmq::Socket,
     token: Option<Bytes>,
+    /// The room this client is in, as the server last said.
+    room: Option<String>,
     chunk_bytes: usize,
     next_id: u64,
     next_transfer: u64,
@@ -174,6 +201,7 @@ impl Client {
             publisher,
             heartbeat,
             token: None,
+            room: None,
             chunk_bytes: 1 << 20,
             next_id: 1,
             next_transfer: 1,
@@ -182,6 +210,12 @@ impl Client {
             snapshot: None,
             answer_pings: true,
         })
+    }
+
+    /// The room this client is in, as the server last said (`None` before
+    /// AUTH and after LEAVE_ROOM).
+    pub fn room(&self) -> Option<&str> {
+        self.room.as_deref()
     }
 
     /// The session token from AUTH (the first frame of publisher messages),

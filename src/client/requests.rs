@@ -26,6 +26,8 @@ impl Client {
             server_password: self.options.server_password.clone(),
             protocol_version: PROTOCOL_VERSION,
             metadata: None,
+            room: self.options.room.clone(),
+            room_password: self.options.room_password.clone(),
         };
         self.send(Channel::Commands, &request, None)?;
         match self.reply(id, timeout)?.message {
@@ -42,9 +44,11 @@ impl Client {
                 status,
                 token,
                 chunk_bytes,
+                room,
                 ..
             } => {
                 self.token = token.map(Bytes::from);
+                self.room = room;
                 if let Some(c) = chunk_bytes {
                     self.chunk_bytes = usize::try_from(c).unwrap_or(1 << 20).max(1);
                 }
@@ -380,6 +384,78 @@ impl Client {
         };
         self.send(Channel::Commands, &msg, None)?;
         self.reply(id, timeout).map(drop)
+    }
+
+    /// JOIN_ROOM: leaves the current room (if any) for `room`, creating it
+    /// when it does not exist and this client may. Download the new room's
+    /// scene afterwards, as after AUTH.
+    pub fn join_room(
+        &mut self,
+        room: &str,
+        password: Option<&str>,
+        timeout: Duration,
+    ) -> Result<RoomJoined, ClientError> {
+        let id = self.next_id();
+        let msg = CommandRequest::JoinRoom {
+            id: Some(id),
+            room: room.to_owned(),
+            room_password: password.map(str::to_owned),
+            metadata: None,
+        };
+        self.send(Channel::Commands, &msg, None)?;
+        match self.reply(id, timeout)?.message {
+            ServerMessage::Room {
+                room: Some(room),
+                status: Some(status),
+                created,
+                admin,
+                ..
+            } => {
+                self.room = Some(room.clone());
+                Ok(RoomJoined {
+                    room,
+                    status,
+                    created: created.unwrap_or(false),
+                    admin: admin.unwrap_or(false),
+                })
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// LEAVE_ROOM: leaves the current room and stays connected.
+    pub fn leave_room(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        let id = self.next_id();
+        self.send(
+            Channel::Commands,
+            &CommandRequest::LeaveRoom { id: Some(id) },
+            None,
+        )?;
+        match self.reply(id, timeout)?.message {
+            ServerMessage::Room { room: None, .. } => {
+                self.room = None;
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// ROOM_SETTINGS: whether the current room stays when its last user
+    /// leaves (admins of the room).
+    pub fn set_keep_open(&mut self, keep_open: bool, timeout: Duration) -> Result<(), ClientError> {
+        let id = self.next_id();
+        self.send(
+            Channel::Commands,
+            &CommandRequest::RoomSettings {
+                id: Some(id),
+                keep_open,
+            },
+            None,
+        )?;
+        match self.reply(id, timeout)?.message {
+            ServerMessage::RoomSettings { .. } => Ok(()),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// DISCONNECT: leaves the session.

@@ -1,15 +1,17 @@
 //! Saving session files off the core's thread: `save` from the console and
-//! autosave, with rotation of autosaved files.
+//! autosave, with rotation of autosaved files. A room's files carry its
+//! directory name ([`super::rooms::dir_name`]): `autosave-default-<time>`.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::SavedFile;
+use super::rooms::dir_name;
 use crate::store::SessionImage;
 use crate::store::file::{SaveInfo, write_session};
 
-/// Autosaved files are named `autosave-<time>.rsession`; only they are
-/// rotated, never files saved by hand.
+/// Autosaved files are named `autosave-<room>-<time>.rsession`; only they
+/// are rotated (per room), never files saved by hand.
 pub const AUTOSAVE_PREFIX: &str = "autosave";
 /// The extension of session files.
 pub const EXTENSION: &str = "rsession";
@@ -26,20 +28,42 @@ pub fn new_path(dir: &Path, prefix: &str) -> PathBuf {
     dir.join(format!("{prefix}-{compact}.{EXTENSION}"))
 }
 
-/// Writes `image` to `path` on a blocking thread, then rotates autosaves in
-/// `rotate.0` down to `rotate.1` files, and calls `done` with the outcome.
+/// Writes `image` to `path` on a blocking thread and calls `done` with the
+/// outcome.
 pub fn save_in_background(
     image: SessionImage,
     path: PathBuf,
-    rotate: Option<(PathBuf, usize)>,
     done: impl FnOnce(Result<SavedFile, String>) + Send + 'static,
 ) {
+    tokio::task::spawn_blocking(move || done(save(&image, &path)));
+}
+
+/// Autosaves rooms one after the other on a blocking thread, rotating each
+/// room's autosaves down to `keep`; then calls `done`.
+pub fn autosave_in_background(
+    images: Vec<(String, SessionImage)>,
+    dir: PathBuf,
+    keep: usize,
+    done: impl FnOnce() + Send + 'static,
+) {
     tokio::task::spawn_blocking(move || {
-        let result = save(&image, &path);
-        if let (Ok(_), Some((dir, keep))) = (&result, rotate) {
-            rotate_autosaves(&dir, keep);
+        for (room, image) in images {
+            let prefix = format!("{AUTOSAVE_PREFIX}-{}", dir_name(&room));
+            let path = new_path(&dir, &prefix);
+            match save(&image, &path) {
+                Ok(saved) => {
+                    rotate(&dir, &prefix, keep);
+                    tracing::info!(
+                        room,
+                        file = %saved.path.display(),
+                        datablocks = saved.summary.datablocks,
+                        "autosaved the session"
+                    );
+                }
+                Err(e) => tracing::error!(room, "autosave failed: {e}"),
+            }
         }
-        done(result);
+        done();
     });
 }
 
@@ -55,8 +79,9 @@ fn save(image: &SessionImage, path: &Path) -> Result<SavedFile, String> {
     })
 }
 
-/// Deletes the oldest autosaved files in `dir` beyond the newest `keep`.
-pub fn rotate_autosaves(dir: &Path, keep: usize) {
+/// Deletes the oldest files in `dir` named `<prefix>-<time>.rsession`
+/// beyond the newest `keep`.
+pub fn rotate(dir: &Path, prefix: &str, keep: usize) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
@@ -67,7 +92,7 @@ pub fn rotate_autosaves(dir: &Path, keep: usize) {
     let mut autosaves: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|entry| entry.path())
-        .filter(|path| is_autosave(path))
+        .filter(|path| is_rotated(path, prefix))
         .collect();
     autosaves.sort();
     let excess = autosaves.len().saturating_sub(keep);
@@ -79,12 +104,17 @@ pub fn rotate_autosaves(dir: &Path, keep: usize) {
     }
 }
 
-fn is_autosave(path: &Path) -> bool {
+/// Whether `path` is `<prefix>-<time>.rsession`: the time starts with a
+/// digit, and a room's directory name never holds `-`, so one room's
+/// prefix never matches another's files.
+fn is_rotated(path: &Path, prefix: &str) -> bool {
     path.extension().is_some_and(|e| e == EXTENSION)
         && path
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(&format!("{AUTOSAVE_PREFIX}-")))
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|time| time.starts_with(|c: char| c.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -94,9 +124,9 @@ mod tests {
     #[test]
     fn names_sort_by_time_and_rotation_keeps_the_newest() {
         let dir = tempfile::tempdir().unwrap();
-        let name = new_path(dir.path(), AUTOSAVE_PREFIX);
+        let name = new_path(dir.path(), "autosave-default");
         let text = name.file_name().unwrap().to_str().unwrap();
-        assert!(text.starts_with("autosave-2"), "{text}");
+        assert!(text.starts_with("autosave-default-2"), "{text}");
         assert!(text.ends_with(".rsession"), "{text}");
         assert!(!text.contains(':'), "{text}");
         for stamp in [
@@ -104,15 +134,21 @@ mod tests {
             "20260101T000001-000Z",
             "20260102T000000-000Z",
         ] {
-            std::fs::write(dir.path().join(format!("autosave-{stamp}.rsession")), b"x").unwrap();
+            std::fs::write(
+                dir.path().join(format!("autosave-a-{stamp}.rsession")),
+                b"x",
+            )
+            .unwrap();
         }
-        std::fs::write(
-            dir.path().join("session-20250101T000000-000Z.rsession"),
-            b"x",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("autosave-notes.txt"), b"x").unwrap();
-        rotate_autosaves(dir.path(), 2);
+        // Another room's autosave, a file saved by hand, and a stranger.
+        for other in [
+            "autosave-a%2Db-20200101T000000-000Z.rsession",
+            "session-a-20250101T000000-000Z.rsession",
+            "autosave-a-notes.txt",
+        ] {
+            std::fs::write(dir.path().join(other), b"x").unwrap();
+        }
+        rotate(dir.path(), "autosave-a", 2);
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -121,10 +157,11 @@ mod tests {
         assert_eq!(
             left,
             [
-                "autosave-20260101T000001-000Z.rsession",
-                "autosave-20260102T000000-000Z.rsession",
-                "autosave-notes.txt",
-                "session-20250101T000000-000Z.rsession",
+                "autosave-a%2Db-20200101T000000-000Z.rsession",
+                "autosave-a-20260101T000001-000Z.rsession",
+                "autosave-a-20260102T000000-000Z.rsession",
+                "autosave-a-notes.txt",
+                "session-a-20250101T000000-000Z.rsession",
             ]
         );
     }

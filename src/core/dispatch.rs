@@ -7,12 +7,13 @@ use tokio::time::Instant;
 
 use super::auth::password_matches;
 use super::payloads::invalid;
+use super::rooms::{DEFAULT_ROOM, JoinRequest};
 use super::transfers::Pending;
 use super::{Core, Session, kick_reason, protocol_error};
 use crate::protocol::{
     AuthStatus, BlockSpec, Channel, CommandRequest, ErrorCode, HeartbeatMessage, PROTOCOL_VERSION,
-    ProtocolError, PublisherMessage, RefersTo, Role, ServerMessage, SubscriberRequest, UploadStep,
-    Wire, check_name, encode,
+    ProtocolError, PublisherMessage, RefersTo, Role, ServerMessage, SessionState,
+    SubscriberRequest, UploadStep, Wire, check_name, encode,
 };
 use crate::room::{ClientId, Effects, RoomError};
 use crate::transport::{ClientMessage, Command, Identity, Inbound};
@@ -128,15 +129,21 @@ impl Core {
         };
         let result = match (request, sender) {
             (CommandRequest::ServerInfo { id }, _) => {
-                let status = self.room.status();
+                let private = self.config.server_password.is_some();
+                let rooms = self.rooms.infos(private);
+                // The top-level fields describe the default room, as they
+                // did before rooms.
+                let default = rooms.iter().find(|r| r.name == DEFAULT_ROOM);
                 let msg = ServerMessage::ServerInfo {
                     id,
                     protocol_version: PROTOCOL_VERSION,
                     server_version: env!("CARGO_PKG_VERSION").to_owned(),
-                    private: self.config.server_password.is_some(),
-                    state: status.state,
-                    users_online: status.users as u64,
-                    datablocks: status.datablocks as u64,
+                    private,
+                    state: default.map_or(SessionState::Waiting, |r| r.state),
+                    users_online: default.map_or(0, |r| r.users_online),
+                    datablocks: default.map_or(0, |r| r.datablocks),
+                    open_rooms: self.config.open_rooms,
+                    rooms,
                 };
                 self.reply_to(&identity, &msg).await;
                 Ok(())
@@ -182,6 +189,8 @@ impl Core {
             server_password,
             protocol_version,
             metadata,
+            room,
+            room_password,
         } = request
         else {
             return;
@@ -235,9 +244,33 @@ impl Core {
         }
         let client = self.new_client_id();
         let admin = role == Role::Admin;
-        let status = match self.room.join(client, &user, admin, metadata) {
-            Ok(status) => status,
+        let span = tracing::info_span!("client", user = %user);
+        self.sessions.insert(
+            client,
+            Session {
+                identity: identity.clone(),
+                token: Bytes::new(),
+                user: user.clone(),
+                last_seen: now,
+                ping: None,
+                transfers: Default::default(),
+                span: span.clone(),
+                room: None,
+                admin,
+            },
+        );
+        let request = JoinRequest {
+            room,
+            room_password,
+            metadata,
+        };
+        let joined = match self.enter_room(client, &user, admin, request, true) {
+            Ok(joined) => joined,
             Err(e) => {
+                self.sessions.remove(&client);
+                if e.code == ErrorCode::WrongRoomPassword {
+                    self.logins.failed(&place, now.into_std());
+                }
                 tracing::warn!(user, peer = %place, code = ?e.code, "login refused: {}", e.message);
                 self.reply_to(&identity, &auth_failed(id, e.code, &e.message))
                     .await;
@@ -246,38 +279,31 @@ impl Core {
         };
         self.logins.succeeded(&place);
         let token = new_token();
-        let span = tracing::info_span!("client", user = %user);
-        span.in_scope(|| tracing::info!(admin, peer = %place, status = ?status, "client joined"));
-        self.sessions.insert(
-            client,
-            Session {
-                identity: identity.clone(),
-                token: token.clone(),
-                user,
-                last_seen: now,
-                ping: None,
-                transfers: Default::default(),
-                span,
-            },
-        );
+        if let Some(session) = self.sessions.get_mut(&client) {
+            session.token = token.clone();
+        }
+        span.in_scope(|| {
+            tracing::info!(admin, peer = %place, room = %joined.room, status = ?joined.status, created = joined.created, "client joined")
+        });
         self.by_identity.insert(identity.clone(), client);
         self.by_token.insert(token.clone(), client);
         let limits = &self.config.limits;
         let msg = ServerMessage::Auth {
             id,
-            status,
+            status: joined.status,
             protocol_version: PROTOCOL_VERSION,
             code: None,
             reason: None,
             token: Some(String::from_utf8_lossy(&token).into_owned()),
-            state: Some(self.room.state()),
+            state: Some(joined.state),
             heartbeat_ms: Some(self.config.heartbeat_interval_ms),
             timeout_ms: Some(self.config.timeout_ms),
             chunk_bytes: Some(limits.chunk_bytes as u64),
             max_header_bytes: Some(limits.max_header_bytes as u64),
+            room: Some(joined.room.to_string()),
+            created: Some(joined.created),
         };
         self.reply_to(&identity, &msg).await;
-        self.presence_changed();
     }
 
     /// Commands from an authenticated client.
@@ -287,8 +313,67 @@ impl Core {
         request: CommandRequest,
         payload: Option<Bytes>,
     ) -> Result<(), RoomError> {
+        match request {
+            CommandRequest::JoinRoom {
+                id: req_id,
+                room,
+                room_password,
+                metadata,
+            } => {
+                return self
+                    .switch_room(id, req_id, room, room_password, metadata)
+                    .await;
+            }
+            CommandRequest::LeaveRoom { id: req_id } => {
+                self.room_of(id)?;
+                self.leave_room(id).await;
+                self.reply_to_client(
+                    id,
+                    &ServerMessage::Room {
+                        id: req_id,
+                        room: None,
+                        status: None,
+                        state: None,
+                        created: None,
+                        admin: None,
+                    },
+                )
+                .await;
+                return Ok(());
+            }
+            CommandRequest::RoomSettings {
+                id: req_id,
+                keep_open,
+            } => {
+                let room = self.set_keep_open(id, keep_open)?;
+                let reply = ServerMessage::RoomSettings {
+                    id: req_id,
+                    room: room.to_string(),
+                    keep_open,
+                };
+                self.reply_to_client(id, &reply).await;
+                return Ok(());
+            }
+            CommandRequest::Disconnect { reason } => {
+                let why = reason.unwrap_or_else(|| "left".to_owned());
+                if let Some(s) = self.sessions.get(&id) {
+                    s.span
+                        .in_scope(|| tracing::info!(reason = %why, "client is leaving"));
+                }
+                self.disconnect(id, "goodbye").await;
+                return Ok(());
+            }
+            CommandRequest::ServerInfo { .. } | CommandRequest::Auth { .. } => return Ok(()),
+            _ => {}
+        }
+        let (room, _) = self.room_mut(id)?;
         let effects = match request {
-            CommandRequest::ServerInfo { .. } | CommandRequest::Auth { .. } => Effects::default(),
+            CommandRequest::ServerInfo { .. }
+            | CommandRequest::Auth { .. }
+            | CommandRequest::JoinRoom { .. }
+            | CommandRequest::LeaveRoom { .. }
+            | CommandRequest::RoomSettings { .. }
+            | CommandRequest::Disconnect { .. } => Effects::default(),
             CommandRequest::ServerSnapshot {
                 id: req_id,
                 step,
@@ -299,7 +384,7 @@ impl Core {
                 chunk,
             } => {
                 if step != UploadStep::Set {
-                    self.room.upload(id, step, req_id, None)?
+                    self.room_mut(id)?.1.upload(id, step, req_id, None)?
                 } else {
                     let uuid = uuid.ok_or_else(|| {
                         protocol_error(ErrorCode::InvalidMessage, "SET needs a uuid")
@@ -321,21 +406,24 @@ impl Core {
                 uuids,
                 owner,
                 force,
-            } => self.room.change_owner(id, req_id, uuids, owner, force)?,
+            } => self
+                .room_mut(id)?
+                .1
+                .change_owner(id, req_id, uuids, owner, force)?,
             CommandRequest::Delete {
                 id: req_id,
                 uuid,
                 force,
-            } => self.room.delete(id, req_id, uuid, force)?,
+            } => self.room_mut(id)?.1.delete(id, req_id, uuid, force)?,
             CommandRequest::UpdateUserMetadata { metadata, .. } => {
-                self.room.set_metadata(id, metadata)?
+                self.room_mut(id)?.1.set_metadata(id, metadata)?
             }
             CommandRequest::Kick {
                 id: req_id,
                 user,
                 reason,
             } => {
-                let victim = self.room.kick_target(Some(id), &user)?;
+                let victim = self.room_mut(id)?.1.kick_target(Some(id), &user)?;
                 let kicker = self
                     .sessions
                     .get(&id)
@@ -353,17 +441,8 @@ impl Core {
                     .await;
                 Effects::default()
             }
-            CommandRequest::Disconnect { reason } => {
-                let why = reason.unwrap_or_else(|| "left".to_owned());
-                if let Some(s) = self.sessions.get(&id) {
-                    s.span
-                        .in_scope(|| tracing::info!(reason = %why, "client is leaving"));
-                }
-                self.disconnect(id, "goodbye").await;
-                Effects::default()
-            }
         };
-        self.apply(effects).await;
+        self.apply(&room, effects).await;
         Ok(())
     }
 
@@ -419,13 +498,16 @@ impl Core {
             },
             transfer: None,
         };
-        let result = match request {
-            SubscriberRequest::Snapshot { window } => self.room.subscribe(id, window),
-            SubscriberRequest::SnapshotAck { received } => self.room.acknowledge(id, received),
-            SubscriberRequest::Fetch { id: req_id, uuid } => self.room.fetch(id, req_id, &uuid),
-        };
+        let result = self.room_mut(id).and_then(|(name, room)| {
+            let effects = match request {
+                SubscriberRequest::Snapshot { window } => room.subscribe(id, window),
+                SubscriberRequest::SnapshotAck { received } => room.acknowledge(id, received),
+                SubscriberRequest::Fetch { id: req_id, uuid } => room.fetch(id, req_id, &uuid),
+            }?;
+            Ok((name, effects))
+        });
         match result {
-            Ok(effects) => self.apply(effects).await,
+            Ok((room, effects)) => self.apply(&room, effects).await,
             Err(error) => {
                 if let Some(identity) = self.sessions.get(&id).map(|s| s.identity.clone()) {
                     self.error_to(&identity, &error, refers_to).await;
@@ -445,7 +527,9 @@ impl Core {
                 {
                     let ms = sent_at.elapsed().as_secs_f64() * 1000.0;
                     session.ping = None;
-                    self.room.set_latency(id, (ms * 100.0).round() / 100.0);
+                    if let Ok((_, room)) = self.room_mut(id) {
+                        room.set_latency(id, (ms * 100.0).round() / 100.0);
+                    }
                 }
             }
             HeartbeatMessage::Ping { seq } => {
@@ -463,6 +547,61 @@ impl Core {
     }
 }
 
+impl Core {
+    /// JOIN_ROOM: everything about the new room is checked before the
+    /// client leaves its room, so a refusal leaves it where it was.
+    async fn switch_room(
+        &mut self,
+        id: ClientId,
+        req_id: Option<u64>,
+        room: String,
+        room_password: Option<String>,
+        metadata: Option<rmpv::Value>,
+    ) -> Result<(), RoomError> {
+        let (user, server_admin, current) = {
+            let session = self.sessions.get(&id).ok_or_else(|| {
+                protocol_error(ErrorCode::NotAuthenticated, "this client is not connected")
+            })?;
+            (session.user.clone(), session.admin, session.room.clone())
+        };
+        if current.as_deref() == Some(room.as_str()) {
+            return Err(protocol_error(
+                ErrorCode::InvalidMessage,
+                format!("this client is already in room {room:?}"),
+            ));
+        }
+        self.check_can_enter(&user, server_admin, &room, room_password.as_deref(), false)?;
+        self.leave_room(id).await;
+        let request = JoinRequest {
+            room: Some(room),
+            room_password,
+            metadata,
+        };
+        let joined = self.enter_room(id, &user, server_admin, request, false)?;
+        if let Some(s) = self.sessions.get(&id) {
+            s.span.in_scope(
+                || tracing::info!(room = %joined.room, created = joined.created, "switched rooms"),
+            );
+        }
+        let reply = ServerMessage::Room {
+            id: req_id,
+            room: Some(joined.room.to_string()),
+            status: Some(joined.status),
+            state: Some(joined.state),
+            created: Some(joined.created),
+            admin: Some(joined.admin),
+        };
+        self.reply_to_client(id, &reply).await;
+        Ok(())
+    }
+
+    async fn reply_to_client(&mut self, id: ClientId, msg: &ServerMessage) {
+        if let Some(identity) = self.sessions.get(&id).map(|s| s.identity.clone()) {
+            self.reply_to(&identity, msg).await;
+        }
+    }
+}
+
 fn auth_failed(id: Option<u64>, code: ErrorCode, reason: &str) -> ServerMessage {
     ServerMessage::Auth {
         id,
@@ -476,6 +615,8 @@ fn auth_failed(id: Option<u64>, code: ErrorCode, reason: &str) -> ServerMessage 
         timeout_ms: None,
         chunk_bytes: None,
         max_header_bytes: None,
+        room: None,
+        created: None,
     }
 }
 

@@ -4,8 +4,10 @@
 
 mod auth;
 pub mod backups;
+mod console_requests;
 mod dispatch;
 mod payloads;
+pub mod rooms;
 mod transfers;
 
 use std::collections::HashMap;
@@ -21,16 +23,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::protocol::{
-    Channel, ErrorCode, HeartbeatMessage, RefersTo, ServerMessage, SessionState, UserState, Wire,
-    encode,
+    Channel, ErrorCode, HeartbeatMessage, RefersTo, RoomInfo, ServerMessage, SessionState,
+    UserState, Wire, encode,
 };
-use crate::room::{ClientId, Effects, Room, RoomError};
+use crate::room::{ClientId, Effects, RoomError};
 use crate::store::Change;
-use crate::store::db::{Store, StoreError};
+use crate::store::db::StoreError;
 use crate::store::file::FileSummary;
 use crate::transport::{Command, Identity, Inbound, TransportHandle};
 
 use auth::LoginThrottle;
+use rooms::Rooms;
 use transfers::Transfers;
 
 /// Delay that gathers presence changes into one CLIENTS_STATE broadcast.
@@ -39,20 +42,37 @@ const PRESENCE_DELAY: Duration = Duration::from_millis(30);
 /// dropped: long enough for a 1 MiB chunk over a very slow link.
 const TRANSFER_IDLE: Duration = Duration::from_secs(120);
 
-/// Requests from the admin console, answered through a oneshot.
+/// Requests from the admin console, answered through a oneshot. `room`
+/// names a room; `None` means the default room, or for `users`, every room.
 #[derive(Debug)]
 pub enum ConsoleRequest {
-    Users(oneshot::Sender<Vec<UserState>>),
+    Users {
+        room: Option<String>,
+        reply: oneshot::Sender<Result<Vec<(String, UserState)>, String>>,
+    },
     Kick {
         user: String,
+        room: Option<String>,
         reason: Option<String>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<String, String>>,
     },
-    Status(oneshot::Sender<StatusReport>),
-    /// Save the session to a file (`None`: a new file in the backup
-    /// directory). Answered once the file is written.
+    /// One report per room (only the named one, if any).
+    Status {
+        room: Option<String>,
+        reply: oneshot::Sender<Result<Vec<StatusReport>, String>>,
+    },
+    Rooms(oneshot::Sender<Vec<RoomInfo>>),
+    /// Disconnects a room's users with a reason and removes the room.
+    Close {
+        room: String,
+        reason: Option<String>,
+        reply: oneshot::Sender<Result<usize, String>>,
+    },
+    /// Save a room (the default one when `None`) to a file (`None`: a new
+    /// file in the backup directory). Answered once the file is written.
     Save {
         path: Option<PathBuf>,
+        room: Option<String>,
         reply: oneshot::Sender<Result<SavedFile, String>>,
     },
 }
@@ -64,13 +84,15 @@ pub struct SavedFile {
     pub summary: FileSummary,
 }
 
-/// What `status` shows.
+/// What `status` shows for one room.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusReport {
+    pub room: String,
     pub state: SessionState,
     pub datablocks: usize,
     pub bytes: usize,
     pub users: usize,
+    pub keep_open: bool,
     pub uptime: Duration,
 }
 
@@ -86,12 +108,16 @@ struct Session {
     ping: Option<(u64, Instant)>,
     transfers: Transfers,
     span: tracing::Span,
+    /// The room the client is in; `None` after LEAVE_ROOM.
+    room: Option<Arc<str>>,
+    /// Authenticated with the admin password: an admin in every room.
+    admin: bool,
 }
 
 /// The core's state.
 pub struct Core {
     config: Config,
-    room: Room,
+    rooms: Rooms,
     sessions: HashMap<ClientId, Session>,
     by_identity: HashMap<Identity, ClientId>,
     by_token: HashMap<Bytes, ClientId>,
@@ -102,13 +128,12 @@ pub struct Core {
     started: Instant,
     /// When the next CLIENTS_STATE broadcast is due, if one is.
     presence_due: Option<Instant>,
-    /// The data directory, unless the session is in memory only.
-    store: Option<Store>,
+    /// Changes were recorded and are not committed yet: transport commands
+    /// wait in `deferred`.
+    recording_open: bool,
     /// Transport commands held until the changes recorded before them are
     /// committed: nothing is forwarded before it is recorded.
     deferred: Vec<Command>,
-    /// The session changed since the last autosave began.
-    changed_since_autosave: bool,
     /// Set while an autosave is being written, so they never overlap.
     autosaving: Arc<AtomicBool>,
     /// Recording failed: the server stops rather than forward what it could
@@ -117,16 +142,13 @@ pub struct Core {
 }
 
 impl Core {
-    /// A core serving `room`, recording it in `store` when there is one.
-    pub fn new(
-        config: Config,
-        transport: TransportHandle,
-        mut room: Room,
-        store: Option<Store>,
-    ) -> Self {
-        room.set_recording(store.is_some());
+    /// A core serving `rooms` (each recorded in its store, when it has one).
+    pub fn new(config: Config, transport: TransportHandle, mut rooms: Rooms) -> Self {
+        for (_, entry) in rooms.iter_mut() {
+            entry.room.set_recording(entry.store.is_some());
+        }
         Self {
-            room,
+            rooms,
             config,
             sessions: HashMap::new(),
             by_identity: HashMap::new(),
@@ -137,9 +159,8 @@ impl Core {
             transport,
             started: Instant::now(),
             presence_due: None,
-            store,
+            recording_open: false,
             deferred: Vec::new(),
-            changed_since_autosave: false,
             autosaving: Arc::new(AtomicBool::new(false)),
             failure: None,
         }
@@ -201,8 +222,10 @@ impl Core {
         self.flush().await;
         tracing::info!("server stopped");
         self.transport.shutdown().await;
-        // Closing the store flushes and checkpoints what was recorded.
-        drop(self.store.take());
+        // Closing the stores flushes and checkpoints what was recorded.
+        for (_, entry) in self.rooms.iter_mut() {
+            drop(entry.store.take());
+        }
         match self.failure.take() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -211,10 +234,19 @@ impl Core {
 
     /// Commits what was recorded, then sends what waited for it.
     async fn flush(&mut self) {
-        if let Some(store) = &mut self.store
-            && let Err(e) = store.commit()
-        {
-            self.fail(e);
+        if self.recording_open {
+            self.recording_open = false;
+            let mut failed = None;
+            for (_, entry) in self.rooms.iter_mut() {
+                if let Some(store) = &mut entry.store
+                    && let Err(e) = store.commit()
+                {
+                    failed.get_or_insert(e);
+                }
+            }
+            if let Some(e) = failed {
+                self.fail(e);
+            }
         }
         if self.failure.is_some() {
             // Never forward what could not be recorded.
@@ -243,71 +275,27 @@ impl Core {
             }
             return;
         }
-        if self.store.as_ref().is_some_and(Store::in_transaction) {
+        if self.recording_open {
             self.deferred.push(command);
         } else {
             self.transport.send(command).await;
         }
     }
 
-    /// Records accepted changes (before anything about them is sent).
-    fn record(&mut self, changes: &[Change]) {
+    /// Records a room's accepted changes (before anything about them is
+    /// sent).
+    fn record(&mut self, room: &str, changes: &[Change]) {
         if changes.is_empty() {
             return;
         }
-        self.changed_since_autosave = true;
-        if let Some(store) = &mut self.store
-            && let Err(e) = store.record(changes)
-        {
-            self.fail(e);
-        }
-    }
-
-    async fn console(&mut self, request: ConsoleRequest) {
-        match request {
-            ConsoleRequest::Users(reply) => {
-                let _ = reply.send(self.room.users());
-            }
-            ConsoleRequest::Status(reply) => {
-                let s = self.room.status();
-                let _ = reply.send(StatusReport {
-                    state: s.state,
-                    datablocks: s.datablocks,
-                    bytes: s.bytes,
-                    users: s.users,
-                    uptime: self.started.elapsed(),
-                });
-            }
-            ConsoleRequest::Save { path, reply } => {
-                let path =
-                    path.unwrap_or_else(|| backups::new_path(&self.config.backup_dir(), "session"));
-                match self.room.image() {
-                    Some(image) => backups::save_in_background(image, path, None, move |result| {
-                        let _ = reply.send(result);
-                    }),
-                    None => {
-                        let _ = reply.send(Err(format!(
-                            "the session is {}: there is no scene to save yet",
-                            self.room.state()
-                        )));
-                    }
-                }
-            }
-            ConsoleRequest::Kick {
-                user,
-                reason,
-                reply,
-            } => {
-                let result = match self.room.kick_target(None, &user) {
-                    Ok(victim) => {
-                        let why = kick_reason("the server admin", reason.as_deref());
-                        tracing::info!(user, "kicked from the console");
-                        self.disconnect(victim, &why).await;
-                        Ok(())
-                    }
-                    Err(e) => Err(e.message),
-                };
-                let _ = reply.send(result);
+        let Some(entry) = self.rooms.get_mut(room) else {
+            return;
+        };
+        entry.changed_since_autosave = true;
+        if let Some(store) = &mut entry.store {
+            self.recording_open = true;
+            if let Err(e) = store.record(changes) {
+                self.fail(e);
             }
         }
     }
@@ -347,7 +335,10 @@ impl Core {
             wire,
         })
         .await;
-        self.presence_changed();
+        // Latencies changed.
+        for room in self.rooms.names() {
+            self.presence_changed(&room);
+        }
     }
 
     /// Drops abandoned chunked transfers and tells their senders.
@@ -371,49 +362,60 @@ impl Core {
         }
     }
 
-    /// Starts an autosave when the session changed since the last one.
+    /// Starts an autosave of every room that changed since its last one.
     fn autosave(&mut self) {
-        if !self.changed_since_autosave || self.autosaving.load(Ordering::Acquire) {
+        if self.autosaving.load(Ordering::Acquire) {
             return;
         }
-        let Some(image) = self.room.image() else {
+        let mut images = Vec::new();
+        for (name, entry) in self.rooms.iter_mut() {
+            if !entry.changed_since_autosave {
+                continue;
+            }
+            if let Some(image) = entry.room.image() {
+                entry.changed_since_autosave = false;
+                images.push((name.to_string(), image));
+            }
+        }
+        if images.is_empty() {
             return;
-        };
-        self.changed_since_autosave = false;
+        }
         self.autosaving.store(true, Ordering::Release);
         let dir = self.config.backup_dir();
-        let path = backups::new_path(&dir, backups::AUTOSAVE_PREFIX);
         let keep = self.config.autosave_keep;
         let running = self.autosaving.clone();
-        backups::save_in_background(image, path, Some((dir, keep)), move |result| {
-            match result {
-                Ok(saved) => tracing::info!(
-                    file = %saved.path.display(),
-                    datablocks = saved.summary.datablocks,
-                    "autosaved the session"
-                ),
-                Err(e) => tracing::error!("autosave failed: {e}"),
-            }
+        backups::autosave_in_background(images, dir, keep, move || {
             running.store(false, Ordering::Release);
         });
     }
 
-    fn presence_changed(&mut self) {
+    /// Schedules a CLIENTS_STATE for a room.
+    fn presence_changed(&mut self, room: &str) {
+        if let Some(entry) = self.rooms.get_mut(room) {
+            entry.presence_due = true;
+        }
         if self.presence_due.is_none() {
             self.presence_due = Some(Instant::now() + PRESENCE_DELAY);
         }
     }
 
     async fn broadcast_presence(&mut self) {
-        let delivery = self.room.clients_state();
-        self.deliver(delivery.to, delivery.channel, delivery.wire)
-            .await;
+        let mut due = Vec::new();
+        for (_, entry) in self.rooms.iter_mut() {
+            if std::mem::take(&mut entry.presence_due) {
+                due.push(entry.room.clients_state());
+            }
+        }
+        for delivery in due {
+            self.deliver(delivery.to, delivery.channel, delivery.wire)
+                .await;
+        }
     }
 
-    /// Carries out what the room asked for: records its changes, then
-    /// sends its messages.
-    async fn apply(&mut self, effects: Effects) {
-        self.record(&effects.changes);
+    /// Carries out what a room asked for: records its changes, then sends
+    /// its messages.
+    async fn apply(&mut self, room: &str, effects: Effects) {
+        self.record(room, &effects.changes);
         for d in effects.deliveries {
             self.deliver(d.to, d.channel, d.wire).await;
         }
@@ -421,7 +423,7 @@ impl Core {
             self.disconnect(id, &reason).await;
         }
         if effects.presence_changed {
-            self.presence_changed();
+            self.presence_changed(room);
         }
     }
 
@@ -459,6 +461,8 @@ impl Core {
 
     /// Removes a client: tells it why, frees its locks, tells the others.
     async fn disconnect(&mut self, id: ClientId, reason: &str) {
+        // Leaving the room first: its other users are told, locks freed.
+        self.leave_room(id).await;
         let Some(session) = self.sessions.remove(&id) else {
             return;
         };
@@ -475,8 +479,6 @@ impl Core {
             last: Some(last),
         })
         .await;
-        let effects = self.room.leave(id);
-        Box::pin(self.apply(effects)).await;
     }
 
     fn new_client_id(&mut self) -> ClientId {

@@ -2,6 +2,8 @@
 //! CHUNK messages of chunked ones: reassembly, checks, and errors that name
 //! the datablock and transfer they concern.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::transfers::Pending;
@@ -81,16 +83,15 @@ impl Core {
         pending: Pending,
     ) -> Result<(), RoomError> {
         // Refuse now rather than after receiving all the data.
+        let (_, room) = self.room_mut(id)?;
         match &pending {
-            Pending::UploadSet { .. } => self.room.can_upload(id)?,
+            Pending::UploadSet { .. } => room.can_upload(id)?,
             Pending::Update {
                 spec,
                 patch,
                 base_revision,
                 ..
-            } => self
-                .room
-                .can_update(id, &spec.uuid, *patch, *base_revision)?,
+            } => room.can_update(id, &spec.uuid, *patch, *base_revision)?,
         }
         let limits = &self.config.limits;
         let held: u64 = self.sessions.values().map(|s| s.transfers.reserved()).sum();
@@ -145,7 +146,7 @@ impl Core {
     async fn finish(&mut self, id: ClientId, pending: Pending, data: Bytes, transfer: Option<u64>) {
         let refers_to = pending.refers_to(transfer);
         match self.complete(id, pending, data) {
-            Ok(effects) => self.apply(effects).await,
+            Ok((room, effects)) => self.apply(&room, effects).await,
             Err(e) => self.error_to_client(id, &e, refers_to).await,
         }
     }
@@ -155,7 +156,7 @@ impl Core {
         id: ClientId,
         pending: Pending,
         data: Bytes,
-    ) -> Result<Effects, RoomError> {
+    ) -> Result<(Arc<str>, Effects), RoomError> {
         let max = self.config.limits.max_datablock_bytes;
         if data.len() > max {
             return Err(protocol_error(
@@ -166,11 +167,16 @@ impl Core {
                 ),
             ));
         }
-        match pending {
+        let uuid = match &pending {
+            Pending::UploadSet { spec, .. } | Pending::Update { spec, .. } => spec.uuid.clone(),
+        };
+        let exists = self.room_mut(id)?.1.repository().contains(&uuid);
+        self.check_server_totals(!exists, data.len())?;
+        let (room_name, room) = self.room_mut(id)?;
+        let effects = match pending {
             Pending::UploadSet { req_id, spec } => {
                 validate_value(&data).map_err(|e| bad_data(&spec.uuid, &e))?;
-                self.room
-                    .upload(id, UploadStep::Set, req_id, Some((spec, data)))
+                room.upload(id, UploadStep::Set, req_id, Some((spec, data)))?
             }
             Pending::Update {
                 req_id,
@@ -181,10 +187,9 @@ impl Core {
                 if !patch {
                     validate_value(&data).map_err(|e| bad_data(&spec.uuid, &e))?;
                 }
-                let uuid = spec.uuid.clone();
-                let mut effects = self.room.update(id, spec, patch, base_revision, data)?;
+                let mut effects = room.update(id, spec, patch, base_revision, data)?;
                 if let Some(ack_id) = req_id {
-                    let revision = self.room.repository().get(&uuid).map_or(0, |b| b.revision);
+                    let revision = room.repository().get(&uuid).map_or(0, |b| b.revision);
                     let ack = ServerMessage::Ack {
                         id: ack_id,
                         uuid,
@@ -196,9 +201,10 @@ impl Core {
                         wire: Wire::message(&ack),
                     });
                 }
-                Ok(effects)
+                effects
             }
-        }
+        };
+        Ok((room_name, effects))
     }
 
     /// Sends an ERROR to an authenticated client.

@@ -187,6 +187,13 @@ impl Transfers {
             .collect()
     }
 
+    /// Drops every unfinished transfer (the client left its room, where
+    /// they were going).
+    pub fn clear(&mut self) {
+        self.partial.clear();
+        self.reserved = 0;
+    }
+
     fn abort(&mut self, channel: Channel, transfer: u64) {
         if let Some(p) = self.partial.remove(&(channel, transfer)) {
             self.reserved -= p.size;

@@ -131,6 +131,11 @@ pub enum ErrorCode {
     PatchFailed,
     TransferFailed,
     LimitExceeded,
+    /// No room of that name, and this client may not create one.
+    UnknownRoom,
+    /// The request needs a room and the client has left its room.
+    NotInRoom,
+    WrongRoomPassword,
 }
 
 /// Where a payload travels: in the message's data frame, or in CHUNK messages
@@ -212,6 +217,34 @@ pub enum CommandRequest {
         protocol_version: u32,
         #[serde(default)]
         metadata: Option<Value>,
+        /// The room to join (created if missing and allowed); the default
+        /// room when absent.
+        #[serde(default)]
+        room: Option<String>,
+        /// The room's password; sets it when the room is created.
+        #[serde(default)]
+        room_password: Option<String>,
+    },
+    /// Leaves the current room (if any) and joins, or creates, another.
+    JoinRoom {
+        #[serde(default)]
+        id: Option<u64>,
+        room: String,
+        #[serde(default)]
+        room_password: Option<String>,
+        #[serde(default)]
+        metadata: Option<Value>,
+    },
+    /// Leaves the current room without disconnecting.
+    LeaveRoom {
+        #[serde(default)]
+        id: Option<u64>,
+    },
+    /// Changes the current room's settings (admins of the room).
+    RoomSettings {
+        #[serde(default)]
+        id: Option<u64>,
+        keep_open: bool,
     },
     ServerSnapshot {
         #[serde(default)]
@@ -278,6 +311,9 @@ impl CommandRequest {
             Self::UpdateUserMetadata { .. } => "UPDATE_USER_METADATA",
             Self::Kick { .. } => "KICK",
             Self::Disconnect { .. } => "DISCONNECT",
+            Self::JoinRoom { .. } => "JOIN_ROOM",
+            Self::LeaveRoom { .. } => "LEAVE_ROOM",
+            Self::RoomSettings { .. } => "ROOM_SETTINGS",
         }
     }
 
@@ -290,7 +326,10 @@ impl CommandRequest {
             | Self::Right { id, .. }
             | Self::Delete { id, .. }
             | Self::UpdateUserMetadata { id, .. }
-            | Self::Kick { id, .. } => *id,
+            | Self::Kick { id, .. }
+            | Self::JoinRoom { id, .. }
+            | Self::LeaveRoom { id }
+            | Self::RoomSettings { id, .. } => *id,
             Self::Chunk { .. } | Self::Disconnect { .. } => None,
         }
     }
@@ -411,6 +450,19 @@ pub struct DatablockHeader {
     pub revision: u64,
 }
 
+/// One room, as SERVER_INFO lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    pub name: String,
+    pub users_online: u64,
+    /// Whether joining needs a password (the server's or the room's).
+    pub private: bool,
+    pub state: SessionState,
+    pub datablocks: u64,
+    pub bytes: u64,
+    pub keep_open: bool,
+}
+
 /// Messages the server sends. The channel each one uses is given in
 /// docs/protocol.md.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -425,6 +477,12 @@ pub enum ServerMessage {
         state: SessionState,
         users_online: u64,
         datablocks: u64,
+        /// Every room, the default one first.
+        #[serde(default)]
+        rooms: Vec<RoomInfo>,
+        /// Whether any user may create a room (otherwise only admins).
+        #[serde(default)]
+        open_rooms: bool,
     },
     Auth {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -447,6 +505,36 @@ pub enum ServerMessage {
         chunk_bytes: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_header_bytes: Option<u64>,
+        /// The room joined.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        /// True when this login created the room: it waits for this
+        /// client's upload, and the client is an admin of it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        created: Option<bool>,
+    },
+    /// The answer to JOIN_ROOM and LEAVE_ROOM: the room the client is in
+    /// now (none after LEAVE_ROOM).
+    Room {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<AuthStatus>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<SessionState>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        created: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        admin: Option<bool>,
+    },
+    /// The answer to ROOM_SETTINGS.
+    RoomSettings {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: String,
+        keep_open: bool,
     },
     ServerSnapshot {
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -98,6 +98,14 @@ impl Room {
                         "an UPDATE cannot change the owner; send RIGHT",
                     ));
                 }
+                let before = block.content.size();
+                let growth = if patch { payload.len() } else { 0 };
+                let after = if patch {
+                    before + growth
+                } else {
+                    payload.len()
+                };
+                self.check_room_bytes(before, after)?;
                 let parsed = if patch {
                     let value = decode_value(&payload)
                         .map_err(|e| RoomError::new(ErrorCode::PatchFailed, e.to_string()))?;

@@ -179,6 +179,22 @@ impl Room {
         }
     }
 
+    /// Checks that the room's data may grow from `before` to `after` bytes
+    /// for one datablock.
+    fn check_room_bytes(&self, before: usize, after: usize) -> Result<(), RoomError> {
+        let total = self.repository.bytes() - before.min(self.repository.bytes()) + after;
+        if after > before && total > self.limits.max_room_bytes {
+            return Err(RoomError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the room would hold {total} bytes of data; its limit is {} bytes",
+                    self.limits.max_room_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Records a datablock's full state, when recording.
     fn record_put(&mut self, fx: &mut Effects, uuid: &str) {
         if self.recording
@@ -235,14 +251,9 @@ impl Room {
         }
     }
 
-    /// Admits a user. The caller authenticated them.
-    pub fn join(
-        &mut self,
-        id: ClientId,
-        name: &str,
-        admin: bool,
-        metadata: Option<Value>,
-    ) -> Result<AuthStatus, RoomError> {
+    /// Whether a user of this name may join now (checked before a client
+    /// leaves its room for this one).
+    pub fn can_join(&self, name: &str) -> Result<(), RoomError> {
         if name.eq_ignore_ascii_case(COMMON) {
             return Err(RoomError::new(
                 ErrorCode::InvalidMessage,
@@ -252,15 +263,32 @@ impl Room {
         if self.members.find(name).is_some() {
             return Err(RoomError::new(
                 ErrorCode::NameTaken,
-                format!("the user name {name:?} is already in use in this session"),
+                format!("the user name {name:?} is already in use in this room"),
             ));
         }
         if self.members.len() >= self.limits.max_users {
             return Err(RoomError::new(
                 ErrorCode::SessionFull,
-                format!("the session is full ({} users)", self.limits.max_users),
+                format!("the room is full ({} users)", self.limits.max_users),
             ));
         }
+        Ok(())
+    }
+
+    /// Whether nobody is in the room.
+    pub fn is_empty(&self) -> bool {
+        self.members.len() == 0
+    }
+
+    /// Admits a user. The caller authenticated them.
+    pub fn join(
+        &mut self,
+        id: ClientId,
+        name: &str,
+        admin: bool,
+        metadata: Option<Value>,
+    ) -> Result<AuthStatus, RoomError> {
+        self.can_join(name)?;
         let mut member = Member::new(name, admin);
         if let Some(metadata) = metadata {
             member.merge_metadata(metadata, self.limits.max_metadata_bytes)?;

@@ -143,6 +143,7 @@ impl Room {
                 ));
             }
         };
+        self.check_room_bytes(0, payload.len())?;
         if self.repository.len() >= self.limits.max_datablocks {
             return Err(RoomError::new(
                 ErrorCode::LimitExceeded,

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode as SqliteCode, params};
+use rusqlite::{Connection, ErrorCode as SqliteCode, OptionalExtension, params};
 
 use super::{Change, SessionImage, StoredBlock};
 use crate::config::Durability;
@@ -229,6 +229,23 @@ impl Store {
         Ok(())
     }
 
+    /// A setting recorded with [`Change::Setting`].
+    pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [format!("setting.{key}")],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.damaged(e))
+    }
+
+    /// The data directory this store is in.
+    pub fn dir(&self) -> &Path {
+        self.file.parent().unwrap_or(&self.file)
+    }
+
     /// Whether changes were recorded that are not committed yet.
     pub fn in_transaction(&self) -> bool {
         self.in_transaction
@@ -304,6 +321,17 @@ impl Store {
                     .execute([uuid])?;
                 c.prepare_cached("DELETE FROM patches WHERE uuid = ?1")?
                     .execute([uuid])?;
+            }
+            Change::Setting { key, value } => {
+                let key = format!("setting.{key}");
+                match value {
+                    Some(value) => c
+                        .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+                        .execute([&key, value])?,
+                    None => c
+                        .prepare_cached("DELETE FROM meta WHERE key = ?1")?
+                        .execute([&key])?,
+                };
             }
             Change::Owner { uuids, owner } => {
                 let mut stmt =

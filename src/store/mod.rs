@@ -64,4 +64,10 @@ pub enum Change {
         uuids: Vec<String>,
         owner: String,
     },
+    /// A setting of the room kept with its session (its name, password,
+    /// keep-open flag); `None` removes it.
+    Setting {
+        key: String,
+        value: Option<String>,
+    },
 }
