@@ -85,7 +85,9 @@ impl Rooms {
         self.entries.get_key_value(name).map(|(k, _)| k.clone())
     }
 
-    pub fn len(&self) -> usize {
+    /// How many rooms there are (never zero once the server runs: the
+    /// default room always exists).
+    pub fn count(&self) -> usize {
         self.entries.len()
     }
 
@@ -252,7 +254,7 @@ impl Core {
                 ErrorCode::UnknownRoom,
                 format!("there is no room named {name:?}, and only admins may create rooms here"),
             )),
-            None if self.rooms.len() >= limits.max_rooms => Err(protocol_error(
+            None if self.rooms.count() >= limits.max_rooms => Err(protocol_error(
                 ErrorCode::LimitExceeded,
                 format!(
                     "the server has the most rooms it allows ({})",
