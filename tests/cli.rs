@@ -312,11 +312,9 @@ fn console_on_a_pipe() {
 
     let mark = server.stdout.len();
     server.console("status");
-    server
-        .stdout
-        .expect_from(mark, "the status", |l| {
-            l.starts_with("room default: state WAITING,")
-        });
+    server.stdout.expect_from(mark, "the status", |l| {
+        l.starts_with("room default: state WAITING,")
+    });
 
     let mut bob = server.client(|p| ClientOptions::new(p, "bob"));
     assert_eq!(bob.authenticate(T).expect("bob auth"), AuthStatus::Lobby);

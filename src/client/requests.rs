@@ -540,7 +540,9 @@ fn reply_id(message: &ServerMessage) -> Option<u64> {
         | ServerMessage::Datablock { id, .. }
         | ServerMessage::Right { id, .. }
         | ServerMessage::Delete { id, .. }
-        | ServerMessage::Kick { id, .. } => *id,
+        | ServerMessage::Kick { id, .. }
+        | ServerMessage::Room { id, .. }
+        | ServerMessage::RoomSettings { id, .. } => *id,
         ServerMessage::Ack { id, .. } => Some(*id),
         _ => None,
     }
