@@ -16,6 +16,7 @@ from .errors import (
     ProtocolError,
     ReplicationError,
     RequestRefused,
+    RoomLeft,
     ServerRefused,
     Timeout,
     UploadIncomplete,
@@ -27,6 +28,7 @@ from .events import (
     OwnerChanged,
     Reply,
     RequestFailed,
+    RoomChanged,
     ServerError,
     SessionEnded,
     SnapshotDone,
@@ -35,7 +37,7 @@ from .events import (
     UploadDone,
     UsersChanged,
 )
-from .model import COMMON, AuthInfo, Datablock, User
+from .model import COMMON, DEFAULT_ROOM, AuthInfo, Datablock, RoomInfo, RoomJoined, User
 from .protocol import PROTOCOL_VERSION
 from .session import AUTO, Session
 
@@ -44,6 +46,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AUTO",
     "COMMON",
+    "DEFAULT_ROOM",
     "PROTOCOL_VERSION",
     "AuthInfo",
     "AuthenticationError",
@@ -63,6 +66,10 @@ __all__ = [
     "Reply",
     "RequestFailed",
     "RequestRefused",
+    "RoomChanged",
+    "RoomInfo",
+    "RoomJoined",
+    "RoomLeft",
     "ServerError",
     "ServerRefused",
     "Session",

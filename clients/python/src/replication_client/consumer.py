@@ -24,6 +24,7 @@ from .events import (
     OwnerChanged,
     Reply,
     RequestFailed,
+    RoomChanged,
     ServerError,
     SessionEnded,
     SnapshotDone,
@@ -31,8 +32,15 @@ from .events import (
     UploadDone,
     UsersChanged,
 )
-from .inbox import ANSWERS, Ended, Message, Push, Request
-from .model import AuthInfo, Datablock, User, user_from_wire
+from .inbox import ANSWERS, Abandoned, Ended, Message, Push, Request
+from .model import (
+    AuthInfo,
+    Datablock,
+    User,
+    room_info_from_wire,
+    room_joined_from_wire,
+    user_from_wire,
+)
 from .protocol import Channel, message
 from .replica import Replica
 from .uploads import Upload
@@ -46,9 +54,15 @@ class ConsumerHalf:
     """Mixin of :class:`Session`; the attributes are set by its constructor."""
 
     user: str
+    is_admin: bool
     auth: AuthInfo | None
     users: tuple[User, ...]
     ended: SessionEnded | None
+    room: str | None
+    created: bool
+    room_admin: bool
+    _room_status: str | None
+    _epoch: int
     _replica: Replica
     _token: bytes | None
     _requests: dict[int, Request]
@@ -74,6 +88,12 @@ class ConsumerHalf:
             return self.auth
         if req.kind == "update":  # the ACK of a push
             return int(h.get("revision", 0))
+        if req.kind == "join_room":
+            return room_joined_from_wire(h)
+        if req.kind == "leave_room":
+            return None
+        if req.kind == "rooms":
+            return [room_info_from_wire(r) for r in h.get("rooms") or []]
         if req.kind == "fetch":
             return self._replica.blocks.get(h["uuid"]) or Datablock(
                 h["uuid"],
@@ -119,12 +139,18 @@ class ConsumerHalf:
             return [item]
         if isinstance(item, Ended):
             return self._consume_ended(item)
+        if isinstance(item, Abandoned):
+            return [RequestFailed(r.id, r.kind, r.error) for r in item.failed if r.error]
         if isinstance(item, Upload):
             return self._consume_upload(item)
         return self._consume_message(item)
 
     def _consume_ended(self, item: Ended) -> list[Event]:
         self.auth = None
+        self.room = None
+        self.created = False
+        self.room_admin = False
+        self._room_status = None
         self._subscribed = False
         self._synced = False
         self._replica.fetching.clear()
@@ -171,7 +197,8 @@ class ConsumerHalf:
         elif kind == "ACK":
             push = self._pushes.pop(rid, None)
             if push is not None:
-                self._acknowledged(push, h.get("uuid", push.uuid), int(h.get("revision", 0)))
+                if push.epoch == self._epoch:  # not a push made in a room since left
+                    self._acknowledged(push, h.get("uuid", push.uuid), int(h.get("revision", 0)))
                 if push.blocking:  # push_confirmed has its answer
                     with self._requests_lock:
                         self._requests.pop(push.id, None)
@@ -203,6 +230,12 @@ class ConsumerHalf:
             events.append(UsersChanged(self.users))
         elif kind == "AUTH" and h.get("status") in ("LOBBY", "RUNNING"):
             self.ended = None
+            self.room = h.get("room")
+            self.created = bool(h.get("created", False))
+            self.room_admin = self.is_admin or self.created
+            self._room_status = h["status"]
+        elif kind == "ROOM":
+            events.append(self._changed_room(h))
         if rid is not None and kind in ANSWERS:
             events.extend(self._nowait_answer(rid, msg))
         return events
@@ -217,7 +250,8 @@ class ConsumerHalf:
             # One of our UPDATEs was refused: the replica shows it applied.
             with self._requests_lock:
                 self._requests.pop(push.id, None)
-            self._refetch(push.uuid)
+            if push.epoch == self._epoch:
+                self._refetch(push.uuid)
             if msg.claimed:  # push_confirmed raised it
                 return []
             return [ServerError(code, h.get("message", ""), rt, push.id)]
@@ -237,6 +271,31 @@ class ConsumerHalf:
         if rt.get("type") == "UPDATE" and isinstance(rt.get("uuid"), str):
             self._refetch(rt["uuid"])  # an UPDATE we no longer track
         return [ServerError(code, h.get("message", ""), rt, rid)]
+
+    def _changed_room(self, h: dict[str, Any]) -> RoomChanged:
+        """JOIN_ROOM or LEAVE_ROOM was answered: the replica starts empty,
+        to be filled by the new room's snapshot (the wire half drops what
+        the old room still sends)."""
+        self._replica = Replica()
+        self._epoch += 1
+        self._subscribed = False
+        self._synced = False
+        self._snapshot_total = 0
+        self._snapshot_done = 0
+        self._internal_fetches.clear()
+        self._fetch_floor.clear()
+        self.users = ()
+        self.room = h.get("room")
+        if self.room is None:
+            self.created = self.room_admin = False
+            self._room_status = None
+            return RoomChanged(None)
+        self.created = bool(h.get("created", False))
+        self.room_admin = bool(h.get("admin", False))
+        self._room_status = h.get("status", "")
+        return RoomChanged(
+            self.room, h.get("status", ""), h.get("state", ""), self.created, self.room_admin
+        )
 
     def _nowait_answer(self, rid: int, msg: Message) -> list[Event]:
         with self._requests_lock:

@@ -15,6 +15,7 @@ __all__ = [
     "RequestRefused",
     "UploadIncomplete",
     "Disconnected",
+    "RoomLeft",
     "PatchError",
     "PatchMalformed",
     "PatchFailed",
@@ -98,6 +99,17 @@ class Disconnected(ReplicationError):
     @property
     def timed_out(self) -> bool:
         return self.reason == "timed out"
+
+
+class RoomLeft(ReplicationError):
+    """The request belonged to a room this client has left (JOIN_ROOM or
+    LEAVE_ROOM was answered first): a FETCH or an upload still under way.
+    Its answer, if one comes, is ignored; ask again in the new room."""
+
+    def __init__(self, room: str | None) -> None:
+        where = f"room {room!r}" if room is not None else "its room"
+        super().__init__(f"the client left {where} before the answer arrived")
+        self.room = room
 
 
 class PatchError(ReplicationError):

@@ -19,6 +19,7 @@ __all__ = [
     "Deleted",
     "OwnerChanged",
     "UsersChanged",
+    "RoomChanged",
     "SnapshotProgress",
     "SnapshotDone",
     "UploadDone",
@@ -77,6 +78,24 @@ class UsersChanged(Event):
     """A CLIENTS_STATE: the complete list of users with their presence."""
 
     users: tuple[User, ...]
+
+
+@dataclass(frozen=True)
+class RoomChanged(Event):
+    """The client left its room: JOIN_ROOM (``room`` is the new room) or
+    LEAVE_ROOM (``room`` is None) was answered. The replica was emptied and
+    :attr:`Session.synced` is false: discard what was built from the old
+    room's datablocks, then download the new room's scene (or upload it,
+    when ``status`` is LOBBY and the client ``created`` the room). Nothing
+    of the old room is applied after this event. ``status``, ``state``,
+    ``created`` and ``admin`` are those of :class:`RoomJoined` (empty and
+    false after LEAVE_ROOM)."""
+
+    room: str | None
+    status: str = ""
+    state: str = ""
+    created: bool = False
+    admin: bool = False
 
 
 @dataclass(frozen=True)

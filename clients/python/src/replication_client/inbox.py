@@ -9,9 +9,19 @@ from .codec import unpack
 from .errors import ReplicationError
 from .protocol import Channel
 
-__all__ = ["ANSWERS", "Message", "Request", "Push", "Ended"]
+__all__ = ["ANSWERS", "Message", "Request", "Push", "Ended", "Abandoned"]
 
-ANSWERS = {"SERVER_INFO", "AUTH", "RIGHT", "DELETE", "KICK", "DATABLOCK", "ACK"}
+ANSWERS = {
+    "SERVER_INFO",
+    "AUTH",
+    "RIGHT",
+    "DELETE",
+    "KICK",
+    "DATABLOCK",
+    "ACK",
+    "ROOM",
+    "ROOM_SETTINGS",
+}
 """Server messages that carry the id of the request they answer."""
 
 
@@ -58,9 +68,12 @@ class Push(Request):
     ``transfer`` is set when its payload is chunked, so that an ERROR about
     one of its CHUNKs can be traced back to it; ``mirrored`` tells whether
     the replica already holds the change (push, and push_patch with
-    ``check``) or not (``check=False``); ``patch`` whether it is a patch."""
+    ``check``) or not (``check=False``); ``patch`` whether it is a patch;
+    ``epoch`` counts the rooms the client had left when it was sent, so
+    that the answer to a push made in an earlier room never touches the
+    replica of the current one."""
 
-    __slots__ = ("uuid", "transfer", "mirrored", "patch")
+    __slots__ = ("uuid", "transfer", "mirrored", "patch", "epoch")
 
     def __init__(
         self,
@@ -71,12 +84,14 @@ class Push(Request):
         *,
         mirrored: bool,
         patch: bool,
+        epoch: int = 0,
     ) -> None:
         super().__init__(rid, "update", blocking)
         self.uuid = uuid
         self.transfer = transfer
         self.mirrored = mirrored
         self.patch = patch
+        self.epoch = epoch
 
 
 class Ended:
@@ -85,4 +100,13 @@ class Ended:
     def __init__(self, reason: str, by_server: bool, failed: list[Request]) -> None:
         self.reason = reason
         self.by_server = by_server
+        self.failed = failed
+
+
+class Abandoned:
+    """Non-blocking requests that belonged to a room the client has left
+    (their answers are dropped); posted by the wire half so that the
+    consumer reports them as :class:`RequestFailed`."""
+
+    def __init__(self, failed: list[Request]) -> None:
         self.failed = failed

@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Datablock", "User", "AuthInfo", "COMMON"]
+__all__ = ["Datablock", "User", "AuthInfo", "RoomInfo", "RoomJoined", "COMMON", "DEFAULT_ROOM"]
 
 COMMON = "COMMON"
 """The owner of datablocks that everyone may edit."""
+
+DEFAULT_ROOM = "default"
+"""The room of clients that name none; it always exists."""
 
 
 @dataclass
@@ -44,7 +47,8 @@ class User:
 @dataclass(frozen=True)
 class AuthInfo:
     """A successful AUTH reply: where the session stands and the limits the
-    server announced."""
+    server announced. ``room`` is the room joined (None from a server
+    without rooms) and ``created`` whether this login created it."""
 
     status: str
     state: str
@@ -53,6 +57,38 @@ class AuthInfo:
     timeout_ms: int
     chunk_bytes: int
     max_header_bytes: int
+    room: str | None = None
+    created: bool = False
+
+
+@dataclass(frozen=True)
+class RoomJoined:
+    """The answer to JOIN_ROOM: the room the client is in now. ``status`` is
+    LOBBY (upload the scene, or wait for it) or RUNNING (download it);
+    ``state`` the room's WAITING, SRV_SYNC or ACTIVE; ``created`` whether
+    this request created the room, and ``admin`` whether the client is an
+    admin of it (a server admin, or its creator)."""
+
+    room: str
+    status: str
+    state: str
+    created: bool
+    admin: bool
+
+
+@dataclass(frozen=True)
+class RoomInfo:
+    """One room as SERVER_INFO lists it. ``private``: joining needs a
+    password (the server's or the room's); ``keep_open``: it stays when its
+    last user leaves (always true for the default room)."""
+
+    name: str
+    users_online: int
+    private: bool
+    state: str
+    datablocks: int
+    bytes: int
+    keep_open: bool
 
 
 def user_from_wire(entry: dict[str, Any]) -> User:
@@ -62,4 +98,26 @@ def user_from_wire(entry: dict[str, Any]) -> User:
         status=entry.get("status", ""),
         metadata=entry.get("metadata", {}),
         latency_ms=entry.get("latency_ms"),
+    )
+
+
+def room_info_from_wire(entry: dict[str, Any]) -> RoomInfo:
+    return RoomInfo(
+        name=entry["name"],
+        users_online=int(entry.get("users_online", 0)),
+        private=bool(entry.get("private", False)),
+        state=entry.get("state", ""),
+        datablocks=int(entry.get("datablocks", 0)),
+        bytes=int(entry.get("bytes", 0)),
+        keep_open=bool(entry.get("keep_open", False)),
+    )
+
+
+def room_joined_from_wire(header: dict[str, Any]) -> RoomJoined:
+    return RoomJoined(
+        room=header["room"],
+        status=header.get("status", ""),
+        state=header.get("state", ""),
+        created=bool(header.get("created", False)),
+        admin=bool(header.get("admin", False)),
     )

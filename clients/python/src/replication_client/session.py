@@ -40,12 +40,13 @@ from .errors import (
 )
 from .events import (
     Event,
+    ServerError,
     SessionEnded,
     SnapshotProgress,
 )
 from .heartbeat import Heartbeat
 from .inbox import Push, Request
-from .model import COMMON, AuthInfo, Datablock, User
+from .model import COMMON, AuthInfo, Datablock, RoomInfo, RoomJoined, User
 from .patch import validate as validate_patch
 from .protocol import (
     DEFAULT_CHUNK_BYTES,
@@ -82,8 +83,12 @@ class Session(WireHalf, ConsumerHalf):
 
     ``admin_password`` makes the user an ADMIN (pass ``admin=False`` to
     send it anyway as a CLIENT); ``server_password`` is for private servers;
-    ``metadata`` is the initial presence map. Nothing touches the network
-    until :meth:`connect` (called by the first request).
+    ``metadata`` is the initial presence map. ``room`` names the room
+    :meth:`authenticate` joins (None: the default room), created if it does
+    not exist and the user may create rooms; ``room_password`` is that
+    room's password (it sets one on a room this login creates). Nothing
+    touches the network until :meth:`connect` (called by the first
+    request).
     """
 
     def __init__(
@@ -96,6 +101,8 @@ class Session(WireHalf, ConsumerHalf):
         server_password: str | None = None,
         admin: bool | None = None,
         metadata: dict[str, Any] | None = None,
+        room: str | None = None,
+        room_password: str | None = None,
     ) -> None:
         if not user:
             raise ValueError("a user name is required")
@@ -106,8 +113,23 @@ class Session(WireHalf, ConsumerHalf):
         self.server_password = server_password
         self.is_admin = admin if admin is not None else admin_password is not None
         self.metadata = metadata
+        self.initial_room = room
+        """The room :meth:`authenticate` asks for (None: the default one)."""
+        self.room_password = room_password
         self.auth: AuthInfo | None = None
         """The last successful AUTH reply (None before, and after the end)."""
+        self.room: str | None = None
+        """The room the client is in, as the server last said (AUTH,
+        JOIN_ROOM, LEAVE_ROOM): None before AUTH, after LEAVE_ROOM and after
+        the end of the session (and with a server that has no rooms)."""
+        self.created = False
+        """Whether the client created :attr:`room` (then it uploads the
+        scene)."""
+        self.room_admin = False
+        """Whether the client is an admin of :attr:`room` (a server admin,
+        or the room's creator)."""
+        self._room_status: str | None = None  # LOBBY or RUNNING, on entering
+        self._epoch = 0  # rooms left so far
         self.users: tuple[User, ...] = ()
         """The latest CLIENTS_STATE."""
         self._replica = Replica()
@@ -127,6 +149,9 @@ class Session(WireHalf, ConsumerHalf):
         self._reassembler = Reassembler()
         self._window = SnapshotWindow()
         self._silence: float | None = None
+        self._draining = False  # dropping the old room's subscriber traffic
+        self._room_floor = 0  # requests with greater ids were made in the new room
+        self._begin_seen = threading.Event()  # the snapshot asked for has begun
         # consumer half (polling thread)
         self._inbox: deque[Any] = deque()
         self._inbox_cv = threading.Condition()
@@ -307,15 +332,28 @@ class Session(WireHalf, ConsumerHalf):
     # ------------------------------------------------------------ requests
 
     def server_info(self, timeout: float = 10.0) -> dict[str, Any]:
-        """SERVER_INFO (allowed before AUTH): state, users, datablocks, ..."""
+        """SERVER_INFO (allowed before AUTH): state, users, datablocks, ...
+        of the default room; ``rooms`` lists every room (as dicts; see
+        :meth:`list_rooms`) and ``open_rooms`` tells whether any user may
+        create a room (otherwise only admins)."""
         return self._call(self._server_info(True), timeout)
 
     def server_info_nowait(self) -> int:
         return self._server_info(False).id
 
-    def _server_info(self, blocking: bool) -> Request:
+    def list_rooms(self, timeout: float = 10.0) -> list[RoomInfo]:
+        """The server's rooms, from SERVER_INFO (allowed before AUTH): the
+        default room first, then by name."""
+        return self._call(self._server_info(True, "rooms"), timeout)
+
+    def list_rooms_nowait(self) -> int:
+        """:meth:`list_rooms`; a :class:`Reply` of kind ``"rooms"`` carries
+        the list."""
+        return self._server_info(False, "rooms").id
+
+    def _server_info(self, blocking: bool, kind: str = "server_info") -> Request:
         self.connect()
-        req = self._new_request("server_info", blocking)
+        req = self._new_request(kind, blocking)
         self._send(Channel.COMMANDS, [[pack(message("SERVER_INFO", id=req.id))]])
         return req
 
@@ -339,9 +377,130 @@ class Session(WireHalf, ConsumerHalf):
             server_password=self.server_password,
             protocol_version=PROTOCOL_VERSION,
             metadata=self.metadata,
+            room=self.initial_room,
+            room_password=self.room_password,
         )
         self._send(Channel.COMMANDS, [[pack(header)]])
         return req
+
+    # ------------------------------------------------------------ rooms
+
+    def join_room(
+        self,
+        room: str,
+        password: str | None = None,
+        *,
+        metadata: dict[str, Any] | None = None,
+        timeout: float = 10.0,
+    ) -> RoomJoined:
+        """JOIN_ROOM: leaves the current room (the server releases your
+        locks there) for ``room``, which is created when it does not exist
+        and you may create rooms (then you are its admin and it waits for
+        your upload). ``password`` is the room's (it sets one on a room you
+        create); ``metadata`` is your presence there (default: the
+        session's initial ``metadata``).
+
+        The server checks everything first: a refusal raises
+        :class:`RequestRefused` (``unknown_room``, ``wrong_room_password``,
+        ``name_taken``, ``session_full``, ``limit_exceeded``,
+        ``invalid_message`` when already in that room) and leaves you where
+        you were. On success the replica is empty and :attr:`synced` false:
+        call :meth:`download` (or :meth:`upload`, for a room you created)
+        as after AUTH. Nothing the old room still sends is applied.
+
+        Before sending, your pushes are confirmed applied
+        (:meth:`wait_applied`), so that none lands in the new room, and a
+        download that was asked for in a running room is waited for until
+        its first message, so that it cannot be taken for the new room's."""
+        deadline = time.monotonic() + timeout
+        self._settle_room(timeout)
+        req = self._join_room(room, password, metadata, True)
+        return self._call(req, max(0.0, deadline - time.monotonic()))
+
+    def join_room_nowait(
+        self,
+        room: str,
+        password: str | None = None,
+        *,
+        metadata: dict[str, Any] | None = None,
+    ) -> int:
+        """:meth:`join_room` without waiting: a :class:`Reply` of kind
+        ``"join_room"`` (result a :class:`RoomJoined`) or a
+        :class:`RequestFailed` answers; a :class:`RoomChanged` event comes
+        with the Reply. It does not wait for your pushes: call it once
+        :meth:`pending_pushes` is empty."""
+        return self._join_room(room, password, metadata, False).id
+
+    def _join_room(
+        self,
+        room: str,
+        password: str | None,
+        metadata: dict[str, Any] | None,
+        blocking: bool,
+    ) -> Request:
+        self._require_session()
+        req = self._new_request("join_room", blocking)
+        header = message(
+            "JOIN_ROOM",
+            id=req.id,
+            room=room,
+            room_password=password,
+            metadata=metadata if metadata is not None else self.metadata,
+        )
+        self._send(Channel.COMMANDS, [[pack(header)]])
+        return req
+
+    def leave_room(self, timeout: float = 10.0) -> None:
+        """LEAVE_ROOM: leaves the current room (your locks there are
+        released) and stays connected. The replica is emptied. Until
+        :meth:`join_room`, requests that need a room are refused with
+        ``not_in_room``; :meth:`server_info`, :meth:`list_rooms`,
+        :meth:`join_room` and :meth:`leave` still work. Waits for your
+        pushes first, as :meth:`join_room` does."""
+        deadline = time.monotonic() + timeout
+        self._settle_room(timeout)
+        self._call(self._leave_room(True), max(0.0, deadline - time.monotonic()))
+
+    def leave_room_nowait(self) -> int:
+        """:meth:`leave_room` without waiting: a :class:`Reply` of kind
+        ``"leave_room"`` (result None) or a :class:`RequestFailed`."""
+        return self._leave_room(False).id
+
+    def _leave_room(self, blocking: bool) -> Request:
+        self._require_session()
+        req = self._new_request("leave_room", blocking)
+        self._send(Channel.COMMANDS, [[pack(message("LEAVE_ROOM", id=req.id))]])
+        return req
+
+    def set_keep_open(self, keep_open: bool, timeout: float = 10.0) -> dict[str, Any]:
+        """ROOM_SETTINGS (admins of the room): whether the current room stays
+        when its last user leaves (otherwise it is closed and its data
+        removed). Returns the reply (``room``, ``keep_open``); raises
+        :class:`RequestRefused` (``not_admin``, ``not_in_room``)."""
+        return self._call(self._room_settings(keep_open, True), timeout)
+
+    def set_keep_open_nowait(self, keep_open: bool) -> int:
+        return self._room_settings(keep_open, False).id
+
+    def _room_settings(self, keep_open: bool, blocking: bool) -> Request:
+        self._require_session()
+        req = self._new_request("room_settings", blocking)
+        header = message("ROOM_SETTINGS", id=req.id, keep_open=bool(keep_open))
+        self._send(Channel.COMMANDS, [[pack(header)]])
+        return req
+
+    def _settle_room(self, timeout: float) -> None:
+        """Before leaving the room: the server has applied (or refused) your
+        pushes, and a snapshot asked for in a running room has begun."""
+        deadline = time.monotonic() + timeout
+        self.wait_applied(timeout=timeout)
+        if (
+            self._subscribed
+            and not self._synced
+            and self._room_status == "RUNNING"
+            and not self._wait(self._begin_seen, max(0.0, deadline - time.monotonic()))
+        ):
+            raise Timeout(f"the snapshot asked for did not begin within {timeout} s")
 
     def upload(self, blocks: Iterable[Datablock], timeout: float = 60.0) -> int:
         """Uploads the initial scene (admins, session WAITING): INIT, one SET
@@ -390,6 +549,7 @@ class Session(WireHalf, ConsumerHalf):
         if self._subscribed:
             return
         self._subscribed = True
+        self._begin_seen.clear()
         self._send(Channel.SUBSCRIBER, [[pack(message("SNAPSHOT", window=window))]])
 
     def download(
@@ -398,7 +558,9 @@ class Session(WireHalf, ConsumerHalf):
         progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, Datablock]:
         """Subscribes and polls until the snapshot is complete, calling
-        ``progress(done, total)`` per datablock. Returns the replica."""
+        ``progress(done, total)`` per datablock. Returns the replica. Raises
+        :class:`RequestRefused` if the server refuses the SNAPSHOT (for
+        example ``not_in_room`` after :meth:`leave_room`)."""
         self.subscribe()
         cb = None
         if progress is not None:
@@ -411,7 +573,10 @@ class Session(WireHalf, ConsumerHalf):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise Timeout(f"download not finished within {timeout} s")
-                self.poll(min(remaining, 0.05), budget=1.0)
+                for event in self.poll(min(remaining, 0.05), budget=1.0):
+                    if isinstance(event, ServerError) and event.refers_to.get("type") == "SNAPSHOT":
+                        self._subscribed = False
+                        raise event.error
         finally:
             if cb is not None:
                 self.off(SnapshotProgress, cb)
@@ -567,7 +732,13 @@ class Session(WireHalf, ConsumerHalf):
         )
         chunked = len(msgs) > 1
         push = Push(
-            rid, blocking, uuid, transfer if chunked else None, mirrored=mirrored, patch=patch
+            rid,
+            blocking,
+            uuid,
+            transfer if chunked else None,
+            mirrored=mirrored,
+            patch=patch,
+            epoch=self._epoch,
         )
         with self._requests_lock:
             self._requests[rid] = push
@@ -765,8 +936,8 @@ class Session(WireHalf, ConsumerHalf):
         return token
 
     def _new_request(self, kind: str, blocking: bool) -> Request:
-        req = Request(next(self._ids), kind, blocking)
-        with self._requests_lock:
+        with self._requests_lock:  # the id and the entry together (see _left_room)
+            req = Request(next(self._ids), kind, blocking)
             self._requests[req.id] = req
         return req
 

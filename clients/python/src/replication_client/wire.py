@@ -6,6 +6,17 @@ UPDATE included), drives uploads (SETs leave once INIT is accepted) and
 notices the end of the session. Whole messages go to the inbox, for the
 consumer half. Nothing here touches the replica, the callbacks or Blender
 data.
+
+Switching rooms
+    The answer to JOIN_ROOM or LEAVE_ROOM (ROOM) travels on the commands
+    channel, which has no order with the subscriber channel: the old room's
+    traffic sent just before the switch may still be on its way after it.
+    The subscriber channel itself is ordered, so from the ROOM answer on,
+    its messages are dropped until the first one that can only come from
+    the new room: the BEGIN of the snapshot asked for after the switch, the
+    answer to a FETCH sent after it, or (for the creator of a room, who
+    gets no snapshot) the end of its upload. FETCHes and uploads still under
+    way in the old room fail with :class:`RoomLeft`.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import zmq
@@ -25,10 +37,11 @@ from .errors import (
     ProtocolError,
     ReplicationError,
     RequestRefused,
+    RoomLeft,
 )
 from .events import LocalError
 from .heartbeat import Heartbeat
-from .inbox import ANSWERS, Ended, Message, Push, Request
+from .inbox import ANSWERS, Abandoned, Ended, Message, Push, Request
 from .model import AuthInfo
 from .protocol import DEFAULT_CHUNK_BYTES, Channel, message
 from .stream import Reassembler, SnapshotWindow
@@ -44,6 +57,8 @@ class WireHalf:
     """Mixin of :class:`Session`; the attributes are set by its constructor."""
 
     auth: AuthInfo | None
+    room: str | None
+    _ids: Iterator[int]
     _transport: Transport | None
     _heartbeat: Heartbeat | None
     _token: bytes | None
@@ -55,6 +70,9 @@ class WireHalf:
     _reassembler: Reassembler
     _window: SnapshotWindow
     _silence: float | None
+    _draining: bool
+    _room_floor: int
+    _begin_seen: threading.Event
     _inbox: deque[Any]
     _inbox_cv: threading.Condition
     _bg_stop: threading.Event
@@ -100,6 +118,10 @@ class WireHalf:
                 raise ProtocolError(f"not a message header: {header!r:.200}")
             payload = frames[1] if len(frames) > 1 else None
             if channel is Channel.SUBSCRIBER:
+                if self._draining and not self._from_new_room(header):
+                    return  # the room this client left, still on its way
+                if header["type"] == "SNAPSHOT" and header.get("step") == "BEGIN":
+                    self._begin_seen.set()
                 ack = self._window.count(header, sum(len(f) for f in frames))
                 if ack is not None:
                     self._send_now(Channel.SUBSCRIBER, message("SNAPSHOT_ACK", received=ack))
@@ -120,6 +142,45 @@ class WireHalf:
             )
             self._post(LocalError(err))
 
+    def _from_new_room(self, header: dict[str, Any]) -> bool:
+        """While draining: whether this subscriber message is the first of
+        the new room (everything after it is too), which ends the drain."""
+        kind = header["type"]
+        rid = header.get("id")
+        if (kind == "SNAPSHOT" and header.get("step") == "BEGIN") or (
+            kind == "DATABLOCK" and type(rid) is int and rid > self._room_floor
+        ):
+            self._draining = False
+            return True
+        return False
+
+    def _left_room(self) -> None:
+        """Socket thread: JOIN_ROOM or LEAVE_ROOM was answered, so the client
+        left its room. Drops the old room's subscriber traffic still on its
+        way (see the module's docstring) and fails what waited for it."""
+        with self._requests_lock:
+            # Requests made from now on get greater ids: their answers come
+            # from the new room.
+            self._room_floor = next(self._ids)
+            stale = [r for r in self._requests.values() if r.kind == "fetch"]
+            for req in stale:
+                del self._requests[req.id]
+        self._draining = True
+        self._begin_seen.clear()
+        self._reassembler.clear()
+        self._window = SnapshotWindow()
+        error = RoomLeft(self.room)
+        failed = []
+        for req in stale:
+            req.error = error
+            req.done.set()
+            if not req.blocking:
+                failed.append(req)
+        if failed:
+            self._post(Abandoned(failed))
+        for up in set(self._uploads.values()):
+            self._finish_upload(up, error=error)
+
     def _send_now(self, channel: Channel, header: dict[str, Any]) -> None:
         assert self._transport is not None
         self._transport.enqueue(channel, [pack(header)])
@@ -129,6 +190,13 @@ class WireHalf:
         kind = h["type"]
         if kind == "AUTH" and h.get("status") in ("LOBBY", "RUNNING"):
             self._on_auth(h)
+        elif kind == "ROOM":
+            self._left_room()
+        elif kind == "ERROR" and self._draining:
+            if (h.get("refers_to") or {}).get("type") == "SNAPSHOT_ACK":
+                # An acknowledgement of the old room's snapshot, which the
+                # server received after the switch: nothing to report.
+                msg.claimed = True
         up = self._upload_for(h)
         if up is not None:
             self._upload_progress(up, msg)
@@ -184,6 +252,8 @@ class WireHalf:
             timeout_ms=int(h.get("timeout_ms", 5000)),
             chunk_bytes=max(1, int(h.get("chunk_bytes", DEFAULT_CHUNK_BYTES))),
             max_header_bytes=int(h.get("max_header_bytes", DEFAULT_CHUNK_BYTES)),
+            room=h.get("room"),
+            created=bool(h.get("created", False)),
         )
         self._chunk_bytes = self.auth.chunk_bytes
         self._token = self.auth.token.encode("utf-8")
@@ -207,6 +277,8 @@ class WireHalf:
         self._token = None
         if self._heartbeat is not None:
             self._heartbeat.unwatch()
+        self._draining = False
+        self._begin_seen.clear()
         self._reassembler.clear()
         self._window = SnapshotWindow()
         error = Disconnected(reason, by_server)
@@ -255,6 +327,9 @@ class WireHalf:
                     up, error=RequestRefused(h.get("code", ""), h.get("reason", ""), rt)
                 )
             elif h.get("status") == "DONE":
+                # The uploader is live from now on, without a snapshot: what
+                # follows on the subscriber channel is this room's.
+                self._draining = False
                 self._finish_upload(up, datablocks=int(h.get("datablocks", 0)))
             return
         rt = h.get("refers_to") or {}

@@ -1,0 +1,477 @@
+"""Rooms: independent sessions on one server. Joining a room at AUTH,
+creating one, switching with JOIN_ROOM, LEAVE_ROOM, keep_open, room
+passwords and the listing in SERVER_INFO; and the old room's traffic never
+reaching the replica after a switch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from conftest import T, record
+
+from replication_client import (
+    COMMON,
+    DEFAULT_ROOM,
+    AuthenticationError,
+    Datablock,
+    LocalError,
+    OwnerChanged,
+    Reply,
+    RequestFailed,
+    RequestRefused,
+    RoomChanged,
+    RoomInfo,
+    RoomJoined,
+    RoomLeft,
+    Session,
+    Updated,
+    pack,
+)
+from replication_client import patch as P
+from replication_client.protocol import Channel
+
+
+def scene_of(room: str) -> list[Datablock]:
+    """A scene whose datablocks say which room they belong to. Every room
+    has a "cube": the same uuid in every room, as scenes made from one file
+    would have."""
+    return [
+        Datablock("cube", "Object", {"room": room, "x": 0}, owner=COMMON),
+        Datablock(f"{room}-mat", "Material", {"room": room}, owner=COMMON),
+    ]
+
+
+def host_room(connect, room: str, blocks=None, **options) -> Session:
+    """An admin who creates ``room`` at AUTH and uploads its scene."""
+    host = connect(f"host-{room}", admin=True, room=room, **options)
+    assert (host.room, host.created, host.room_admin) == (room, True, True)
+    assert (host.auth.status, host.auth.state, host.auth.room) == ("LOBBY", "WAITING", room)
+    host.upload(scene_of(room) if blocks is None else blocks, timeout=T)
+    return host
+
+
+def room_data(session: Session) -> dict[str, object]:
+    return {uuid: block.data for uuid, block in session.blocks.items()}
+
+
+def wait_rooms(session: Session, condition: Callable[[dict[str, RoomInfo]], bool]) -> None:
+    """Asks for the listing until ``condition(rooms by name)`` holds."""
+    deadline = time.monotonic() + T
+    while not condition({r.name: r for r in session.list_rooms(timeout=T)}):
+        assert time.monotonic() < deadline, "the room listing never got there"
+
+
+def refused(call: Callable[[], object]) -> RequestRefused:
+    with pytest.raises(RequestRefused) as err:
+        call()
+    return err.value
+
+
+def test_two_rooms_never_see_each_others_updates(connect):
+    host_a = host_room(connect, "a")
+    host_b = host_room(connect, "b")
+    # The same user name in both rooms: names are per room.
+    ann_a = connect("ann", room="a")
+    ann_b = connect("ann", room="b")
+    for ann, room in ((ann_a, "a"), (ann_b, "b")):
+        assert (ann.room, ann.created, ann.room_admin) == (room, False, False)
+        assert ann.auth.status == "RUNNING"
+        ann.download(timeout=T)
+        assert room_data(ann) == {b.uuid: b.data for b in scene_of(room)}
+    events_a, events_b = record(ann_a), record(ann_b)
+
+    # Both rooms edit their own "cube" at the same time.
+    for i in range(1, 21):
+        host_a.push_patch("cube", [P.set_op(["x"], i)])
+        host_b.push_patch("cube", [P.set_op(["x"], -i)])
+    host_a.wait_applied(timeout=T)
+    host_b.wait_applied(timeout=T)
+    # Both rooms' edits are applied, so anything of one room forwarded to the
+    # other would reach its viewer before that room's marker (the subscriber
+    # channel is ordered).
+    host_a.push_confirmed("a-last", {"room": "a"}, type_id="Object", owner=COMMON, timeout=T)
+    host_b.push_confirmed("b-last", {"room": "b"}, type_id="Object", owner=COMMON, timeout=T)
+    ann_a.wait_until(lambda: "a-last" in ann_a.blocks, T)
+    ann_b.wait_until(lambda: "b-last" in ann_b.blocks, T)
+
+    assert ann_a.blocks["cube"].data == {"room": "a", "x": 20}
+    assert ann_b.blocks["cube"].data == {"room": "b", "x": -20}
+    assert ann_a.blocks["cube"].revision == ann_b.blocks["cube"].revision == 21
+    assert set(ann_a.blocks) == {"cube", "a-mat", "a-last"}
+    assert set(ann_b.blocks) == {"cube", "b-mat", "b-last"}
+    for events, room in ((events_a, "a"), (events_b, "b")):
+        updates = [e for e in events if isinstance(e, Updated)]
+        assert len(updates) == 21
+        assert all(e.block.data["room"] == room and e.sender == f"host-{room}" for e in updates)
+
+    # Presence lists the room's own users only.
+    ann_a.wait_until(lambda: {u.name for u in ann_a.users} == {"ann", "host-a"}, T)
+    ann_b.wait_until(lambda: {u.name for u in ann_b.users} == {"ann", "host-b"}, T)
+
+    # Owners, deletes and kicks stay inside a room.
+    assert host_a.lock(["cube"])["owner"] == "host-a"
+    assert host_b.lock(["cube"])["owner"] == "host-b"
+    assert refused(lambda: host_b.delete("a-mat")).code == "unknown_datablock"
+    assert refused(lambda: host_b.kick("host-a")).code == "unknown_user"
+    ann_b.wait_until(lambda: ann_b.blocks["cube"].owner == "host-b", T)
+
+
+def test_the_rooms_are_listed(connect):
+    probe = connect("probe", auth=False)  # SERVER_INFO needs no AUTH
+    assert probe.list_rooms(timeout=T) == [RoomInfo(DEFAULT_ROOM, 0, False, "WAITING", 0, 0, True)]
+    host_room(connect, "alpha")
+    secret = connect("keeper", admin=True, room="secret", room_password="pw")
+    assert secret.created and secret.auth.created
+
+    rooms = probe.list_rooms(timeout=T)
+    assert [r.name for r in rooms] == ["default", "alpha", "secret"], "the default room first"
+    default, alpha, hidden = rooms
+    assert default.keep_open and not default.private and default.users_online == 0
+    assert (alpha.users_online, alpha.state, alpha.datablocks, alpha.private) == (
+        1,
+        "ACTIVE",
+        2,
+        False,
+    )
+    assert alpha.bytes > 0 and not alpha.keep_open
+    assert (hidden.users_online, hidden.state, hidden.private) == (1, "WAITING", True)
+
+    # The top-level fields still describe the default room.
+    info = probe.server_info(timeout=T)
+    assert (info["state"], info["users_online"], info["datablocks"]) == ("WAITING", 0, 0)
+    assert info["open_rooms"] is False
+    assert [r["name"] for r in info["rooms"]] == ["default", "alpha", "secret"]
+
+    events = record(probe)
+    rid = probe.list_rooms_nowait()
+    reply = probe.wait_for(lambda e: isinstance(e, Reply) and e.request_id == rid, T)
+    assert reply.kind == "rooms" and reply.result == rooms
+    assert not any(isinstance(e, RequestFailed) for e in events)
+
+
+def test_only_admins_create_rooms_unless_rooms_are_open(start_server, connect):
+    closed = start_server()
+    with pytest.raises(AuthenticationError) as err:
+        connect("u", room="mine", port=closed.port)
+    assert err.value.code == "unknown_room" and "only admins" in err.value.reason
+    user = connect("u", port=closed.port)
+    error = refused(lambda: user.join_room("mine", timeout=T))
+    assert error.code == "unknown_room" and error.refers_to["type"] == "JOIN_ROOM"
+    assert user.room == DEFAULT_ROOM
+    assert [r.name for r in user.list_rooms(timeout=T)] == ["default"]
+    # An admin may.
+    boss = connect("boss", admin=True, port=closed.port)
+    assert boss.join_room("boss-room", timeout=T) == RoomJoined(
+        "boss-room", "LOBBY", "WAITING", True, True
+    )
+
+    opened = start_server("--open-rooms")
+    creator = connect("u", room="mine", port=opened.port)
+    assert creator.server_info(timeout=T)["open_rooms"] is True
+    # The creator is the room's admin: it uploads the scene.
+    assert (creator.room, creator.created, creator.room_admin) == ("mine", True, True)
+    assert creator.auth.status == "LOBBY"
+    creator.upload(scene_of("mine"), timeout=T)
+    other = connect("v", room="mine", port=opened.port)
+    assert other.auth.status == "RUNNING" and not other.created and not other.room_admin
+    assert refused(lambda: other.set_keep_open(True, timeout=T)).code == "not_admin"
+    assert creator.set_keep_open(True, timeout=T)["keep_open"] is True
+    # Anyone creates rooms with join_room too.
+    assert other.join_room("theirs", timeout=T) == RoomJoined(
+        "theirs", "LOBBY", "WAITING", True, True
+    )
+    assert other.room_admin
+
+
+def test_join_room_switches_to_another_rooms_scene(connect):
+    host_a = host_room(connect, "a")
+    host_b = host_room(connect, "b")
+    traveller = connect("t", room="a")
+    traveller.download(timeout=T)
+    host_events = record(host_a)
+    traveller.lock(["cube"])
+
+    # Refused switches leave the client where it was.
+    assert refused(lambda: traveller.join_room("nowhere", timeout=T)).code == "unknown_room"
+    assert refused(lambda: traveller.join_room("a", timeout=T)).code == "invalid_message"
+    assert traveller.room == "a" and traveller.synced
+    assert room_data(traveller) == {b.uuid: b.data for b in scene_of("a")}
+    assert traveller.push_confirmed("cube", {"room": "a", "x": 1}, timeout=T) == 2
+
+    events = record(traveller)
+    joined = traveller.join_room("b", timeout=T)
+    assert joined == RoomJoined("b", "RUNNING", "ACTIVE", False, False)
+    assert (traveller.room, traveller.created, traveller.room_admin) == ("b", False, False)
+    assert traveller.blocks == {} and not traveller.synced
+    assert events == [RoomChanged("b", "RUNNING", "ACTIVE", False, False)]
+    traveller.download(timeout=T)
+    assert room_data(traveller) == {b.uuid: b.data for b in scene_of("b")}
+
+    # Leaving a released the lock there.
+    host_a.wait_until(lambda: OwnerChanged(("cube",), COMMON, "t") in host_events, T)
+    assert host_a.blocks["cube"].data == {"room": "a", "x": 1}
+    assert host_a.blocks["cube"].owner == COMMON
+    # a's traffic no longer reaches it (a's update is applied before b's is
+    # sent, so it would arrive first); b's does.
+    host_a.push_confirmed("cube", {"room": "a", "x": 99}, timeout=T)
+    host_b.push_confirmed("cube", {"room": "b", "x": 7}, timeout=T)
+    traveller.wait_until(lambda: traveller.blocks["cube"].data == {"room": "b", "x": 7}, T)
+    updates = [e for e in events if isinstance(e, Updated)]
+    assert updates and all(e.block.data["room"] == "b" for e in updates)
+    traveller.wait_until(lambda: {u.name for u in traveller.users} == {"t", "host-b"}, T)
+    wait_rooms(
+        traveller, lambda rooms: rooms["a"].users_online == 1 and rooms["b"].users_online == 2
+    )
+
+
+def test_the_old_rooms_traffic_is_not_applied_after_a_switch(connect):
+    host_a = host_room(
+        connect, "a", scene_of("a") + [Datablock("a-only", "Object", {"room": "a"}, owner=COMMON)]
+    )
+    host_room(connect, "b")
+    probe = connect("probe", auth=False)
+    traveller = connect("t", room="a")
+    traveller.download(timeout=T)
+    events = record(traveller)
+    # a is busy; the traveller reads nothing meanwhile, so a's updates wait
+    # in its subscriber socket when the switch is answered.
+    for i in range(60):
+        host_a.push("cube", {"room": "a", "x": i})
+        host_a.push("a-only", {"room": "a", "i": i})
+    host_a.wait_applied(timeout=T)
+    rid = traveller.join_room_nowait("b")
+    # The server has switched it once b lists two users: the answer is then
+    # on the commands channel, which is read before the subscriber channel.
+    wait_rooms(probe, lambda rooms: rooms["b"].users_online == 2)
+    reply = traveller.wait_for(lambda e: isinstance(e, Reply) and e.request_id == rid, T)
+    assert reply.kind == "join_room"
+    assert reply.result == RoomJoined("b", "RUNNING", "ACTIVE", False, False)
+    switch = events.index(RoomChanged("b", "RUNNING", "ACTIVE", False, False))
+    assert traveller.blocks == {}
+
+    traveller.download(timeout=T)
+    assert room_data(traveller) == {b.uuid: b.data for b in scene_of("b")}
+    after = events[switch + 1 :]
+    assert all(e.block.data["room"] == "b" for e in after if isinstance(e, Updated))
+    assert not any(isinstance(e, LocalError) for e in events)
+
+
+def test_a_room_created_with_join_room_is_uploaded_and_edited(connect):
+    boss = connect("boss", admin=True)
+    assert boss.room == DEFAULT_ROOM and not boss.created and boss.room_admin
+    events = record(boss)
+    assert boss.join_room("studio", timeout=T) == RoomJoined(
+        "studio", "LOBBY", "WAITING", True, True
+    )
+    assert (boss.room, boss.created, boss.room_admin) == ("studio", True, True)
+    assert RoomChanged("studio", "LOBBY", "WAITING", True, True) in events
+    early = connect("early", room="studio")
+    assert early.auth.status == "LOBBY" and not early.created
+    early.subscribe()  # the download starts when the upload ends
+    assert boss.upload(scene_of("studio"), timeout=T) == 2
+    early.wait_until(lambda: early.synced, T)
+    assert room_data(early) == {b.uuid: b.data for b in scene_of("studio")}
+    # The uploader gets no snapshot, and the others' edits from the start.
+    early.push_confirmed("cube", {"room": "studio", "x": 5}, timeout=T)
+    boss.wait_until(lambda: boss.blocks["cube"].data == {"room": "studio", "x": 5}, T)
+
+
+def test_leave_room_stays_connected_in_no_room(start_server, connect):
+    server = start_server("-t", "1000")
+    host = host_room(connect, "a", port=server.port)
+    traveller = connect("t", room="a", port=server.port)
+    traveller.download(timeout=T)
+    host_events = record(host)
+    traveller.lock(["cube"])
+    events = record(traveller)
+    assert traveller.leave_room(timeout=T) is None
+    assert events == [RoomChanged(None)]
+    assert traveller.room is None and not traveller.created and not traveller.room_admin
+    assert traveller.blocks == {} and not traveller.synced and traveller.authenticated
+    host.wait_until(lambda: OwnerChanged(("cube",), COMMON, "t") in host_events, T)
+
+    # Whatever needs a room is refused with the server's code.
+    for call in (
+        lambda: traveller.lock(["cube"], timeout=T),
+        lambda: traveller.fetch("cube", timeout=T),
+        lambda: traveller.delete("cube", timeout=T),
+        lambda: traveller.push_confirmed("cube", {"room": "none"}, type_id="Object", timeout=T),
+        lambda: traveller.kick("host-a", timeout=T),
+        lambda: traveller.set_keep_open(True, timeout=T),
+        lambda: traveller.leave_room(timeout=T),
+        lambda: traveller.download(timeout=T),
+    ):
+        assert refused(call).code == "not_in_room"
+
+    # Still connected: idle for three times the timeout, the heartbeat
+    # keeps the session, and SERVER_INFO is answered.
+    time.sleep(3.0)
+    assert traveller.authenticated and traveller.ended is None
+    assert {r.name: r.users_online for r in traveller.list_rooms(timeout=T)} == {
+        "default": 0,
+        "a": 1,
+    }
+    # And back into a room.
+    assert traveller.join_room("a", timeout=T).status == "RUNNING"
+    traveller.download(timeout=T)
+    assert room_data(traveller) == {b.uuid: b.data for b in scene_of("a")}
+    assert traveller.lock(["cube"], timeout=T)["owner"] == "t"
+
+
+def test_a_room_closes_with_its_last_user_unless_kept_open(connect):
+    probe = connect("probe", auth=False)
+    short = host_room(connect, "short")
+    wait_rooms(probe, lambda rooms: "short" in rooms)
+    short.leave_room(timeout=T)
+    wait_rooms(probe, lambda rooms: "short" not in rooms)
+
+    keeper = host_room(connect, "kept")
+    viewer = connect("viewer", room="kept")
+    viewer.download(timeout=T)
+    assert refused(lambda: viewer.set_keep_open(True, timeout=T)).code == "not_admin"
+    answer = keeper.set_keep_open(True, timeout=T)
+    assert (answer["room"], answer["keep_open"]) == ("kept", True)
+    assert next(r for r in probe.list_rooms(timeout=T) if r.name == "kept").keep_open
+    keeper.push_confirmed("cube", {"room": "kept", "x": 3}, timeout=T)
+    keeper.leave()
+    viewer.leave()
+    wait_rooms(probe, lambda rooms: "kept" in rooms and rooms["kept"].users_online == 0)
+    back = connect("back", room="kept")
+    assert back.auth.status == "RUNNING" and not back.created
+    back.download(timeout=T)
+    assert back.blocks["cube"].data == {"room": "kept", "x": 3}
+
+    # The setting goes back off (non-blocking form); then the last user
+    # leaving closes the room.
+    boss = connect("boss", admin=True, room="kept")  # a server admin: an admin of every room
+    assert not boss.created and boss.room_admin
+    rid = boss.set_keep_open_nowait(False)
+    reply = boss.wait_for(lambda e: isinstance(e, Reply) and e.request_id == rid, T)
+    assert reply.kind == "room_settings" and reply.result["keep_open"] is False
+    boss.leave_room(timeout=T)
+    back.leave_room(timeout=T)
+    wait_rooms(probe, lambda rooms: "kept" not in rooms)
+
+    # The default room stays, whoever leaves it.
+    lone = connect("lone")
+    lone.leave_room(timeout=T)
+    assert [r.name for r in probe.list_rooms(timeout=T)] == ["default"]
+
+
+def test_a_room_password_is_checked(connect):
+    owner = connect("owner", admin=True, room="secret", room_password="pw")
+    owner.upload(scene_of("secret"), timeout=T)
+    for options in ({}, {"room_password": "nope"}):
+        with pytest.raises(AuthenticationError) as err:
+            connect("w", room="secret", **options)
+        assert err.value.code == "wrong_room_password"
+    user = connect("u")
+    assert refused(lambda: user.join_room("secret", timeout=T)).code == "wrong_room_password"
+    assert refused(lambda: user.join_room("secret", "nope", timeout=T)).code == (
+        "wrong_room_password"
+    )
+    assert user.room == DEFAULT_ROOM
+    # A name already used in the room is refused the same way.
+    twin = connect("owner")
+    assert refused(lambda: twin.join_room("secret", "pw", timeout=T)).code == "name_taken"
+    assert twin.room == DEFAULT_ROOM
+
+    assert user.join_room("secret", "pw", timeout=T).status == "RUNNING"
+    user.download(timeout=T)
+    assert room_data(user) == {b.uuid: b.data for b in scene_of("secret")}
+    guest = connect("guest", room="secret", room_password="pw")
+    assert guest.auth.status == "RUNNING" and guest.room == "secret"
+
+
+def test_without_a_room_a_client_is_in_the_default_room(connect):
+    host = connect("host", admin=True)
+    assert (host.auth.room, host.auth.created) == (DEFAULT_ROOM, False)
+    assert (host.room, host.created, host.room_admin) == (DEFAULT_ROOM, False, True)
+    host.upload(scene_of("default"), timeout=T)
+    viewer = connect("viewer")
+    assert (viewer.room, viewer.created, viewer.room_admin) == (DEFAULT_ROOM, False, False)
+    assert viewer.auth.status == "RUNNING"
+    viewer.download(timeout=T)
+    assert room_data(viewer) == {b.uuid: b.data for b in scene_of("default")}
+    info = viewer.server_info(timeout=T)
+    assert (info["state"], info["users_online"], info["datablocks"]) == ("ACTIVE", 2, 2)
+
+
+# ---------------------------------------------------------------- no server
+
+
+def test_late_traffic_of_the_old_room_is_dropped():
+    """The wire half, fed by hand in the worst order: the old room's
+    subscriber traffic arriving after the switch's answer."""
+    s = Session("127.0.0.1", 1, "t")
+    events = record(s)
+
+    def command(header):
+        s._on_wire(Channel.COMMANDS, [pack(header)])
+
+    def sub(header, data=None):
+        s._on_wire(Channel.SUBSCRIBER, [pack(header)] + ([] if data is None else [data]))
+
+    def snapshot(room):
+        begin = {"type": "SNAPSHOT", "step": "BEGIN", "datablocks": 1}
+        sub(dict(begin, window=1000, window_bytes=1 << 30))
+        sub(
+            {"type": "DATABLOCK", "uuid": "cube", "type_id": "Object", "revision": 1},
+            pack({"room": room}),
+        )
+        sub({"type": "SNAPSHOT", "step": "END", "datablocks": 1})
+
+    def update(room, revision, transfer=None):
+        header = {"type": "UPDATE", "uuid": "cube", "type_id": "Object", "revision": revision}
+        if transfer is None:
+            sub(dict(header, sender="other"), pack({"room": room, "r": revision}))
+        else:
+            payload = pack({"room": room, "r": revision})
+            sub(dict(header, sender="other", transfer=transfer, chunks=1, size=len(payload)))
+            sub({"type": "CHUNK", "transfer": transfer, "index": 0}, payload)
+
+    try:
+        command({"type": "AUTH", "status": "RUNNING", "state": "ACTIVE", "token": "x", "room": "a"})
+        snapshot("a")
+        s._dispatch(None)
+        assert s.room == "a" and s.synced and s.blocks["cube"].data == {"room": "a"}
+        fetch = s._new_request("fetch", False)  # a fetch_nowait still unanswered
+
+        command(
+            {
+                "type": "ROOM",
+                "id": 99,
+                "room": "b",
+                "status": "RUNNING",
+                "state": "ACTIVE",
+                "created": False,
+                "admin": False,
+            }
+        )
+        # Still on its way from a: an update, a chunked one (its CHUNK
+        # too), the answer to the fetch, a release.
+        update("a", 2)
+        update("a", 3, transfer=7)
+        sub(
+            {"type": "DATABLOCK", "id": fetch.id, "uuid": "cube", "type_id": "Object"},
+            pack({"room": "a"}),
+        )
+        sub({"type": "RIGHT", "uuids": ["cube"], "owner": COMMON, "sender": "x"})
+        events.clear()
+        s._dispatch(None)
+        assert events[0] == RequestFailed(fetch.id, "fetch", fetch.error)
+        assert isinstance(fetch.error, RoomLeft)
+        assert events[1:] == [RoomChanged("b", "RUNNING", "ACTIVE", False, False)]
+        assert s.room == "b" and s.blocks == {} and not s.synced
+
+        # b's snapshot ends the drain; b's updates apply.
+        snapshot("b")
+        update("b", 2, transfer=8)
+        s._dispatch(None)
+        assert s.synced and s.blocks["cube"].data == {"room": "b", "r": 2}
+        assert not any(isinstance(e, LocalError) for e in events)
+        assert all(e.block.data["room"] == "b" for e in events if isinstance(e, Updated))
+    finally:
+        s.close()
