@@ -648,8 +648,9 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
             opt(session_state()),
             opt(any::<bool>()),
             opt(any::<bool>()),
+            opt(text()),
         )
-            .prop_map(|(id, room, status, state, created, admin)| {
+            .prop_map(|(id, room, status, state, created, admin, token)| {
                 ServerMessage::Room {
                     id,
                     room,
@@ -657,6 +658,7 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
                     state,
                     created,
                     admin,
+                    token,
                 }
             }),
         (id(), text(), any::<bool>()).prop_map(|(id, room, keep_open)| {

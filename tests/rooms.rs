@@ -565,3 +565,142 @@ fn recorded_rooms_survive_a_restart() {
     left.sort();
     assert_eq!(left, ["busy", "kept"]);
 }
+
+#[test]
+fn a_refused_switch_changes_nothing_and_leaves_no_room_behind() {
+    let server = TestServer::start();
+    let mut host = host_room(
+        server.port,
+        "home",
+        &[block("h", "Mesh", object("h", [0.0; 3]))],
+    );
+    host.lock(&["h"], T).expect("lock");
+    // Metadata over the limit in the new room: refused before leaving.
+    let huge: Vec<(Value, Value)> = (0..300)
+        .map(|i| (Value::from(format!("k{i}")), Value::from(i)))
+        .collect();
+    let request = replication_serve::protocol::CommandRequest::JoinRoom {
+        id: Some(900),
+        room: "elsewhere".into(),
+        room_password: None,
+        metadata: Some(Value::Map(huge)),
+    };
+    host.send_raw(
+        replication_serve::protocol::Channel::Commands,
+        &[&replication_serve::protocol::encode(&request)],
+    )
+    .expect("send");
+    let error = host
+        .wait_for(T, |e| matches!(&e.message, ServerMessage::Error { refers_to, .. } if refers_to.id == Some(900)))
+        .expect("refused");
+    assert!(
+        matches!(&error.message, ServerMessage::Error { code, .. } if format!("{code:?}") == "LimitExceeded"),
+        "{error:?}"
+    );
+    // Still in its room, still owning its datablock, and no empty room left.
+    let home = room_named(server.port, "home").expect("home");
+    assert_eq!(home.users_online, 1);
+    assert!(room_named(server.port, "elsewhere").is_none());
+    let mine = replication_serve::client::Block {
+        owner: Some("host-home".into()),
+        ..block("h", "Mesh", object("h", [1.0; 3]))
+    };
+    host.update_confirmed(&mine, T).expect("still the owner");
+}
+
+#[test]
+fn room_passwords_are_throttled_when_switching_too() {
+    let server = TestServer::start();
+    let mut options = ClientOptions::admin(server.port, "owner", "admin").in_room("vault");
+    options.room_password = Some("right".into());
+    let mut owner = Client::connect(options).expect("connect");
+    owner.authenticate(T).expect("create vault");
+    let mut guesser = connect(server.port, "guesser", None, false);
+    guesser.authenticate(T).expect("auth");
+    for guess in ["a", "b", "c"] {
+        let (code, _) = refusal(guesser.join_room("vault", Some(guess), T));
+        assert_eq!(code, "WrongRoomPassword");
+    }
+    // The third failure locks the address out for 0.5 s: even the right
+    // password is refused then (unless this machine stalled that long).
+    let third = Instant::now();
+    let result = guesser.join_room("vault", Some("right"), T);
+    if third.elapsed() < Duration::from_millis(400) {
+        assert_eq!(refusal(result).0, "TooManyAttempts");
+        assert_eq!(guesser.room(), Some("default"));
+    }
+}
+
+#[test]
+fn a_switch_is_marked_on_the_subscriber_channel_and_old_updates_never_land() {
+    let server = TestServer::start();
+    let _a = host_room(
+        server.port,
+        "a",
+        &[block("shared", "Mesh", object("a", [0.0; 3]))],
+    );
+    let mut host_b = host_room(
+        server.port,
+        "b",
+        &[block("shared", "Mesh", object("b", [0.0; 3]))],
+    );
+    let mut mover = connect(server.port, "mover", Some("a"), false);
+    mover.authenticate(T).expect("auth");
+    mover.download(T, |_, _| {}).expect("download");
+    let old_token = mover.token().expect("token").to_vec();
+    let joined = mover.join_room("b", None, T).expect("switch");
+    assert_eq!(joined.room, "b");
+    assert_ne!(mover.token().expect("token"), old_token, "a new token");
+    // The marker arrives on the subscriber channel, before the new room's
+    // traffic.
+    let marker = mover
+        .wait_for(T, |e| {
+            matches!(e.message, ServerMessage::Room { id: None, .. })
+        })
+        .expect("marker");
+    assert_eq!(
+        marker.channel,
+        replication_serve::protocol::Channel::Subscriber
+    );
+    // An UPDATE sent with the old token (as if in flight at the switch) is
+    // dropped, never applied to room b.
+    let update = replication_serve::protocol::PublisherMessage::Update {
+        id: Some(1),
+        uuid: "shared".into(),
+        type_id: None,
+        owner: None,
+        deps: None,
+        patch: false,
+        base_revision: None,
+        chunk: Default::default(),
+    };
+    let data = replication_serve::protocol::codec::encode_value(&object("late", [9.0; 3]));
+    mover
+        .send_raw(
+            replication_serve::protocol::Channel::Publisher,
+            &[
+                &old_token,
+                &replication_serve::protocol::encode(&update),
+                &data,
+            ],
+        )
+        .expect("send");
+    // A confirmed update with the new token goes through, after it.
+    let revision = mover
+        .update_confirmed(&block("other", "Mesh", object("m", [1.0; 3])), T)
+        .expect("new token works");
+    assert_eq!(revision, 1);
+    let mut viewer = connect(server.port, "viewer", Some("b"), false);
+    viewer.authenticate(T).expect("auth");
+    let scene = viewer.download(T, |_, _| {}).expect("download");
+    let shared = scene
+        .iter()
+        .find(|b| b.header.uuid == "shared")
+        .expect("shared");
+    assert_eq!(
+        shared.header.revision, 1,
+        "the stale update was not applied"
+    );
+    assert_eq!(value(&shared.data), object("b", [0.0; 3]));
+    drop(host_b.leave());
+}

@@ -409,9 +409,11 @@ impl Client {
                 status: Some(status),
                 created,
                 admin,
+                token,
                 ..
             } => {
                 self.room = Some(room.clone());
+                self.token = token.map(Bytes::from).or(self.token.take());
                 Ok(RoomJoined {
                     room,
                     status,
@@ -432,8 +434,11 @@ impl Client {
             None,
         )?;
         match self.reply(id, timeout)?.message {
-            ServerMessage::Room { room: None, .. } => {
+            ServerMessage::Room {
+                room: None, token, ..
+            } => {
                 self.room = None;
+                self.token = token.map(Bytes::from).or(self.token.take());
                 Ok(())
             }
             other => Err(unexpected(&other)),

@@ -257,6 +257,7 @@ impl Core {
                 span: span.clone(),
                 room: None,
                 admin,
+                place: place.clone(),
             },
         );
         let request = JoinRequest {
@@ -327,18 +328,16 @@ impl Core {
             CommandRequest::LeaveRoom { id: req_id } => {
                 self.room_of(id)?;
                 self.leave_room(id).await;
-                self.reply_to_client(
-                    id,
-                    &ServerMessage::Room {
-                        id: req_id,
-                        room: None,
-                        status: None,
-                        state: None,
-                        created: None,
-                        admin: None,
-                    },
-                )
-                .await;
+                let reply = ServerMessage::Room {
+                    id: req_id,
+                    room: None,
+                    status: None,
+                    state: None,
+                    created: None,
+                    admin: None,
+                    token: None,
+                };
+                self.room_changed(id, reply).await;
                 return Ok(());
             }
             CommandRequest::RoomSettings {
@@ -558,11 +557,16 @@ impl Core {
         room_password: Option<String>,
         metadata: Option<rmpv::Value>,
     ) -> Result<(), RoomError> {
-        let (user, server_admin, current) = {
+        let (user, server_admin, current, place) = {
             let session = self.sessions.get(&id).ok_or_else(|| {
                 protocol_error(ErrorCode::NotAuthenticated, "this client is not connected")
             })?;
-            (session.user.clone(), session.admin, session.room.clone())
+            (
+                session.user.clone(),
+                session.admin,
+                session.room.clone(),
+                session.place.clone(),
+            )
         };
         if current.as_deref() == Some(room.as_str()) {
             return Err(protocol_error(
@@ -570,29 +574,112 @@ impl Core {
                 format!("this client is already in room {room:?}"),
             ));
         }
-        self.check_can_enter(&user, server_admin, &room, room_password.as_deref(), false)?;
+        // Room passwords are guarded like the server's.
+        let now = Instant::now().into_std();
+        if let Some(wait) = self.logins.wait(&place, now) {
+            return Err(protocol_error(
+                ErrorCode::TooManyAttempts,
+                format!(
+                    "too many wrong passwords; retry in {:.1} s",
+                    wait.as_secs_f64()
+                ),
+            ));
+        }
+        let checked = self.check_can_enter(
+            &user,
+            server_admin,
+            &room,
+            room_password.as_deref(),
+            metadata.as_ref(),
+            false,
+        );
+        if let Err(e) = &checked
+            && e.code == ErrorCode::WrongRoomPassword
+        {
+            self.logins.failed(&place, now);
+        }
+        checked?;
+        // Everything that can fail happens before the client leaves.
+        let created = self.prepare_room(&room, room_password.clone())?;
         self.leave_room(id).await;
         let request = JoinRequest {
-            room: Some(room),
+            room: Some(room.clone()),
             room_password,
             metadata,
         };
-        let joined = self.enter_room(id, &user, server_admin, request, false)?;
+        let joined = match self.enter_room(id, &user, server_admin || created, request, false) {
+            Ok(joined) => joined,
+            Err(e) => {
+                if created {
+                    self.remove_room(&room);
+                }
+                return Err(e);
+            }
+        };
         if let Some(s) = self.sessions.get(&id) {
-            s.span.in_scope(
-                || tracing::info!(room = %joined.room, created = joined.created, "switched rooms"),
-            );
+            s.span
+                .in_scope(|| tracing::info!(room = %joined.room, created, "switched rooms"));
         }
         let reply = ServerMessage::Room {
             id: req_id,
             room: Some(joined.room.to_string()),
             status: Some(joined.status),
             state: Some(joined.state),
-            created: Some(joined.created),
+            created: Some(created),
             admin: Some(joined.admin),
+            token: None,
+        };
+        self.room_changed(id, reply).await;
+        Ok(())
+    }
+
+    /// Answers JOIN_ROOM or LEAVE_ROOM: a new session token (so publisher
+    /// messages sent for the old room are dropped, never applied to the
+    /// new one), the answer on the commands channel, and the same message
+    /// without `id` on the subscriber channel, where it separates the old
+    /// room's traffic from the new one's.
+    async fn room_changed(&mut self, id: ClientId, reply: ServerMessage) {
+        let token = new_token();
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut session.token, token.clone());
+        self.by_token.remove(&old);
+        self.by_token.insert(token.clone(), id);
+        let token = Some(String::from_utf8_lossy(&token).into_owned());
+        let ServerMessage::Room {
+            id: req_id,
+            room,
+            status,
+            state,
+            created,
+            admin,
+            ..
+        } = reply
+        else {
+            return;
+        };
+        let marker = ServerMessage::Room {
+            id: None,
+            room: room.clone(),
+            status,
+            state,
+            created,
+            admin,
+            token: None,
+        };
+        let reply = ServerMessage::Room {
+            id: req_id,
+            room,
+            status,
+            state,
+            created,
+            admin,
+            token,
         };
         self.reply_to_client(id, &reply).await;
-        Ok(())
+        self.deliver(vec![id], Channel::Subscriber, Wire::message(&marker))
+            .await;
     }
 
     async fn reply_to_client(&mut self, id: ClientId, msg: &ServerMessage) {

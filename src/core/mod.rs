@@ -112,6 +112,8 @@ struct Session {
     room: Option<Arc<str>>,
     /// Authenticated with the admin password: an admin in every room.
     admin: bool,
+    /// The peer's address (or identity), which login throttling counts by.
+    place: String,
 }
 
 /// The core's state.

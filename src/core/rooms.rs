@@ -224,6 +224,7 @@ impl Core {
         server_admin: bool,
         name: &str,
         password: Option<&str>,
+        metadata: Option<&Value>,
         new_user: bool,
     ) -> Result<(), RoomError> {
         check_name("room name", name).map_err(|e| protocol_error(e.code(), e.to_string()))?;
@@ -248,7 +249,7 @@ impl Core {
                         format!("wrong password for room {name:?}"),
                     ));
                 }
-                entry.room.can_join(user)
+                entry.room.can_join(user, metadata)
             }
             None if !server_admin && !self.config.open_rooms => Err(protocol_error(
                 ErrorCode::UnknownRoom,
@@ -261,7 +262,7 @@ impl Core {
                     limits.max_rooms
                 ),
             )),
-            None => Ok(()),
+            None => Room::new(limits.clone()).can_join(user, metadata),
         }
     }
 
@@ -281,19 +282,27 @@ impl Core {
             server_admin,
             &name,
             request.room_password.as_deref(),
+            request.metadata.as_ref(),
             new_user,
         )?;
-        let created = self.rooms.get(&name).is_none();
-        if created {
-            self.create_room(&name, request.room_password)?;
-        }
+        let created = self.prepare_room(&name, request.room_password)?;
         let admin = server_admin || created;
         let (key, entry) = self
             .rooms
             .key(&name)
             .zip(self.rooms.get_mut(&name))
             .ok_or_else(|| protocol_error(ErrorCode::UnknownRoom, "the room vanished"))?;
-        let status = entry.room.join(client, user, admin, request.metadata)?;
+        let status = match entry.room.join(client, user, admin, request.metadata) {
+            Ok(status) => status,
+            Err(e) => {
+                // Checked above, so not expected; never leave an empty
+                // room behind for it.
+                if created {
+                    self.remove_room(&name);
+                }
+                return Err(e);
+            }
+        };
         let state = entry.room.state();
         if let Some(session) = self.sessions.get_mut(&client) {
             session.room = Some(key.clone());
@@ -306,6 +315,20 @@ impl Core {
             created,
             admin,
         })
+    }
+
+    /// Creates room `name` if it does not exist (the caller checked it
+    /// may); returns whether it did.
+    pub(super) fn prepare_room(
+        &mut self,
+        name: &str,
+        password: Option<String>,
+    ) -> Result<bool, RoomError> {
+        if self.rooms.get(name).is_some() {
+            return Ok(false);
+        }
+        self.create_room(name, password)?;
+        Ok(true)
     }
 
     /// A new, empty room, recorded in its own directory when the server
@@ -386,7 +409,7 @@ impl Core {
     }
 
     /// Drops a room and its record.
-    fn remove_room(&mut self, room: &str) {
+    pub(super) fn remove_room(&mut self, room: &str) {
         let Some(mut entry) = self.rooms.remove(room) else {
             return;
         };

@@ -528,6 +528,10 @@ pub enum ServerMessage {
         created: Option<bool>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         admin: Option<bool>,
+        /// The new session token (answers only): publisher messages must
+        /// carry it from now on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     /// The answer to ROOM_SETTINGS.
     RoomSettings {

@@ -251,9 +251,9 @@ impl Room {
         }
     }
 
-    /// Whether a user of this name may join now (checked before a client
-    /// leaves its room for this one).
-    pub fn can_join(&self, name: &str) -> Result<(), RoomError> {
+    /// Whether a user of this name, with this presence metadata, may join
+    /// now (checked before a client leaves its room for this one).
+    pub fn can_join(&self, name: &str, metadata: Option<&Value>) -> Result<(), RoomError> {
         if name.eq_ignore_ascii_case(COMMON) {
             return Err(RoomError::new(
                 ErrorCode::InvalidMessage,
@@ -272,6 +272,10 @@ impl Room {
                 format!("the room is full ({} users)", self.limits.max_users),
             ));
         }
+        if let Some(metadata) = metadata {
+            Member::new(name, false)
+                .merge_metadata(metadata.clone(), self.limits.max_metadata_bytes)?;
+        }
         Ok(())
     }
 
@@ -288,7 +292,7 @@ impl Room {
         admin: bool,
         metadata: Option<Value>,
     ) -> Result<AuthStatus, RoomError> {
-        self.can_join(name)?;
+        self.can_join(name, None)?;
         let mut member = Member::new(name, admin);
         if let Some(metadata) = metadata {
             member.merge_metadata(metadata, self.limits.max_metadata_bytes)?;
