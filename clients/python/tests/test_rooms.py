@@ -25,11 +25,13 @@ from replication_client import (
     RoomInfo,
     RoomJoined,
     RoomLeft,
+    ServerError,
     Session,
     Updated,
     pack,
 )
 from replication_client import patch as P
+from replication_client.inbox import Push
 from replication_client.protocol import Channel
 
 
@@ -161,8 +163,15 @@ def test_only_admins_create_rooms_unless_rooms_are_open(start_server, connect):
     assert error.code == "unknown_room" and error.refers_to["type"] == "JOIN_ROOM"
     assert user.room == DEFAULT_ROOM
     assert [r.name for r in user.list_rooms(timeout=T)] == ["default"]
-    # An admin may.
+    # An admin may. A creation refused (here for the metadata) leaves no
+    # room behind and the admin where it was.
     boss = connect("boss", admin=True, port=closed.port)
+    huge = {"blob": "x" * (70 << 10)}
+    assert refused(lambda: boss.join_room("boss-room", metadata=huge, timeout=T)).code == (
+        "limit_exceeded"
+    )
+    assert boss.room == DEFAULT_ROOM
+    assert [r.name for r in boss.list_rooms(timeout=T)] == ["default"]
     assert boss.join_room("boss-room", timeout=T) == RoomJoined(
         "boss-room", "LOBBY", "WAITING", True, True
     )
@@ -193,10 +202,15 @@ def test_join_room_switches_to_another_rooms_scene(connect):
     host_events = record(host_a)
     traveller.lock(["cube"])
 
-    # Refused switches leave the client where it was.
+    # Refused switches leave the client where it was, with its lock.
+    huge = {"blob": "x" * (70 << 10)}
     assert refused(lambda: traveller.join_room("nowhere", timeout=T)).code == "unknown_room"
     assert refused(lambda: traveller.join_room("a", timeout=T)).code == "invalid_message"
+    assert refused(lambda: traveller.join_room("b", metadata=huge, timeout=T)).code == (
+        "limit_exceeded"
+    )
     assert traveller.room == "a" and traveller.synced
+    assert traveller.fetch("cube", timeout=T).owner == "t"
     assert room_data(traveller) == {b.uuid: b.data for b in scene_of("a")}
     assert traveller.push_confirmed("cube", {"room": "a", "x": 1}, timeout=T) == 2
 
@@ -256,6 +270,58 @@ def test_the_old_rooms_traffic_is_not_applied_after_a_switch(connect):
     after = events[switch + 1 :]
     assert all(e.block.data["room"] == "b" for e in after if isinstance(e, Updated))
     assert not any(isinstance(e, LocalError) for e in events)
+
+
+def test_an_update_with_the_old_token_is_not_applied_after_a_switch(connect):
+    host_a = host_room(connect, "a")
+    host_b = host_room(connect, "b")
+    traveller = connect("t", room="a")
+    traveller.download(timeout=T)
+    old_token = traveller._token
+    traveller.join_room("b", timeout=T)
+    assert traveller._token not in (None, old_token), "the answer carries a new token"
+    events = record(traveller)
+
+    # An UPDATE sent for room a that reaches the server after the switch:
+    # raw frames with the old token (and an id the session does not track).
+    stale = {"type": "UPDATE", "id": 10**6, "uuid": "cube"}
+    traveller._send(Channel.PUBLISHER, [[old_token, pack(stale), pack({"room": "a", "x": -1})]])
+    # The publisher channel is ordered: once this push (new token) is
+    # acknowledged, the server has processed the stale one.
+    traveller.push_confirmed("t-note", {"room": "b"}, type_id="Object", owner=COMMON, timeout=T)
+    host_b.wait_until(lambda: "t-note" in host_b.blocks, T)
+    cube = host_b.fetch("cube", timeout=T)
+    assert (cube.data, cube.revision) == ({"room": "b", "x": 0}, 1)
+    assert host_a.fetch("cube", timeout=T).data == {"room": "a", "x": 0}, "dropped, not applied"
+    traveller.download(timeout=T)
+    assert traveller.blocks["cube"].data == {"room": "b", "x": 0}
+    assert not [e for e in events if getattr(e, "request_id", None) == 10**6]
+    assert not any(isinstance(e, (ServerError, LocalError)) for e in events)
+
+
+def test_pushes_racing_a_switch_land_in_the_old_room_or_fail(connect):
+    host_a = host_room(connect, "a")
+    host_b = host_room(connect, "b")
+    traveller = connect("t", room="a")
+    traveller.download(timeout=T)
+    events = record(traveller)
+    ids = [traveller.push("cube", {"room": "a", "x": i}) for i in range(1, 31)]
+    rid = traveller.join_room_nowait("b")
+    traveller.wait_until(lambda: traveller.room == "b" and not traveller.pending_pushes(), T)
+    answers = {e.request_id: e for e in events if getattr(e, "request_id", None) in ids}
+    assert set(answers) == set(ids)
+    applied = [i for i in ids if isinstance(answers[i], Reply)]
+    # The server applies them in order until the switch and drops the rest.
+    assert applied == ids[: len(applied)]
+    for i in ids[len(applied) :]:
+        assert isinstance(answers[i], RequestFailed) and isinstance(answers[i].error, RoomLeft)
+    assert [e for e in events if isinstance(e, Reply) and e.request_id == rid]
+
+    cube = host_a.fetch("cube", timeout=T)
+    assert (cube.data, cube.revision) == ({"room": "a", "x": len(applied)}, 1 + len(applied))
+    cube = host_b.fetch("cube", timeout=T)
+    assert (cube.data, cube.revision) == ({"room": "b", "x": 0}, 1)
+    assert not any(isinstance(e, (ServerError, LocalError)) for e in events)
 
 
 def test_a_room_created_with_join_room_is_uploaded_and_edited(connect):
@@ -385,6 +451,32 @@ def test_a_room_password_is_checked(connect):
     assert guest.auth.status == "RUNNING" and guest.room == "secret"
 
 
+def test_wrong_room_passwords_are_throttled(connect):
+    owner = connect("owner", admin=True, room="secret", room_password="pw")
+    owner.upload(scene_of("secret"), timeout=T)
+    user = connect("u")
+    for _ in range(3):
+        error = refused(lambda: user.join_room("secret", "nope", timeout=T))
+        assert error.code == "wrong_room_password"
+    third = time.monotonic()
+    events = record(user)
+    rid = user.join_room_nowait("secret", "pw")
+    sent = time.monotonic()
+    answer = user.wait_for(lambda e: getattr(e, "request_id", None) == rid, T)
+    # The server locks the place out for 0.5 s after its third failure;
+    # a slower machine may send the fourth request after that.
+    if sent - third <= 0.4:
+        assert isinstance(answer, RequestFailed), answer
+        assert answer.error.code == "too_many_attempts"
+        assert user.room == DEFAULT_ROOM and RoomChanged not in map(type, events)
+    if user.room == DEFAULT_ROOM:
+        time.sleep(max(0.0, third + 0.6 - time.monotonic()))
+        assert user.join_room("secret", "pw", timeout=T).status == "RUNNING"
+    assert user.room == "secret"
+    user.download(timeout=T)
+    assert room_data(user) == {b.uuid: b.data for b in scene_of("secret")}
+
+
 def test_without_a_room_a_client_is_in_the_default_room(connect):
     host = connect("host", admin=True)
     assert (host.auth.room, host.auth.created) == (DEFAULT_ROOM, False)
@@ -402,76 +494,196 @@ def test_without_a_room_a_client_is_in_the_default_room(connect):
 # ---------------------------------------------------------------- no server
 
 
-def test_late_traffic_of_the_old_room_is_dropped():
-    """The wire half, fed by hand in the worst order: the old room's
-    subscriber traffic arriving after the switch's answer."""
-    s = Session("127.0.0.1", 1, "t")
-    events = record(s)
+class Fed:
+    """A session fed by hand: messages as the wire half would read them."""
 
-    def command(header):
-        s._on_wire(Channel.COMMANDS, [pack(header)])
+    def __init__(self) -> None:
+        self.s = Session("127.0.0.1", 1, "t")
+        self.events = record(self.s)
 
-    def sub(header, data=None):
-        s._on_wire(Channel.SUBSCRIBER, [pack(header)] + ([] if data is None else [data]))
+    def command(self, header):
+        self.s._on_wire(Channel.COMMANDS, [pack(header)])
 
-    def snapshot(room):
+    def sub(self, header, data=None):
+        self.s._on_wire(Channel.SUBSCRIBER, [pack(header)] + ([] if data is None else [data]))
+
+    def auth(self, room):
+        self.command(
+            {"type": "AUTH", "status": "RUNNING", "state": "ACTIVE", "token": "t1", "room": room}
+        )
+        self.snapshot(room)
+        self.s._dispatch(None)
+        assert self.s.room == room and self.s.synced
+        assert self.s.blocks["cube"].data == {"room": room}
+        self.events.clear()
+
+    def snapshot(self, room):
         begin = {"type": "SNAPSHOT", "step": "BEGIN", "datablocks": 1}
-        sub(dict(begin, window=1000, window_bytes=1 << 30))
-        sub(
+        self.sub(dict(begin, window=1000, window_bytes=1 << 30))
+        self.sub(
             {"type": "DATABLOCK", "uuid": "cube", "type_id": "Object", "revision": 1},
             pack({"room": room}),
         )
-        sub({"type": "SNAPSHOT", "step": "END", "datablocks": 1})
+        self.sub({"type": "SNAPSHOT", "step": "END", "datablocks": 1})
 
-    def update(room, revision, transfer=None):
-        header = {"type": "UPDATE", "uuid": "cube", "type_id": "Object", "revision": revision}
+    def update(self, room, revision, uuid="cube", transfer=None, announce=True, chunk=True):
+        """A forwarded UPDATE; chunked with ``transfer`` (``announce`` and
+        ``chunk`` send its header and its CHUNK)."""
+        header = {"type": "UPDATE", "uuid": uuid, "type_id": "Object", "revision": revision}
+        payload = pack({"room": room, "r": revision})
         if transfer is None:
-            sub(dict(header, sender="other"), pack({"room": room, "r": revision}))
-        else:
-            payload = pack({"room": room, "r": revision})
-            sub(dict(header, sender="other", transfer=transfer, chunks=1, size=len(payload)))
-            sub({"type": "CHUNK", "transfer": transfer, "index": 0}, payload)
+            self.sub(dict(header, sender="other"), payload)
+            return
+        if announce:
+            self.sub(dict(header, sender="other", transfer=transfer, chunks=1, size=len(payload)))
+        if chunk:
+            self.sub({"type": "CHUNK", "transfer": transfer, "index": 0}, payload)
 
+    def answer(self, rid, room, token):
+        reply = {"type": "ROOM", "id": rid, "token": token}
+        if room is not None:
+            reply.update(room=room, status="RUNNING", state="ACTIVE", created=False, admin=False)
+        self.command(reply)
+
+    def marker(self, room):
+        marker = {"type": "ROOM"}
+        if room is not None:
+            marker.update(room=room, status="RUNNING", state="ACTIVE", created=False, admin=False)
+        self.sub(marker)
+
+    def rooms_of_updates(self, events):
+        return [e.block.data["room"] for e in events if isinstance(e, Updated)]
+
+    def close(self):
+        assert not any(isinstance(e, (LocalError, ServerError)) for e in self.events)
+        self.s.close()
+
+
+B = RoomChanged("b", "RUNNING", "ACTIVE", False, False)
+
+
+def test_the_old_rooms_traffic_after_the_answer_is_dropped_until_the_marker():
+    """The answer first: the old room's subscriber messages still on their
+    way after it are dropped up to the marker."""
+    fed = Fed()
+    s = fed.s
     try:
-        command({"type": "AUTH", "status": "RUNNING", "state": "ACTIVE", "token": "x", "room": "a"})
-        snapshot("a")
-        s._dispatch(None)
-        assert s.room == "a" and s.synced and s.blocks["cube"].data == {"room": "a"}
+        fed.auth("a")
         fetch = s._new_request("fetch", False)  # a fetch_nowait still unanswered
-
-        command(
-            {
-                "type": "ROOM",
-                "id": 99,
-                "room": "b",
-                "status": "RUNNING",
-                "state": "ACTIVE",
-                "created": False,
-                "admin": False,
-            }
+        # Two pushes: the server applies the first before the switch and
+        # drops the second.
+        applied, dropped = (
+            Push(next(s._ids), False, uuid, None, mirrored=True, patch=False)
+            for uuid in ("cube", "a-mat")
         )
-        # Still on its way from a: an update, a chunked one (its CHUNK
-        # too), the answer to the fetch, a release.
-        update("a", 2)
-        update("a", 3, transfer=7)
-        sub(
+        for push in (applied, dropped):
+            s._requests[push.id] = s._pushes[push.id] = push
+        join = s._new_request("join_room", False)
+
+        # Read before the answer: still room a, applied there.
+        fed.update("a", 2)
+        fed.command({"type": "ACK", "id": applied.id, "uuid": "cube", "revision": 3})
+        fed.update("a", 3, transfer=7, chunk=False)  # its CHUNK comes after the answer
+        fed.answer(join.id, "b", "t2")
+        assert s._token == b"t2", "publisher messages carry the new token at once"
+        # Still on its way from a: that CHUNK, an update, a chunked one, the
+        # answer to the fetch, a release; and the refusal of an
+        # acknowledgement of a's snapshot that arrived after the switch.
+        fed.update("a", 3, transfer=7, announce=False)
+        fed.update("a", 4)
+        fed.update("a", 5, transfer=8)
+        fed.sub(
             {"type": "DATABLOCK", "id": fetch.id, "uuid": "cube", "type_id": "Object"},
             pack({"room": "a"}),
         )
-        sub({"type": "RIGHT", "uuids": ["cube"], "owner": COMMON, "sender": "x"})
-        events.clear()
-        s._dispatch(None)
-        assert events[0] == RequestFailed(fetch.id, "fetch", fetch.error)
-        assert isinstance(fetch.error, RoomLeft)
-        assert events[1:] == [RoomChanged("b", "RUNNING", "ACTIVE", False, False)]
-        assert s.room == "b" and s.blocks == {} and not s.synced
+        fed.sub({"type": "RIGHT", "uuids": ["cube"], "owner": COMMON, "sender": "x"})
+        fed.command(
+            {
+                "type": "ERROR",
+                "code": "invalid_message",
+                "message": "SNAPSHOT_ACK without SNAPSHOT",
+                "refers_to": {"type": "SNAPSHOT_ACK"},
+            }
+        )
+        fed.marker("b")
+        # b's traffic from the marker on: applied.
+        fed.snapshot("b")
+        fed.update("b", 2, transfer=7)
+        fed.s._dispatch(None)
 
-        # b's snapshot ends the drain; b's updates apply.
-        snapshot("b")
-        update("b", 2, transfer=8)
-        s._dispatch(None)
-        assert s.synced and s.blocks["cube"].data == {"room": "b", "r": 2}
-        assert not any(isinstance(e, LocalError) for e in events)
-        assert all(e.block.data["room"] == "b" for e in events if isinstance(e, Updated))
+        switch = fed.events.index(B)
+        before, after = fed.events[:switch], fed.events[switch + 1 :]
+        assert fed.rooms_of_updates(before) == ["a"]
+        assert Reply(applied.id, "update", 3) in before
+        assert RequestFailed(dropped.id, "update", dropped.error) in before
+        assert isinstance(dropped.error, RoomLeft) and s.pending_pushes() == []
+        assert RequestFailed(fetch.id, "fetch", fetch.error) in after
+        assert isinstance(fetch.error, RoomLeft)
+        joined = RoomJoined("b", "RUNNING", "ACTIVE", False, False)
+        assert Reply(join.id, "join_room", joined) in after
+        assert fed.rooms_of_updates(after) == ["b", "b"]
+        assert not any(isinstance(e, OwnerChanged) for e in after)
+        assert s.room == "b" and s.synced and s.blocks["cube"].data == {"room": "b", "r": 2}
     finally:
-        s.close()
+        fed.close()
+
+
+def test_the_new_rooms_traffic_before_the_answer_waits_for_it():
+    """The markers first, two switches in flight (JOIN_ROOM, then
+    LEAVE_ROOM): each room's subscriber messages follow its answer."""
+    fed = Fed()
+    s = fed.s
+    try:
+        fed.auth("a")
+        join = s._new_request("join_room", False)
+        leave = s._new_request("leave_room", False)
+        fed.update("a", 2)
+        fed.marker("b")
+        fed.update("b", 1, uuid="b-only", transfer=3)
+        fed.marker(None)
+        fed.s._dispatch(None)
+        assert s.room == "a" and fed.rooms_of_updates(fed.events) == ["a"]
+        assert "b-only" not in s.blocks
+
+        fed.answer(join.id, "b", "t2")
+        fed.s._dispatch(None)
+        assert s.room == "b" and set(s.blocks) == {"b-only"}
+        switch = fed.events.index(B)
+        assert [type(e) for e in fed.events[switch:]] == [RoomChanged, Reply, Updated]
+        assert fed.rooms_of_updates(fed.events) == ["a", "b"]
+
+        fed.answer(leave.id, None, "t3")
+        fed.s._dispatch(None)
+        assert fed.events[-2:] == [RoomChanged(None), Reply(leave.id, "leave_room", None)]
+        assert s.room is None and s.blocks == {} and s._token == b"t3"
+        assert (s._room_lag, s._held) == (0, [])
+    finally:
+        fed.close()
+
+
+def test_a_refused_switch_loses_nothing_of_the_room():
+    """Subscriber messages read while JOIN_ROOM waits for its answer are the
+    room's the client stays in when the request is refused."""
+    fed = Fed()
+    s = fed.s
+    try:
+        fed.auth("a")
+        join = s._new_request("join_room", False)
+        fed.update("a", 2)
+        fed.command(
+            {
+                "type": "ERROR",
+                "code": "wrong_room_password",
+                "message": "wrong password",
+                "refers_to": {"type": "JOIN_ROOM", "id": join.id},
+            }
+        )
+        fed.update("a", 3)
+        fed.s._dispatch(None)
+        failed = [e for e in fed.events if isinstance(e, RequestFailed)]
+        assert [(e.request_id, e.error.code) for e in failed] == [(join.id, "wrong_room_password")]
+        assert s.room == "a" and s.synced and s._token == b"t1"
+        assert s.blocks["cube"].data == {"room": "a", "r": 3}
+        assert fed.rooms_of_updates(fed.events) == ["a", "a"]
+    finally:
+        fed.close()

@@ -61,8 +61,6 @@ class ConsumerHalf:
     room: str | None
     created: bool
     room_admin: bool
-    _room_status: str | None
-    _epoch: int
     _replica: Replica
     _token: bytes | None
     _requests: dict[int, Request]
@@ -140,7 +138,12 @@ class ConsumerHalf:
         if isinstance(item, Ended):
             return self._consume_ended(item)
         if isinstance(item, Abandoned):
-            return [RequestFailed(r.id, r.kind, r.error) for r in item.failed if r.error]
+            events: list[Event] = []
+            for req in item.failed:
+                self._pushes.pop(req.id, None)
+                if req.error is not None and not req.blocking:
+                    events.append(RequestFailed(req.id, req.kind, req.error))
+            return events
         if isinstance(item, Upload):
             return self._consume_upload(item)
         return self._consume_message(item)
@@ -150,7 +153,6 @@ class ConsumerHalf:
         self.room = None
         self.created = False
         self.room_admin = False
-        self._room_status = None
         self._subscribed = False
         self._synced = False
         self._replica.fetching.clear()
@@ -197,8 +199,7 @@ class ConsumerHalf:
         elif kind == "ACK":
             push = self._pushes.pop(rid, None)
             if push is not None:
-                if push.epoch == self._epoch:  # not a push made in a room since left
-                    self._acknowledged(push, h.get("uuid", push.uuid), int(h.get("revision", 0)))
+                self._acknowledged(push, h.get("uuid", push.uuid), int(h.get("revision", 0)))
                 if push.blocking:  # push_confirmed has its answer
                     with self._requests_lock:
                         self._requests.pop(push.id, None)
@@ -233,7 +234,6 @@ class ConsumerHalf:
             self.room = h.get("room")
             self.created = bool(h.get("created", False))
             self.room_admin = self.is_admin or self.created
-            self._room_status = h["status"]
         elif kind == "ROOM":
             events.append(self._changed_room(h))
         if rid is not None and kind in ANSWERS:
@@ -250,8 +250,7 @@ class ConsumerHalf:
             # One of our UPDATEs was refused: the replica shows it applied.
             with self._requests_lock:
                 self._requests.pop(push.id, None)
-            if push.epoch == self._epoch:
-                self._refetch(push.uuid)
+            self._refetch(push.uuid)
             if msg.claimed:  # push_confirmed raised it
                 return []
             return [ServerError(code, h.get("message", ""), rt, push.id)]
@@ -274,10 +273,10 @@ class ConsumerHalf:
 
     def _changed_room(self, h: dict[str, Any]) -> RoomChanged:
         """JOIN_ROOM or LEAVE_ROOM was answered: the replica starts empty,
-        to be filled by the new room's snapshot (the wire half drops what
-        the old room still sends)."""
+        to be filled by the new room's snapshot. Everything of the old room
+        came before this answer (the wire half drops what the old room
+        still sends after it, and fails the pushes it will not answer)."""
         self._replica = Replica()
-        self._epoch += 1
         self._subscribed = False
         self._synced = False
         self._snapshot_total = 0
@@ -288,11 +287,9 @@ class ConsumerHalf:
         self.room = h.get("room")
         if self.room is None:
             self.created = self.room_admin = False
-            self._room_status = None
             return RoomChanged(None)
         self.created = bool(h.get("created", False))
         self.room_admin = bool(h.get("admin", False))
-        self._room_status = h.get("status", "")
         return RoomChanged(
             self.room, h.get("status", ""), h.get("state", ""), self.created, self.room_admin
         )

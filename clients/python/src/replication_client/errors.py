@@ -102,9 +102,10 @@ class Disconnected(ReplicationError):
 
 
 class RoomLeft(ReplicationError):
-    """The request belonged to a room this client has left (JOIN_ROOM or
-    LEAVE_ROOM was answered first): a FETCH or an upload still under way.
-    Its answer, if one comes, is ignored; ask again in the new room."""
+    """The request belonged to a room this client has left and got no
+    answer there: a push the server had not applied when it switched (it
+    drops UPDATEs carrying the old token), a FETCH answered by the old room
+    after the switch, or an upload under way. Ask again in the new room."""
 
     def __init__(self, room: str | None) -> None:
         where = f"room {room!r}" if room is not None else "its room"

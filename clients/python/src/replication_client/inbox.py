@@ -68,12 +68,9 @@ class Push(Request):
     ``transfer`` is set when its payload is chunked, so that an ERROR about
     one of its CHUNKs can be traced back to it; ``mirrored`` tells whether
     the replica already holds the change (push, and push_patch with
-    ``check``) or not (``check=False``); ``patch`` whether it is a patch;
-    ``epoch`` counts the rooms the client had left when it was sent, so
-    that the answer to a push made in an earlier room never touches the
-    replica of the current one."""
+    ``check``) or not (``check=False``); ``patch`` whether it is a patch."""
 
-    __slots__ = ("uuid", "transfer", "mirrored", "patch", "epoch")
+    __slots__ = ("uuid", "transfer", "mirrored", "patch")
 
     def __init__(
         self,
@@ -84,14 +81,12 @@ class Push(Request):
         *,
         mirrored: bool,
         patch: bool,
-        epoch: int = 0,
     ) -> None:
         super().__init__(rid, "update", blocking)
         self.uuid = uuid
         self.transfer = transfer
         self.mirrored = mirrored
         self.patch = patch
-        self.epoch = epoch
 
 
 class Ended:
@@ -104,9 +99,11 @@ class Ended:
 
 
 class Abandoned:
-    """Non-blocking requests that belonged to a room the client has left
-    (their answers are dropped); posted by the wire half so that the
-    consumer reports them as :class:`RequestFailed`."""
+    """Requests of a room the client has left that will get no answer
+    there (pushes the server dropped, FETCHes whose answer was dropped),
+    failed with :class:`RoomLeft`; posted by the wire half so that the
+    consumer forgets the pushes and reports the non-blocking requests as
+    :class:`RequestFailed`."""
 
     def __init__(self, failed: list[Request]) -> None:
         self.failed = failed

@@ -45,7 +45,7 @@ from .events import (
     SnapshotProgress,
 )
 from .heartbeat import Heartbeat
-from .inbox import Push, Request
+from .inbox import Message, Push, Request
 from .model import COMMON, AuthInfo, Datablock, RoomInfo, RoomJoined, User
 from .patch import validate as validate_patch
 from .protocol import (
@@ -128,8 +128,6 @@ class Session(WireHalf, ConsumerHalf):
         self.room_admin = False
         """Whether the client is an admin of :attr:`room` (a server admin,
         or the room's creator)."""
-        self._room_status: str | None = None  # LOBBY or RUNNING, on entering
-        self._epoch = 0  # rooms left so far
         self.users: tuple[User, ...] = ()
         """The latest CLIENTS_STATE."""
         self._replica = Replica()
@@ -149,9 +147,12 @@ class Session(WireHalf, ConsumerHalf):
         self._reassembler = Reassembler()
         self._window = SnapshotWindow()
         self._silence: float | None = None
-        self._draining = False  # dropping the old room's subscriber traffic
-        self._room_floor = 0  # requests with greater ids were made in the new room
-        self._begin_seen = threading.Event()  # the snapshot asked for has begun
+        # Room switches answered minus subscriber markers read (see wire.py),
+        # the new rooms' subscriber messages held until their answer, and
+        # whether a switch happened (ERRORs about old acknowledgements).
+        self._room_lag = 0
+        self._held: list[list[Message]] = []
+        self._switched = False
         # consumer half (polling thread)
         self._inbox: deque[Any] = deque()
         self._inbox_cv = threading.Condition()
@@ -408,12 +409,12 @@ class Session(WireHalf, ConsumerHalf):
         call :meth:`download` (or :meth:`upload`, for a room you created)
         as after AUTH. Nothing the old room still sends is applied.
 
-        Before sending, your pushes are confirmed applied
-        (:meth:`wait_applied`), so that none lands in the new room, and a
-        download that was asked for in a running room is waited for until
-        its first message, so that it cannot be taken for the new room's."""
+        Before sending, it waits until the server has applied (or refused)
+        your pushes (:meth:`wait_applied`): once you have switched, the
+        server drops those still on their way (they never reach the new
+        room)."""
         deadline = time.monotonic() + timeout
-        self._settle_room(timeout)
+        self.wait_applied(timeout=timeout)
         req = self._join_room(room, password, metadata, True)
         return self._call(req, max(0.0, deadline - time.monotonic()))
 
@@ -427,8 +428,10 @@ class Session(WireHalf, ConsumerHalf):
         """:meth:`join_room` without waiting: a :class:`Reply` of kind
         ``"join_room"`` (result a :class:`RoomJoined`) or a
         :class:`RequestFailed` answers; a :class:`RoomChanged` event comes
-        with the Reply. It does not wait for your pushes: call it once
-        :meth:`pending_pushes` is empty."""
+        with the Reply. It does not wait for your pushes: those the server
+        has not applied when it switches are dropped and fail with
+        :class:`RoomLeft`; call it once :meth:`pending_pushes` is empty to
+        keep them."""
         return self._join_room(room, password, metadata, False).id
 
     def _join_room(
@@ -458,12 +461,13 @@ class Session(WireHalf, ConsumerHalf):
         :meth:`join_room` and :meth:`leave` still work. Waits for your
         pushes first, as :meth:`join_room` does."""
         deadline = time.monotonic() + timeout
-        self._settle_room(timeout)
+        self.wait_applied(timeout=timeout)
         self._call(self._leave_room(True), max(0.0, deadline - time.monotonic()))
 
     def leave_room_nowait(self) -> int:
         """:meth:`leave_room` without waiting: a :class:`Reply` of kind
-        ``"leave_room"`` (result None) or a :class:`RequestFailed`."""
+        ``"leave_room"`` (result None) or a :class:`RequestFailed`. Your
+        pushes are not waited for, as with :meth:`join_room_nowait`."""
         return self._leave_room(False).id
 
     def _leave_room(self, blocking: bool) -> Request:
@@ -488,19 +492,6 @@ class Session(WireHalf, ConsumerHalf):
         header = message("ROOM_SETTINGS", id=req.id, keep_open=bool(keep_open))
         self._send(Channel.COMMANDS, [[pack(header)]])
         return req
-
-    def _settle_room(self, timeout: float) -> None:
-        """Before leaving the room: the server has applied (or refused) your
-        pushes, and a snapshot asked for in a running room has begun."""
-        deadline = time.monotonic() + timeout
-        self.wait_applied(timeout=timeout)
-        if (
-            self._subscribed
-            and not self._synced
-            and self._room_status == "RUNNING"
-            and not self._wait(self._begin_seen, max(0.0, deadline - time.monotonic()))
-        ):
-            raise Timeout(f"the snapshot asked for did not begin within {timeout} s")
 
     def upload(self, blocks: Iterable[Datablock], timeout: float = 60.0) -> int:
         """Uploads the initial scene (admins, session WAITING): INIT, one SET
@@ -549,7 +540,6 @@ class Session(WireHalf, ConsumerHalf):
         if self._subscribed:
             return
         self._subscribed = True
-        self._begin_seen.clear()
         self._send(Channel.SUBSCRIBER, [[pack(message("SNAPSHOT", window=window))]])
 
     def download(
@@ -628,7 +618,7 @@ class Session(WireHalf, ConsumerHalf):
         base_revision: int | None,
         blocking: bool,
     ) -> Push:
-        token = self._require_session()
+        self._require_session()
         payload = pack(data)
         deps_list = list(deps) if deps is not None else None
         # The replica mirrors it when it has a copy, or can create one.
@@ -640,7 +630,7 @@ class Session(WireHalf, ConsumerHalf):
             deps=deps_list,
             base_revision=base_revision,
         )
-        push = self._publish(token, uuid, fields, payload, blocking, mirrored, patch=False)
+        push = self._publish(uuid, fields, payload, blocking, mirrored, patch=False)
         self._replica.pushed(uuid, unpack(payload), type_id, owner, deps_list, self.user)
         return push
 
@@ -689,7 +679,7 @@ class Session(WireHalf, ConsumerHalf):
         check: bool,
         blocking: bool,
     ) -> Push:
-        token = self._require_session()
+        self._require_session()
         payload = pack(list(ops))
         deps_list = list(deps) if deps is not None else None
         if not check:
@@ -697,7 +687,7 @@ class Session(WireHalf, ConsumerHalf):
                 local = self._replica.blocks.get(uuid)
                 base_revision = local.revision if local is not None and local.revision else None
             fields = dict(uuid=uuid, patch=True, base_revision=base_revision, deps=deps_list)
-            return self._publish(token, uuid, fields, payload, blocking, False, patch=True)
+            return self._publish(uuid, fields, payload, blocking, False, patch=True)
         normalized = unpack(payload)
         validate_patch(normalized)
         local = self._replica.blocks.get(uuid)
@@ -706,7 +696,7 @@ class Session(WireHalf, ConsumerHalf):
         if local is not None:
             self._replica.patch_preview(uuid, normalized)
         fields = dict(uuid=uuid, patch=True, base_revision=base_revision, deps=deps_list)
-        push = self._publish(token, uuid, fields, payload, blocking, local is not None, patch=True)
+        push = self._publish(uuid, fields, payload, blocking, local is not None, patch=True)
         if local is not None:
             local.revision += 1
             if deps_list is not None:
@@ -715,7 +705,6 @@ class Session(WireHalf, ConsumerHalf):
 
     def _publish(
         self,
-        token: bytes,
         uuid: str,
         fields: dict[str, Any],
         payload: bytes,
@@ -724,7 +713,10 @@ class Session(WireHalf, ConsumerHalf):
         *,
         patch: bool,
     ) -> Push:
-        """Sends an UPDATE with a request id, tracked until its ACK or ERROR."""
+        """Sends an UPDATE with a request id, tracked until its ACK or ERROR.
+        The token is read under the lock the wire half holds to change it
+        on a room switch, so a push that carries the old token is tracked
+        by then: answered before the switch's answer, or failed by it."""
         rid = next(self._ids)
         transfer = next(self._transfers)
         msgs = payload_messages(
@@ -738,9 +730,11 @@ class Session(WireHalf, ConsumerHalf):
             transfer if chunked else None,
             mirrored=mirrored,
             patch=patch,
-            epoch=self._epoch,
         )
         with self._requests_lock:
+            token = self._token
+            if token is None:
+                raise NotAuthenticated("the session ended")
             self._requests[rid] = push
             if chunked:
                 self._push_transfers[transfer] = push
@@ -936,8 +930,8 @@ class Session(WireHalf, ConsumerHalf):
         return token
 
     def _new_request(self, kind: str, blocking: bool) -> Request:
-        with self._requests_lock:  # the id and the entry together (see _left_room)
-            req = Request(next(self._ids), kind, blocking)
+        req = Request(next(self._ids), kind, blocking)
+        with self._requests_lock:
             self._requests[req.id] = req
         return req
 

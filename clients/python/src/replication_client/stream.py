@@ -48,6 +48,11 @@ class Reassembler:
             raise ProtocolError(f"transfer {transfer} sent {len(buf)} bytes, announced {size}")
         return announced, bytes(buf)
 
+    def drop(self, transfer: Any) -> dict[str, Any] | None:
+        """Forgets a transfer under way; returns its announcing header."""
+        entry = self._partial.pop(transfer, None)
+        return entry[0] if entry is not None else None
+
     def clear(self) -> None:
         self._partial.clear()
 

@@ -8,15 +8,19 @@ consumer half. Nothing here touches the replica, the callbacks or Blender
 data.
 
 Switching rooms
-    The answer to JOIN_ROOM or LEAVE_ROOM (ROOM) travels on the commands
-    channel, which has no order with the subscriber channel: the old room's
-    traffic sent just before the switch may still be on its way after it.
-    The subscriber channel itself is ordered, so from the ROOM answer on,
-    its messages are dropped until the first one that can only come from
-    the new room: the BEGIN of the snapshot asked for after the switch, the
-    answer to a FETCH sent after it, or (for the creator of a room, who
-    gets no snapshot) the end of its upload. FETCHes and uploads still under
-    way in the old room fail with :class:`RoomLeft`.
+    The answer to JOIN_ROOM or LEAVE_ROOM (ROOM, on the commands channel)
+    carries a new token for the publisher channel: the server drops UPDATEs
+    still carrying the old one, so pushes it had not answered by then never
+    will be; they fail with :class:`RoomLeft`, as does an upload under way.
+    On the subscriber channel, the same ROOM without ``id`` (the marker)
+    separates the rooms: what comes before it is the old room's. The two
+    channels have no order with each other, so the answer may come first
+    (the old room's messages that follow it are dropped until the marker,
+    and a FETCH whose answer is among them fails with :class:`RoomLeft`)
+    or the marker may (the new room's messages that follow it are held until
+    the answer). Subscriber messages read before the answer reach the
+    consumer before it, so they only ever touch the room the client was in,
+    and a refused request loses nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from typing import Any
 
 import zmq
@@ -58,7 +61,6 @@ class WireHalf:
 
     auth: AuthInfo | None
     room: str | None
-    _ids: Iterator[int]
     _transport: Transport | None
     _heartbeat: Heartbeat | None
     _token: bytes | None
@@ -70,9 +72,9 @@ class WireHalf:
     _reassembler: Reassembler
     _window: SnapshotWindow
     _silence: float | None
-    _draining: bool
-    _room_floor: int
-    _begin_seen: threading.Event
+    _room_lag: int
+    _held: list[list[Message]]
+    _switched: bool
     _inbox: deque[Any]
     _inbox_cv: threading.Condition
     _bg_stop: threading.Event
@@ -118,10 +120,12 @@ class WireHalf:
                 raise ProtocolError(f"not a message header: {header!r:.200}")
             payload = frames[1] if len(frames) > 1 else None
             if channel is Channel.SUBSCRIBER:
-                if self._draining and not self._from_new_room(header):
-                    return  # the room this client left, still on its way
-                if header["type"] == "SNAPSHOT" and header.get("step") == "BEGIN":
-                    self._begin_seen.set()
+                if header["type"] == "ROOM":
+                    self._room_marker()
+                    return
+                if self._room_lag > 0:
+                    self._drop_left(header)  # the room this client left
+                    return
                 ack = self._window.count(header, sum(len(f) for f in frames))
                 if ack is not None:
                     self._send_now(Channel.SUBSCRIBER, message("SNAPSHOT_ACK", received=ack))
@@ -133,6 +137,9 @@ class WireHalf:
                     header, payload = whole
                 elif kind in ("DATABLOCK", "UPDATE") and self._reassembler.header(header):
                     return
+                if self._room_lag < 0:  # a room whose answer has not arrived yet
+                    self._held[-1].append(Message(channel, header, payload))
+                    return
             self._on_message(Message(channel, header, payload))
         except (ProtocolError, ValueError, KeyError, TypeError) as e:
             err = (
@@ -142,44 +149,67 @@ class WireHalf:
             )
             self._post(LocalError(err))
 
-    def _from_new_room(self, header: dict[str, Any]) -> bool:
-        """While draining: whether this subscriber message is the first of
-        the new room (everything after it is too), which ends the drain."""
-        kind = header["type"]
-        rid = header.get("id")
-        if (kind == "SNAPSHOT" and header.get("step") == "BEGIN") or (
-            kind == "DATABLOCK" and type(rid) is int and rid > self._room_floor
-        ):
-            self._draining = False
-            return True
-        return False
-
-    def _left_room(self) -> None:
-        """Socket thread: JOIN_ROOM or LEAVE_ROOM was answered, so the client
-        left its room. Drops the old room's subscriber traffic still on its
-        way (see the module's docstring) and fails what waited for it."""
-        with self._requests_lock:
-            # Requests made from now on get greater ids: their answers come
-            # from the new room.
-            self._room_floor = next(self._ids)
-            stale = [r for r in self._requests.values() if r.kind == "fetch"]
-            for req in stale:
-                del self._requests[req.id]
-        self._draining = True
-        self._begin_seen.clear()
+    def _room_marker(self) -> None:
+        """Subscriber channel: the id-less ROOM. ``_room_lag`` counts the
+        switch answers read minus the markers read: above 0, subscriber
+        messages belong to a room already left; below 0, to a room whose
+        answer has not arrived yet (one list of them per room)."""
         self._reassembler.clear()
         self._window = SnapshotWindow()
+        if self._room_lag <= 0:
+            self._held.append([])
+        self._room_lag -= 1
+
+    def _drop_left(self, header: dict[str, Any]) -> None:
+        """A subscriber message of the room this client left: a FETCH it
+        answers fails."""
+        if header["type"] == "CHUNK":
+            header = self._reassembler.drop(header.get("transfer")) or header
+        rid = header.get("id")
+        if header["type"] == "DATABLOCK" and rid is not None:
+            with self._requests_lock:
+                req = self._requests.get(rid)
+                if req is None or req.done.is_set():
+                    return
+                del self._requests[rid]
+            self._abandon([req])
+
+    def _left_room(self, h: dict[str, Any]) -> None:
+        """Commands channel, before the answer to JOIN_ROOM or LEAVE_ROOM
+        goes to the consumer: the new token, and what the old room will not
+        answer fails."""
+        with self._requests_lock:  # _publish reads the token under it
+            token = h.get("token")
+            if isinstance(token, str):
+                self._token = token.encode("utf-8")
+            # Unanswered pushes: their ACK or ERROR would have come first.
+            dead = [
+                r for r in self._requests.values() if isinstance(r, Push) and not r.done.is_set()
+            ]
+            for push in dead:
+                del self._requests[push.id]
+                if push.transfer is not None:
+                    self._push_transfers.pop(push.transfer, None)
+        self._switched = True
+        for up in set(self._uploads.values()):
+            self._finish_upload(up, error=RoomLeft(self.room))
+        if dead:
+            self._abandon(dead)
+
+    def _entered_room(self) -> None:
+        """After the answer went to the consumer: the new room's subscriber
+        messages held so far follow it."""
+        self._room_lag += 1
+        if self._room_lag <= 0:
+            for msg in self._held.pop(0):
+                self._on_message(msg)
+
+    def _abandon(self, reqs: list[Request]) -> None:
         error = RoomLeft(self.room)
-        failed = []
-        for req in stale:
+        for req in reqs:
             req.error = error
             req.done.set()
-            if not req.blocking:
-                failed.append(req)
-        if failed:
-            self._post(Abandoned(failed))
-        for up in set(self._uploads.values()):
-            self._finish_upload(up, error=error)
+        self._post(Abandoned(reqs))
 
     def _send_now(self, channel: Channel, header: dict[str, Any]) -> None:
         assert self._transport is not None
@@ -191,19 +221,25 @@ class WireHalf:
         if kind == "AUTH" and h.get("status") in ("LOBBY", "RUNNING"):
             self._on_auth(h)
         elif kind == "ROOM":
-            self._left_room()
-        elif kind == "ERROR" and self._draining:
-            if (h.get("refers_to") or {}).get("type") == "SNAPSHOT_ACK":
-                # An acknowledgement of the old room's snapshot, which the
-                # server received after the switch: nothing to report.
-                msg.claimed = True
+            self._left_room(h)
+        elif (
+            kind == "ERROR"
+            and self._switched
+            and h.get("code") == "invalid_message"
+            and (h.get("refers_to") or {}).get("type") == "SNAPSHOT_ACK"
+        ):
+            # An acknowledgement of an old room's snapshot that the server
+            # received after the switch: nothing to report.
+            msg.claimed = True
         up = self._upload_for(h)
         if up is not None:
             self._upload_progress(up, msg)
             msg.claimed = True
         self._match(msg)
         self._post(msg)
-        if kind == "DISCONNECT":
+        if kind == "ROOM":
+            self._entered_room()
+        elif kind == "DISCONNECT":
             self._end_session(str(h.get("reason", "")), by_server=True)
         elif kind == "ERROR" and h.get("code") == "not_authenticated" and self._token is not None:
             self._end_session("the server no longer knows this session", by_server=True)
@@ -277,8 +313,8 @@ class WireHalf:
         self._token = None
         if self._heartbeat is not None:
             self._heartbeat.unwatch()
-        self._draining = False
-        self._begin_seen.clear()
+        self._room_lag = 0
+        self._held.clear()
         self._reassembler.clear()
         self._window = SnapshotWindow()
         error = Disconnected(reason, by_server)
@@ -327,9 +363,6 @@ class WireHalf:
                     up, error=RequestRefused(h.get("code", ""), h.get("reason", ""), rt)
                 )
             elif h.get("status") == "DONE":
-                # The uploader is live from now on, without a snapshot: what
-                # follows on the subscriber channel is this room's.
-                self._draining = False
                 self._finish_upload(up, datablocks=int(h.get("datablocks", 0)))
             return
         rt = h.get("refers_to") or {}
