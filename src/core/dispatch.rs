@@ -260,17 +260,31 @@ impl Core {
                 place: place.clone(),
             },
         );
+        let guard = room_guard(&place, room.as_deref().unwrap_or(DEFAULT_ROOM));
         let request = JoinRequest {
             room,
             room_password,
             metadata,
         };
-        let joined = match self.enter_room(client, &user, admin, request, true) {
-            Ok(joined) => joined,
+        let entered = match self.room_logins.wait(&guard, now.into_std()) {
+            Some(wait) => Err(protocol_error(
+                ErrorCode::TooManyAttempts,
+                format!(
+                    "too many wrong passwords for this room; retry in {:.1} s",
+                    wait.as_secs_f64()
+                ),
+            )),
+            None => self.enter_room(client, &user, admin, request, true),
+        };
+        let joined = match entered {
+            Ok(joined) => {
+                self.room_logins.succeeded(&guard);
+                joined
+            }
             Err(e) => {
                 self.sessions.remove(&client);
                 if e.code == ErrorCode::WrongRoomPassword {
-                    self.logins.failed(&place, now.into_std());
+                    self.room_logins.failed(&guard, now.into_std());
                 }
                 tracing::warn!(user, peer = %place, code = ?e.code, "login refused: {}", e.message);
                 self.reply_to(&identity, &auth_failed(id, e.code, &e.message))
@@ -574,13 +588,15 @@ impl Core {
                 format!("this client is already in room {room:?}"),
             ));
         }
-        // Room passwords are guarded like the server's.
+        // Room passwords are guarded like the server's, per address and
+        // room, so that guesses at one room lock nobody out of the others.
+        let guard = room_guard(&place, &room);
         let now = Instant::now().into_std();
-        if let Some(wait) = self.logins.wait(&place, now) {
+        if let Some(wait) = self.room_logins.wait(&guard, now) {
             return Err(protocol_error(
                 ErrorCode::TooManyAttempts,
                 format!(
-                    "too many wrong passwords; retry in {:.1} s",
+                    "too many wrong passwords for this room; retry in {:.1} s",
                     wait.as_secs_f64()
                 ),
             ));
@@ -593,10 +609,12 @@ impl Core {
             metadata.as_ref(),
             false,
         );
-        if let Err(e) = &checked
-            && e.code == ErrorCode::WrongRoomPassword
-        {
-            self.logins.failed(&place, now);
+        match &checked {
+            Err(e) if e.code == ErrorCode::WrongRoomPassword => {
+                self.room_logins.failed(&guard, now);
+            }
+            Err(_) => {}
+            Ok(()) => self.room_logins.succeeded(&guard),
         }
         checked?;
         // Everything that can fail happens before the client leaves.
@@ -705,6 +723,11 @@ fn auth_failed(id: Option<u64>, code: ErrorCode, reason: &str) -> ServerMessage 
         room: None,
         created: None,
     }
+}
+
+/// What room-password failures are counted by: the address and the room.
+fn room_guard(place: &str, room: &str) -> String {
+    format!("{place}\u{0}{room}")
 }
 
 /// A fresh session token: 128 random bits as 32 hex characters.

@@ -126,6 +126,10 @@ pub struct Core {
     next_client: u64,
     next_ping: u64,
     logins: LoginThrottle,
+    /// Wrong room passwords, per address and room: apart from `logins`, so
+    /// that a good login does not reset them and guesses at a room lock
+    /// nobody out of the server.
+    room_logins: LoginThrottle,
     transport: TransportHandle,
     started: Instant,
     /// When the next CLIENTS_STATE broadcast is due, if one is.
@@ -158,6 +162,7 @@ impl Core {
             next_client: 1,
             next_ping: 1,
             logins: LoginThrottle::default(),
+            room_logins: LoginThrottle::default(),
             transport,
             started: Instant::now(),
             presence_due: None,
@@ -317,6 +322,7 @@ impl Core {
         }
         self.expire_transfers(now.into_std()).await;
         self.logins.forget(now.into_std());
+        self.room_logins.forget(now.into_std());
         if self.sessions.is_empty() {
             return;
         }
