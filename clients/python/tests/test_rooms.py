@@ -429,15 +429,13 @@ def test_a_room_closes_with_its_last_user_unless_kept_open(connect):
 def test_a_room_password_is_checked(connect):
     owner = connect("owner", admin=True, room="secret", room_password="pw")
     owner.upload(scene_of("secret"), timeout=T)
-    for options in ({}, {"room_password": "nope"}):
-        with pytest.raises(AuthenticationError) as err:
-            connect("w", room="secret", **options)
-        assert err.value.code == "wrong_room_password"
+    # Two wrong passwords (wrong ones are counted per address and room;
+    # a third would lock this address out of the room for a while).
+    with pytest.raises(AuthenticationError) as err:
+        connect("w", room="secret", room_password="nope")
+    assert err.value.code == "wrong_room_password"
     user = connect("u")
     assert refused(lambda: user.join_room("secret", timeout=T)).code == "wrong_room_password"
-    assert refused(lambda: user.join_room("secret", "nope", timeout=T)).code == (
-        "wrong_room_password"
-    )
     assert user.room == DEFAULT_ROOM
     # A name already used in the room is refused the same way.
     twin = connect("owner")
