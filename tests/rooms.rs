@@ -704,3 +704,62 @@ fn a_switch_is_marked_on_the_subscriber_channel_and_old_updates_never_land() {
     assert_eq!(value(&shared.data), object("b", [0.0; 3]));
     drop(host_b.leave());
 }
+
+#[test]
+fn snapshot_acks_of_the_old_room_are_ignored_after_a_switch() {
+    let server = TestServer::start();
+    let _a = host_room(
+        server.port,
+        "a",
+        &[block("a1", "Mesh", object("a", [0.0; 3]))],
+    );
+    let _b = host_room(
+        server.port,
+        "b",
+        &[block("b1", "Mesh", object("b", [0.0; 3]))],
+    );
+    let mut mover = connect(server.port, "mover", Some("a"), false);
+    mover.authenticate(T).expect("auth");
+    mover.download(T, |_, _| {}).expect("download a");
+    mover.join_room("b", None, T).expect("switch");
+    // An acknowledgement of room a's snapshot, arriving late.
+    let ack = replication_serve::protocol::SubscriberRequest::SnapshotAck { received: 40 };
+    mover
+        .send_raw(
+            replication_serve::protocol::Channel::Subscriber,
+            &[&replication_serve::protocol::encode(&ack)],
+        )
+        .expect("send");
+    // The download of b works, and no ERROR came back for the stale ack.
+    assert_eq!(
+        uuids(&mover.download(T, |_, _| {}).expect("download b")),
+        ["b1"]
+    );
+    let errors = updates_and_errors(&mut mover, Duration::from_millis(300));
+    assert_eq!(errors, 0);
+    // After SNAPSHOT in b, a bogus acknowledgement is an error again.
+    let bogus = replication_serve::protocol::SubscriberRequest::SnapshotAck { received: 10_000 };
+    mover
+        .send_raw(
+            replication_serve::protocol::Channel::Subscriber,
+            &[&replication_serve::protocol::encode(&bogus)],
+        )
+        .expect("send");
+    mover
+        .wait_for(T, |e| matches!(e.message, ServerMessage::Error { .. }))
+        .expect("refused");
+}
+
+fn updates_and_errors(client: &mut Client, wait: Duration) -> usize {
+    let until = Instant::now() + wait;
+    let mut errors = 0;
+    while let Ok(Some(event)) = client.next_event(until.saturating_duration_since(Instant::now())) {
+        if matches!(event.message, ServerMessage::Error { .. }) {
+            errors += 1;
+        }
+        if Instant::now() >= until {
+            break;
+        }
+    }
+    errors
+}

@@ -634,6 +634,9 @@ impl Core {
                 return Err(e);
             }
         };
+        if let Some(entry) = self.rooms.get_mut(&joined.room) {
+            entry.room.arrived_from_another_room(id);
+        }
         if let Some(s) = self.sessions.get(&id) {
             s.span
                 .in_scope(|| tracing::info!(room = %joined.room, created, "switched rooms"));

@@ -30,6 +30,10 @@ pub struct Member {
     /// Messages of the finished snapshot stream, so that acknowledgements
     /// arriving after the last message was sent are still accepted.
     pub snapshot_sent: u64,
+    /// Came from another room: acknowledgements of that room's snapshot
+    /// may still be in flight, and are ignored until this member sends
+    /// SNAPSHOT here.
+    pub switched: bool,
 }
 
 impl Member {
@@ -42,6 +46,7 @@ impl Member {
             latency_ms: None,
             subscribed: false,
             requested: false,
+            switched: false,
             window: None,
             download: None,
             snapshot_sent: 0,

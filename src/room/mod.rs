@@ -359,9 +359,20 @@ impl Room {
         Ok(fx)
     }
 
+    /// Marks a member that came from another room (see [`Member::switched`]).
+    pub fn arrived_from_another_room(&mut self, id: ClientId) {
+        if let Some(member) = self.members.get_mut(id) {
+            member.switched = true;
+        }
+    }
+
     /// Snapshot acknowledgement from a downloading client.
     pub fn acknowledge(&mut self, id: ClientId, received: u64) -> Result<Effects, RoomError> {
         let member = self.members.get_mut(id).ok_or_else(not_member)?;
+        if member.switched && !member.requested {
+            // The previous room's, still in flight when the client switched.
+            return Ok(Effects::default());
+        }
         let Some(download) = member.download.as_mut() else {
             // The whole stream may be out before the last acknowledgements
             // arrive: those are fine, anything beyond the stream is not.
