@@ -685,3 +685,24 @@ def test_a_refused_switch_loses_nothing_of_the_room():
         assert fed.rooms_of_updates(fed.events) == ["a", "a"]
     finally:
         fed.close()
+
+
+def test_an_answer_read_before_the_session_ends_is_kept():
+    """A request answered on the wire but not yet taken by the consumer
+    keeps its answer when the session ends just after; only unanswered
+    requests fail."""
+    fed = Fed()
+    s = fed.s
+    try:
+        fed.auth("a")
+        answered = s._new_request("leave_room", False)
+        unanswered = s._new_request("join_room", False)
+        fed.answer(answered.id, None, "t2")
+        s._end_session("server gone", by_server=True)
+        s._dispatch(None)
+        assert Reply(answered.id, "leave_room", None) in fed.events
+        failed = [e for e in fed.events if isinstance(e, RequestFailed)]
+        assert [e.request_id for e in failed] == [unanswered.id], fed.events
+    finally:
+        fed.events[:] = [e for e in fed.events if not isinstance(e, (LocalError, ServerError))]
+        fed.close()

@@ -319,8 +319,11 @@ class WireHalf:
         self._window = SnapshotWindow()
         error = Disconnected(reason, by_server)
         with self._requests_lock:
-            pending = list(self._requests.values())
-            self._requests.clear()
+            # Requests already answered keep their answer (the consumer has
+            # yet to take it); only the unanswered ones fail.
+            pending = [r for r in self._requests.values() if not r.done.is_set()]
+            for req in pending:
+                del self._requests[req.id]
             self._push_transfers.clear()
         failed = []
         for req in pending:
