@@ -21,41 +21,18 @@ use replication_serve::protocol::patch::Patch;
 use replication_serve::protocol::{AuthStatus, COMMON, ServerMessage};
 use rmpv::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_replication-serve");
 const ADMIN: &str = "admin";
 
 /// Starts the binary on `data_dir` with `args`, stdin piped for the
 /// console when `console` is set.
 fn start_on(data_dir: &Path, args: &[&str], console: bool) -> Server {
-    start_listening(console, |port| server_command(data_dir, port, args))
-}
-
-fn server_command(data_dir: &Path, port: u16, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("REPLICATION_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.args([
-        "--bind",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-pwd",
-        ADMIN,
-    ])
-    .arg("--data-dir")
-    .arg(data_dir)
-    .args(args)
-    .env("XDG_DATA_HOME", fresh_data_home());
-    cmd
+    start_listening(console, |port| server_on(data_dir, port, args))
 }
 
 /// Runs the binary on `data_dir` expecting it to refuse to start; returns
 /// its stderr.
 fn refused_start(data_dir: &Path, args: &[&str]) -> String {
-    let finished = finish(server_command(data_dir, free_base_port(), args));
+    let finished = finish(server_on(data_dir, free_base_port(), args));
     assert!(
         !finished.status.success(),
         "the server started:\n{}",
@@ -642,7 +619,7 @@ fn a_storage_failure_stops_the_server_without_forwarding_unrecorded_changes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let mut server = start_listening(false, |port| {
-        let inner = server_command(&data, port, &["--autosave", "0"]);
+        let inner = server_on(&data, port, &["--autosave", "0"]);
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg("trap '' XFSZ; ulimit -f 40960; exec \"$@\"")

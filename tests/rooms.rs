@@ -7,16 +7,12 @@ mod common;
 use child::*;
 use common::*;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use replication_serve::client::{Client, ClientError, ClientOptions, Event};
 use replication_serve::config::Config;
 use replication_serve::protocol::{AuthStatus, RoomInfo, ServerMessage};
 use rmpv::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_replication-serve");
 
 fn connect(port: u16, user: &str, room: Option<&str>, admin: bool) -> Client {
     let mut options = if admin {
@@ -404,29 +400,6 @@ fn limits_per_room_and_per_server() {
 // The real binary: console room commands, and rooms across a restart
 // ---------------------------------------------------------------------------
 
-fn server_command(data_dir: &Path, port: u16, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("REPLICATION_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.args([
-        "--bind",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-pwd",
-        "admin",
-    ])
-    .arg("--data-dir")
-    .arg(data_dir)
-    .args(["--autosave", "0"])
-    .args(args)
-    .env("XDG_DATA_HOME", fresh_data_home());
-    cmd
-}
-
 /// Sends a console line; returns the stdout lines it printed, once one of
 /// them matches `last`.
 fn console(server: &mut Server, line: &str, last: impl Fn(&str) -> bool) -> Vec<String> {
@@ -443,7 +416,9 @@ fn is_disconnect(event: &Event) -> bool {
 #[test]
 fn console_room_commands() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut server = start_listening(true, |port| server_command(dir.path(), port, &[]));
+    let mut server = start_listening(true, |port| {
+        server_on(dir.path(), port, &["--autosave", "0"])
+    });
     let _a = host_room(
         server.port,
         "a",
@@ -513,7 +488,9 @@ fn console_room_commands() {
 #[test]
 fn recorded_rooms_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = start_listening(false, |port| server_command(dir.path(), port, &[]));
+    let server = start_listening(false, |port| {
+        server_on(dir.path(), port, &["--autosave", "0"])
+    });
     // "kept": kept open and left empty; "busy": its host is still in it at
     // the restart; "gone": closed when its last user left.
     let mut kept = host_room(
@@ -545,7 +522,9 @@ fn recorded_rooms_survive_a_restart() {
     let _ = server.wait_exit();
     drop(server);
 
-    let server = start_listening(false, |port| server_command(dir.path(), port, &[]));
+    let server = start_listening(false, |port| {
+        server_on(dir.path(), port, &["--autosave", "0"])
+    });
     let listed = rooms(server.port);
     let names: Vec<&str> = listed.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["default", "busy", "kept"]);

@@ -297,3 +297,28 @@ pub fn fresh_data_home() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("data-home-{}-{n}", std::process::id()))
 }
+
+/// The binary on `127.0.0.1:port` with admin password `admin`, recording in
+/// `data_dir`, plus `args`; no `REPLICATION_*` variable of the test run
+/// leaks in, and the default data home is a fresh one.
+pub fn server_on(data_dir: &std::path::Path, port: u16, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_replication-serve"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("REPLICATION_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args([
+        "--bind",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-pwd",
+        "admin",
+    ])
+    .arg("--data-dir")
+    .arg(data_dir)
+    .args(args)
+    .env("XDG_DATA_HOME", fresh_data_home());
+    cmd
+}

@@ -99,6 +99,18 @@ fn block(uuid: &str, data: Value) -> Block {
     }
 }
 
+/// A scene of `count` datablocks of `size` bytes of binary data.
+fn scene(count: usize, size: usize) -> Vec<Block> {
+    (0..count)
+        .map(|i| {
+            block(
+                &format!("block-{i:06}"),
+                Value::Binary(vec![(i % 251) as u8; size]),
+            )
+        })
+        .collect()
+}
+
 /// Late join: time for a new client to authenticate and download a scene of
 /// `count` datablocks of about `size` bytes, optionally through a proxy that
 /// delays every chunk of bytes by `delay` in each direction.
@@ -118,14 +130,7 @@ pub fn late_join(
     let rss_empty = server.rss();
     let ctx = zmq::Context::new();
     let mut host = admin(&ctx, server.port)?;
-    let blocks: Vec<Block> = (0..count)
-        .map(|i| {
-            block(
-                &format!("block-{i:06}"),
-                Value::Binary(vec![(i % 251) as u8; size]),
-            )
-        })
-        .collect();
+    let blocks = scene(count, size);
     host.upload(&blocks, WAIT)?;
     let rss_loaded = server.rss();
     let proxy = delay
@@ -528,14 +533,7 @@ pub fn recovery(
         let first = ServerProcess::start(&setup.binary, setup.first_port, &args)?;
         let ctx = zmq::Context::new();
         let mut host = admin(&ctx, first.port)?;
-        let blocks: Vec<Block> = (0..count)
-            .map(|i| {
-                block(
-                    &format!("block-{i:06}"),
-                    Value::Binary(vec![(i % 251) as u8; size]),
-                )
-            })
-            .collect();
+        let blocks = scene(count, size);
         host.upload(&blocks, WAIT)?;
         drop(host);
         // Drop kills the process with SIGKILL.
