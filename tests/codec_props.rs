@@ -359,6 +359,7 @@ fn command_request() -> BoxedStrategy<CommandRequest> {
             opt(metadata_map()),
             opt(text()),
             opt(text()),
+            any::<bool>(),
         )
             .prop_map(
                 |(
@@ -371,6 +372,7 @@ fn command_request() -> BoxedStrategy<CommandRequest> {
                     metadata,
                     room,
                     room_password,
+                    batches,
                 )| {
                     CommandRequest::Auth {
                         id,
@@ -382,6 +384,7 @@ fn command_request() -> BoxedStrategy<CommandRequest> {
                         metadata,
                         room,
                         room_password,
+                        batches,
                     }
                 }
             ),
@@ -472,8 +475,34 @@ fn publisher_message() -> BoxedStrategy<PublisherMessage> {
             ),
         (any::<u64>(), any::<u32>())
             .prop_map(|(transfer, index)| PublisherMessage::Chunk { transfer, index }),
+        (vec(publisher_update(), 0..4), vec(any::<u64>(), 0..4))
+            .prop_map(|(updates, lengths)| PublisherMessage::Updates { updates, lengths }),
     ]
     .boxed()
+}
+
+fn publisher_update() -> impl Strategy<Value = PublisherMessage> {
+    (
+        opt(any::<u64>()),
+        text(),
+        opt(text()),
+        opt(text()),
+        opt(names()),
+        any::<bool>(),
+        opt(any::<u64>()),
+    )
+        .prop_map(|(id, uuid, type_id, owner, deps, patch, base_revision)| {
+            PublisherMessage::Update {
+                id,
+                uuid,
+                type_id,
+                owner,
+                deps,
+                patch,
+                base_revision,
+                chunk: ChunkFields::default(),
+            }
+        })
 }
 
 fn subscriber_request() -> BoxedStrategy<SubscriberRequest> {
@@ -543,7 +572,12 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
             opt(any::<u64>()),
             opt(any::<u64>()),
             opt(any::<u64>()),
-            (opt(any::<u64>()), opt(text()), opt(any::<bool>())),
+            (
+                opt(any::<u64>()),
+                opt(text()),
+                opt(any::<bool>()),
+                opt(any::<bool>()),
+            ),
         )
             .prop_map(
                 |(
@@ -557,7 +591,7 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
                     heartbeat_ms,
                     timeout_ms,
                     chunk_bytes,
-                    (max_header_bytes, room, created),
+                    (max_header_bytes, room, created, batches),
                 )| ServerMessage::Auth {
                     id,
                     status,
@@ -572,6 +606,7 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
                     max_header_bytes,
                     room,
                     created,
+                    batches,
                 }
             ),
         (
@@ -622,6 +657,21 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
         ),
         (any::<u64>(), any::<u32>())
             .prop_map(|(transfer, index)| ServerMessage::Chunk { transfer, index }),
+        (
+            vec(
+                (datablock_header(), text(), any::<bool>()).prop_map(|(header, sender, patch)| {
+                    ServerMessage::Update {
+                        header,
+                        sender,
+                        patch,
+                        chunk: ChunkFields::default(),
+                    }
+                }),
+                0..4
+            ),
+            vec(any::<u64>(), 0..4),
+        )
+            .prop_map(|(updates, lengths)| ServerMessage::Updates { updates, lengths }),
         (any::<u64>(), text(), any::<u64>()).prop_map(|(id, uuid, revision)| ServerMessage::Ack {
             id,
             uuid,
@@ -706,6 +756,7 @@ fn publisher_name(m: &PublisherMessage) -> &'static str {
     match m {
         PublisherMessage::Update { .. } => "UPDATE",
         PublisherMessage::Chunk { .. } => "CHUNK",
+        PublisherMessage::Updates { .. } => "UPDATES",
     }
 }
 
@@ -733,6 +784,7 @@ fn server_name(m: &ServerMessage) -> &'static str {
         ServerMessage::Datablock { .. } => "DATABLOCK",
         ServerMessage::Update { .. } => "UPDATE",
         ServerMessage::Chunk { .. } => "CHUNK",
+        ServerMessage::Updates { .. } => "UPDATES",
         ServerMessage::Ack { .. } => "ACK",
         ServerMessage::Right { .. } => "RIGHT",
         ServerMessage::Delete { .. } => "DELETE",
@@ -759,7 +811,7 @@ const COMMAND_NAMES: &[&str] = &[
     "LEAVE_ROOM",
     "ROOM_SETTINGS",
 ];
-const PUBLISHER_NAMES: &[&str] = &["UPDATE", "CHUNK"];
+const PUBLISHER_NAMES: &[&str] = &["UPDATE", "CHUNK", "UPDATES"];
 const SUBSCRIBER_NAMES: &[&str] = &["SNAPSHOT", "SNAPSHOT_ACK", "FETCH"];
 const HEARTBEAT_NAMES: &[&str] = &["PING", "PONG"];
 const SERVER_NAMES: &[&str] = &[
@@ -770,6 +822,7 @@ const SERVER_NAMES: &[&str] = &[
     "DATABLOCK",
     "UPDATE",
     "CHUNK",
+    "UPDATES",
     "ACK",
     "RIGHT",
     "DELETE",
@@ -1326,6 +1379,7 @@ fn auth_metadata_some_nil_reads_back_as_none() {
         metadata: Some(Value::Nil),
         room: None,
         room_password: None,
+        batches: false,
     };
     let back: CommandRequest = decode_header(&encode(&m), usize::MAX).unwrap();
     let CommandRequest::Auth { metadata, .. } = back else {

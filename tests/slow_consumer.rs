@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use common::*;
+use replication_serve::client::ClientOptions;
 use replication_serve::core::ConsoleRequest;
 use replication_serve::protocol::ServerMessage;
 use rmpv::Value;
@@ -32,7 +33,13 @@ fn a_stalled_client_does_not_slow_a_reading_one() {
     host.upload(&[block("stroke", "Mesh", Value::from(0))], T)
         .unwrap();
     let (mut fast, _) = joined(&server, "fast");
-    let (stalled, _) = joined(&server, "stalled");
+    // Without batches, so that every update is one message in its outbox:
+    // batches would fit all of them within libzmq's queue, bounded by its
+    // high-water mark, and the outbox limit would never be reached.
+    let (stalled, _) = joined_with(ClientOptions {
+        batches: false,
+        ..ClientOptions::new(server.port, "stalled")
+    });
     // From here on, `stalled` never reads again.
 
     let received = Arc::new(AtomicU64::new(0));

@@ -16,6 +16,7 @@ use rand::RngExt;
 use rmpv::Value;
 use serde::Serialize;
 
+use crate::protocol::batch::MAX_BATCH;
 use crate::protocol::patch::Patch;
 use crate::protocol::{
     AuthStatus, Channel, ChunkFields, CommandRequest, DatablockHeader, HeartbeatMessage,
@@ -56,6 +57,10 @@ pub struct ClientOptions {
     /// The room to join (or create); the default room when `None`.
     pub room: Option<String>,
     pub room_password: Option<String>,
+    /// Ask the server for UPDATES (several forwarded updates in one
+    /// message). The client hands them out as single UPDATE events either
+    /// way; only raw frames ([`Client::next_subscriber_frames`]) show them.
+    pub batches: bool,
 }
 
 impl ClientOptions {
@@ -70,6 +75,7 @@ impl ClientOptions {
             server_password: None,
             room: None,
             room_password: None,
+            batches: true,
         }
     }
 

@@ -147,6 +147,9 @@ impl Client {
         let header = frames.next().unwrap_or_default();
         let payload = frames.next().map(Bytes::from);
         let message: ServerMessage = decode_header(&header, MAX_HEADER)?;
+        if let ServerMessage::Updates { updates, lengths } = message {
+            return self.on_updates(channel, updates, &lengths, payload);
+        }
         if channel == Channel::Subscriber {
             self.count_snapshot(
                 &message,
@@ -199,6 +202,49 @@ impl Client {
                 message,
                 payload,
             }),
+        }
+        Ok(())
+    }
+
+    /// Queues each update of an UPDATES as if it had come alone, after
+    /// checking the batch the way the server checks those it receives.
+    fn on_updates(
+        &mut self,
+        channel: Channel,
+        updates: Vec<ServerMessage>,
+        lengths: &[u64],
+        payload: Option<Bytes>,
+    ) -> Result<(), ClientError> {
+        let bad = |why: String| Err(ProtocolError::Invalid(format!("UPDATES: {why}")).into());
+        let data = payload.unwrap_or_default();
+        if updates.len() != lengths.len() || updates.is_empty() {
+            return bad(format!(
+                "{} updates but {} lengths",
+                updates.len(),
+                lengths.len()
+            ));
+        }
+        if lengths.iter().map(|&l| u128::from(l)).sum::<u128>() != data.len() as u128 {
+            return bad(format!(
+                "the lengths do not add up to the data frame's {} bytes",
+                data.len()
+            ));
+        }
+        if let Some(other) = updates.iter().find(|u| {
+            !matches!(u, ServerMessage::Update { chunk, .. } if *chunk == ChunkFields::default())
+        }) {
+            return bad(format!("holds a {other:?}, not an inline UPDATE"));
+        }
+        let mut offset = 0usize;
+        for (message, &length) in updates.into_iter().zip(lengths) {
+            // The lengths add up to the data's size, so each fits.
+            let end = offset + length as usize;
+            self.events.push_back(Event {
+                channel,
+                message,
+                payload: Some(data.slice(offset..end)),
+            });
+            offset = end;
         }
         Ok(())
     }

@@ -28,6 +28,7 @@ impl Client {
             metadata: None,
             room: self.options.room.clone(),
             room_password: self.options.room_password.clone(),
+            batches: self.options.batches,
         };
         self.send(Channel::Commands, &request, None)?;
         match self.reply(id, timeout)?.message {
@@ -219,6 +220,55 @@ impl Client {
         let id = self.next_id();
         self.send_update(block, &encode_value(&block.data), Some(id))?;
         self.ack(id, timeout)
+    }
+
+    /// Sends several datablocks' already-encoded data, unacknowledged, in
+    /// as few UPDATES messages as the limits allow; data larger than a
+    /// chunk goes alone, chunked.
+    pub fn updates_raw(&mut self, items: &[(&Block, &[u8])]) -> Result<(), ClientError> {
+        let mut headers = Vec::new();
+        let mut lengths = Vec::new();
+        let mut data = Vec::new();
+        for &(block, payload) in items {
+            if payload.len() > self.chunk_bytes {
+                self.send_update(block, payload, None)?;
+                continue;
+            }
+            if headers.len() == MAX_BATCH || data.len() + payload.len() > self.chunk_bytes {
+                self.send_batch(&mut headers, &mut lengths, &mut data)?;
+            }
+            headers.push(PublisherMessage::Update {
+                id: None,
+                uuid: block.uuid.clone(),
+                type_id: Some(block.type_id.clone()),
+                owner: block.owner.clone(),
+                deps: Some(block.deps.clone()),
+                patch: false,
+                base_revision: None,
+                chunk: ChunkFields::default(),
+            });
+            lengths.push(payload.len() as u64);
+            data.extend_from_slice(payload);
+        }
+        self.send_batch(&mut headers, &mut lengths, &mut data)
+    }
+
+    fn send_batch(
+        &self,
+        headers: &mut Vec<PublisherMessage>,
+        lengths: &mut Vec<u64>,
+        data: &mut Vec<u8>,
+    ) -> Result<(), ClientError> {
+        if headers.is_empty() {
+            return Ok(());
+        }
+        let msg = PublisherMessage::Updates {
+            updates: std::mem::take(headers),
+            lengths: std::mem::take(lengths),
+        };
+        self.send(Channel::Publisher, &msg, Some(data))?;
+        data.clear();
+        Ok(())
     }
 
     fn send_update(

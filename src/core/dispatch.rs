@@ -13,7 +13,7 @@ use super::{Core, Session, kick_reason, protocol_error};
 use crate::protocol::{
     AuthStatus, BlockSpec, Channel, CommandRequest, ErrorCode, HeartbeatMessage, PROTOCOL_VERSION,
     ProtocolError, PublisherMessage, RefersTo, Role, ServerMessage, SessionState,
-    SubscriberRequest, UploadStep, Wire, check_name, encode,
+    SubscriberRequest, UploadStep, Wire, batch, check_name, encode,
 };
 use crate::room::{ClientId, Effects, RoomError};
 use crate::transport::{ClientMessage, Command, Identity, Inbound};
@@ -191,6 +191,7 @@ impl Core {
             metadata,
             room,
             room_password,
+            batches,
         } = request
         else {
             return;
@@ -258,6 +259,7 @@ impl Core {
                 room: None,
                 admin,
                 place: place.clone(),
+                batches,
             },
         );
         let guard = room_guard(&place, room.as_deref().unwrap_or(DEFAULT_ROOM));
@@ -317,6 +319,7 @@ impl Core {
             max_header_bytes: Some(limits.max_header_bytes as u64),
             room: Some(joined.room.to_string()),
             created: Some(joined.created),
+            batches: batches.then_some(true),
         };
         self.reply_to(&identity, &msg).await;
     }
@@ -461,6 +464,34 @@ impl Core {
 
     async fn publisher(&mut self, id: ClientId, msg: PublisherMessage, payload: Option<Bytes>) {
         match msg {
+            PublisherMessage::Updates { updates, lengths } => {
+                let max_data = self.config.limits.chunk_bytes;
+                match batch::split(updates, lengths, payload, max_data) {
+                    Ok(items) => {
+                        for (update, data) in items {
+                            self.update(id, update, Some(data)).await;
+                        }
+                    }
+                    Err(e) => {
+                        let refers_to = RefersTo {
+                            kind: Some("UPDATES".into()),
+                            ..RefersTo::default()
+                        };
+                        self.error_to_client(id, &invalid(e), refers_to).await;
+                    }
+                }
+            }
+            update @ PublisherMessage::Update { .. } => self.update(id, update, payload).await,
+            PublisherMessage::Chunk { transfer, index } => {
+                self.chunk_message(id, Channel::Publisher, transfer, index, payload)
+                    .await;
+            }
+        }
+    }
+
+    /// One UPDATE, alone or out of an UPDATES.
+    async fn update(&mut self, id: ClientId, msg: PublisherMessage, payload: Option<Bytes>) {
+        match msg {
             PublisherMessage::Update {
                 id: req_id,
                 uuid,
@@ -491,10 +522,8 @@ impl Core {
                     Err(e) => self.error_to_client(id, &invalid(e), refers_to).await,
                 }
             }
-            PublisherMessage::Chunk { transfer, index } => {
-                self.chunk_message(id, Channel::Publisher, transfer, index, payload)
-                    .await;
-            }
+            // Only UPDATEs reach here.
+            PublisherMessage::Chunk { .. } | PublisherMessage::Updates { .. } => {}
         }
     }
 
@@ -552,6 +581,7 @@ impl Core {
                     wire: Wire {
                         header: encode(&HeartbeatMessage::Pong { seq }),
                         payload: None,
+                        batchable: false,
                     },
                 })
                 .await;
@@ -725,6 +755,7 @@ fn auth_failed(id: Option<u64>, code: ErrorCode, reason: &str) -> ServerMessage 
         max_header_bytes: None,
         room: None,
         created: None,
+        batches: None,
     }
 }
 

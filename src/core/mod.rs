@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::protocol::batch::{BatchLimits, Batcher, SERVER_BATCH_DATA, updates_message};
 use crate::protocol::{
     Channel, ErrorCode, HeartbeatMessage, RefersTo, RoomInfo, ServerMessage, SessionState,
     UserState, Wire, encode,
@@ -114,6 +115,9 @@ struct Session {
     admin: bool,
     /// The peer's address (or identity), which login throttling counts by.
     place: String,
+    /// The client reads UPDATES: forwarded updates that are ready together
+    /// reach it in one message.
+    batches: bool,
 }
 
 /// The core's state.
@@ -134,11 +138,12 @@ pub struct Core {
     started: Instant,
     /// When the next CLIENTS_STATE broadcast is due, if one is.
     presence_due: Option<Instant>,
-    /// Changes were recorded and are not committed yet: transport commands
-    /// wait in `deferred`.
+    /// Changes were recorded and are not committed yet.
     recording_open: bool,
-    /// Transport commands held until the changes recorded before them are
-    /// committed: nothing is forwarded before it is recorded.
+    /// Transport commands of this turn of the loop, sent at its end: after
+    /// the commit of the changes recorded before them (nothing is forwarded
+    /// before it is recorded), and with forwarded updates ready together
+    /// gathered into UPDATES for clients that read batches.
     deferred: Vec<Command>,
     /// Set while an autosave is being written, so they never overlap.
     autosaving: Arc<AtomicBool>,
@@ -260,8 +265,83 @@ impl Core {
             self.deferred.clear();
             return;
         }
-        for command in std::mem::take(&mut self.deferred) {
+        let commands = std::mem::take(&mut self.deferred);
+        for command in self.gather_batches(commands) {
             self.transport.send(command).await;
+        }
+    }
+
+    /// Turns each run of forwarded updates that go to the same clients, one
+    /// after the other on the subscriber channel, into UPDATES for the
+    /// clients that read batches (and the single UPDATEs for the others).
+    /// Commands on other channels may pass a run: there is no order between
+    /// channels. Anything else on the subscriber channel, and every
+    /// disconnection, ends the run first.
+    fn gather_batches(&self, commands: Vec<Command>) -> Vec<Command> {
+        if !self.sessions.values().any(|s| s.batches) {
+            return commands;
+        }
+        let limits = BatchLimits {
+            max_data: self.config.limits.chunk_bytes.min(SERVER_BATCH_DATA),
+            max_header: self.config.limits.max_header_bytes,
+        };
+        let mut out = Vec::with_capacity(commands.len());
+        let mut run = Batcher::new(limits);
+        let mut run_to: Vec<Identity> = Vec::new();
+        for command in commands {
+            match command {
+                Command::Deliver {
+                    channel: Channel::Subscriber,
+                    to,
+                    wire,
+                } if wire.batchable => {
+                    if !run.is_empty() && (run_to != to || !run.fits(&wire)) {
+                        self.end_run(&mut run, &run_to, &mut out);
+                    }
+                    run_to = to;
+                    run.push(wire);
+                }
+                Command::Deliver { channel, .. } if channel != Channel::Subscriber => {
+                    out.push(command);
+                }
+                other => {
+                    self.end_run(&mut run, &run_to, &mut out);
+                    out.push(other);
+                }
+            }
+        }
+        self.end_run(&mut run, &run_to, &mut out);
+        out
+    }
+
+    fn end_run(&self, run: &mut Batcher, to: &[Identity], out: &mut Vec<Command>) {
+        let wires = run.take();
+        let reads_batches = |identity: &Identity| {
+            self.by_identity
+                .get(identity)
+                .and_then(|id| self.sessions.get(id))
+                .is_some_and(|s| s.batches)
+        };
+        let (batched, single): (Vec<Identity>, Vec<Identity>) = if wires.len() > 1 {
+            to.iter().cloned().partition(reads_batches)
+        } else {
+            (Vec::new(), to.to_vec())
+        };
+        if !batched.is_empty() {
+            out.push(Command::Deliver {
+                channel: Channel::Subscriber,
+                to: batched,
+                wire: updates_message(&wires),
+            });
+        }
+        if !single.is_empty() {
+            for wire in wires {
+                out.push(Command::Deliver {
+                    channel: Channel::Subscriber,
+                    to: single.clone(),
+                    wire,
+                });
+            }
         }
     }
 
@@ -272,8 +352,8 @@ impl Core {
         }
     }
 
-    /// Sends a transport command now, or after the commit when changes
-    /// are waiting to be recorded.
+    /// Queues a transport command, sent at the end of this turn of the loop
+    /// (after the commit of what it depends on).
     async fn send(&mut self, command: Command) {
         if self.failure.is_some() {
             // Only goodbyes go out now: nothing else was recorded.
@@ -282,11 +362,7 @@ impl Core {
             }
             return;
         }
-        if self.recording_open {
-            self.deferred.push(command);
-        } else {
-            self.transport.send(command).await;
-        }
+        self.deferred.push(command);
     }
 
     /// Records a room's accepted changes (before anything about them is
@@ -331,6 +407,7 @@ impl Core {
         let wire = Wire {
             header: encode(&HeartbeatMessage::Ping { seq }),
             payload: None,
+            batchable: false,
         };
         let mut to = Vec::with_capacity(self.sessions.len());
         for session in self.sessions.values_mut() {

@@ -224,6 +224,10 @@ pub enum CommandRequest {
         /// The room's password; sets it when the room is created.
         #[serde(default)]
         room_password: Option<String>,
+        /// The client reads UPDATES, several forwarded updates in one
+        /// message.
+        #[serde(default)]
+        batches: bool,
     },
     /// Leaves the current room (if any) and joins, or creates, another.
     JoinRoom {
@@ -363,6 +367,13 @@ pub enum PublisherMessage {
     Chunk {
         transfer: u64,
         index: u32,
+    },
+    /// Several updates in one message: `updates` are UPDATE headers and
+    /// the data frame holds their payloads one after the other, of
+    /// `lengths` bytes each. See [`crate::protocol::batch`].
+    Updates {
+        updates: Vec<PublisherMessage>,
+        lengths: Vec<u64>,
     },
 }
 
@@ -512,6 +523,9 @@ pub enum ServerMessage {
         /// client's upload, and the client is an admin of it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         created: Option<bool>,
+        /// The client asked for batches and may receive UPDATES.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batches: Option<bool>,
     },
     /// The answer to JOIN_ROOM and LEAVE_ROOM: the room the client is in
     /// now (none after LEAVE_ROOM).
@@ -589,6 +603,13 @@ pub enum ServerMessage {
     Chunk {
         transfer: u64,
         index: u32,
+    },
+    /// Several forwarded updates in one message: each of `updates` is an
+    /// [`ServerMessage::Update`] and the data frame holds their payloads
+    /// one after the other, of `lengths` bytes each.
+    Updates {
+        updates: Vec<ServerMessage>,
+        lengths: Vec<u64>,
     },
     /// An UPDATE that carried an `id` was applied, at this revision.
     Ack {

@@ -9,6 +9,7 @@
 //! itself one MessagePack value, which the server stores and forwards
 //! without decoding it.
 
+pub mod batch;
 pub mod codec;
 pub mod message;
 pub mod patch;

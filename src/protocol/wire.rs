@@ -39,6 +39,9 @@ impl Channel {
 pub struct Wire {
     pub header: Bytes,
     pub payload: Option<Bytes>,
+    /// A forwarded UPDATE with its data inline, which may travel inside an
+    /// UPDATES to clients that read batches ([`super::batch`]).
+    pub batchable: bool,
 }
 
 impl Wire {
@@ -47,6 +50,7 @@ impl Wire {
         Self {
             header: encode(msg),
             payload: None,
+            batchable: false,
         }
     }
 
@@ -76,6 +80,7 @@ pub fn with_payload(
         return vec![Wire {
             header: encode(&header(ChunkFields::default())),
             payload: Some(payload),
+            batchable: false,
         }];
     }
     let chunks = payload.len().div_ceil(chunk_bytes);
@@ -88,6 +93,7 @@ pub fn with_payload(
     out.push(Wire {
         header: encode(&header(ChunkFields::from_spec(spec))),
         payload: None,
+        batchable: false,
     });
     for index in 0..chunks {
         let start = index * chunk_bytes;
@@ -98,6 +104,7 @@ pub fn with_payload(
                 index: u32::try_from(index).unwrap_or(u32::MAX),
             }),
             payload: Some(payload.slice(start..end)),
+            batchable: false,
         });
     }
     out

@@ -111,6 +111,7 @@ mod tests {
         Wire {
             header: Bytes::from(vec![0u8; n]),
             payload: None,
+            batchable: false,
         }
     }
 

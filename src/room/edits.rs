@@ -155,7 +155,7 @@ impl Room {
         if payload.len() > self.limits.chunk_bytes {
             self.next_transfer += 1;
         }
-        let wires = with_payload(
+        let mut wires = with_payload(
             |chunk| ServerMessage::Update {
                 header,
                 sender: user,
@@ -166,6 +166,9 @@ impl Room {
             self.limits.chunk_bytes,
             transfer,
         );
+        if let [inline] = wires.as_mut_slice() {
+            inline.batchable = true;
+        }
         for wire in wires {
             self.broadcast(Some(id), wire, &mut fx);
         }

@@ -54,6 +54,7 @@ mod tests {
         let wire = Wire {
             header: Bytes::from_static(b"0123456789"),
             payload: None,
+            batchable: false,
         };
         let mut outbox = Outbox::default();
         assert!(outbox.push(wire.clone(), 2, 100));

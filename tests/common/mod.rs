@@ -160,7 +160,13 @@ pub fn joined(
     server: &TestServer,
     name: &str,
 ) -> (Client, Vec<replication_serve::client::Received>) {
-    let (mut c, status) = user(server, name);
+    joined_with(ClientOptions::new(server.port, name))
+}
+
+/// A regular user with these options that has downloaded the scene.
+pub fn joined_with(options: ClientOptions) -> (Client, Vec<replication_serve::client::Received>) {
+    let mut c = Client::connect(options).expect("connect");
+    let status = c.authenticate(T).expect("user auth");
     assert_eq!(status, AuthStatus::Running);
     let blocks = c.download(T, |_, _| {}).expect("download");
     (c, blocks)

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use scenarios::{Setup, Storage};
+use scenarios::{Batching, Setup, Storage};
 use stats::Spread;
 
 #[derive(Parser)]
@@ -195,31 +195,67 @@ fn main() -> anyhow::Result<()> {
     }
 
     if wanted(Scenario::Fanout) {
-        let mut ours = (Vec::new(), Vec::new(), 0);
+        // The same fan-out three ways, in one session: messages one by one
+        // (the readers do not read batches), the readers taking the
+        // server's batches, and the writer sending batches of 32 too.
+        let variants = [
+            (
+                "one message per update",
+                Batching {
+                    writer: 1,
+                    readers: false,
+                },
+                "",
+            ),
+            ("readers take batches", Batching::READERS, ">= 100000"),
+            (
+                "writer sends UPDATES of 32",
+                Batching {
+                    writer: 32,
+                    readers: true,
+                },
+                "",
+            ),
+        ];
+        let mut ours: Vec<(Vec<f64>, Vec<f64>, u64)> = variants
+            .iter()
+            .map(|_| (Vec::new(), Vec::new(), 0))
+            .collect();
         let mut raw = (Vec::new(), Vec::new());
         for _ in 0..runs {
-            let r = scenarios::fanout(&setup, plan.fanout_updates, 1024, plan.readers, None)?;
-            ours.0.push(r.rate);
-            ours.1.push(r.cpu_us);
-            ours.2 += r.lost;
+            for ((_, batching, _), results) in variants.iter().zip(&mut ours) {
+                let r = scenarios::fanout(
+                    &setup,
+                    plan.fanout_updates,
+                    1024,
+                    plan.readers,
+                    None,
+                    *batching,
+                )?;
+                results.0.push(r.rate);
+                results.1.push(r.cpu_us);
+                results.2 += r.lost;
+            }
             let c = ceiling::measure(plan.fanout_updates, 1024, plan.readers, setup.first_port)?;
             raw.0.push(c.rate);
             raw.1.push(c.cpu_us);
         }
         let readers = plan.readers;
-        table.row(
-            &format!("fan-out 1 -> {readers}, 1 KB, updates/s"),
-            "/s",
-            ">= 100000",
-            Spread::of(&ours.0).show(0),
-        );
-        table.row(
-            "  server CPU per update",
-            "us",
-            "<= 5",
-            Spread::of(&ours.1).show(2),
-        );
-        table.row("  updates lost", "", "0", ours.2.to_string());
+        for ((name, _, target), (rate, cpu, lost)) in variants.iter().zip(&ours) {
+            table.row(
+                &format!("fan-out 1 -> {readers}, 1 KB, {name}, updates/s"),
+                "/s",
+                target,
+                Spread::of(rate).show(0),
+            );
+            table.row(
+                "  server CPU per update",
+                "us",
+                if target.is_empty() { "" } else { "<= 5" },
+                Spread::of(cpu).show(2),
+            );
+            table.row("  updates lost", "", "0", lost.to_string());
+        }
         table.row(
             &format!("libzmq ceiling 1 -> {readers}, 1 KB, msgs/s"),
             "/s",
@@ -232,8 +268,21 @@ fn main() -> anyhow::Result<()> {
             "",
             Spread::of(&raw.1).show(2),
         );
-        let ratio = Spread::of(&raw.0).median / Spread::of(&ours.0).median;
-        table.row("  ceiling / ours", "x", "<= 2", format!("{ratio:.2}"));
+        let ceiling = Spread::of(&raw.0).median;
+        let single = Spread::of(&ours[0].0).median;
+        let batched = Spread::of(&ours[1].0).median;
+        table.row(
+            "  ceiling / ours, one message per update",
+            "x",
+            "<= 2",
+            format!("{:.2}", ceiling / single),
+        );
+        table.row(
+            "  ceiling / ours, readers take batches",
+            "x",
+            "<= 2",
+            format!("{:.2}", ceiling / batched),
+        );
     }
 
     if wanted(Scenario::Latency) {
@@ -243,7 +292,14 @@ fn main() -> anyhow::Result<()> {
             let mut lost = 0;
             for _ in 0..runs {
                 let updates = (rate * plan.latency_seconds) as u64;
-                let r = scenarios::fanout(&setup, updates, 1024, plan.readers, Some(rate))?;
+                let r = scenarios::fanout(
+                    &setup,
+                    updates,
+                    1024,
+                    plan.readers,
+                    Some(rate),
+                    Batching::READERS,
+                )?;
                 p50.push(r.p50_us / 1e3);
                 p99.push(r.p99_us / 1e3);
                 lost += r.lost;
@@ -339,14 +395,26 @@ fn main() -> anyhow::Result<()> {
             let (mut rate, mut cpu, mut p50, mut p99, mut lost) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
             for _ in 0..runs {
-                let r =
-                    scenarios::fanout(&setup, plan.fanout_updates / 2, 1024, plan.readers, None)?;
+                let r = scenarios::fanout(
+                    &setup,
+                    plan.fanout_updates / 2,
+                    1024,
+                    plan.readers,
+                    None,
+                    Batching::READERS,
+                )?;
                 rate.push(r.rate);
                 cpu.push(r.cpu_us);
                 lost += r.lost;
                 let updates = (plan.slow_rate * plan.latency_seconds) as u64;
-                let r =
-                    scenarios::fanout(&setup, updates, 1024, plan.readers, Some(plan.slow_rate))?;
+                let r = scenarios::fanout(
+                    &setup,
+                    updates,
+                    1024,
+                    plan.readers,
+                    Some(plan.slow_rate),
+                    Batching::READERS,
+                )?;
                 p50.push(r.p50_us / 1e3);
                 p99.push(r.p99_us / 1e3);
                 lost += r.lost;

@@ -83,7 +83,11 @@ fn admin(ctx: &zmq::Context, port: u16) -> anyhow::Result<Client> {
 }
 
 fn joiner(ctx: &zmq::Context, port: u16, name: &str) -> anyhow::Result<Client> {
-    let mut c = Client::connect_in(ctx, ClientOptions::new(port, name))?;
+    joiner_with(ctx, ClientOptions::new(port, name))
+}
+
+fn joiner_with(ctx: &zmq::Context, options: ClientOptions) -> anyhow::Result<Client> {
+    let mut c = Client::connect_in(ctx, options)?;
     c.authenticate(WAIT)?;
     c.download(WAIT, |_, _| {})?;
     Ok(c)
@@ -161,18 +165,16 @@ struct Seen {
 }
 
 /// Starts a reader that joins, waits at `ready`, then counts forwarded
-/// updates (messages with a data frame) until it has `expect` or `idle`
-/// passes without any.
+/// updates until it has `expect` or 10 s pass without any.
 fn reader(
     ctx: &zmq::Context,
-    port: u16,
-    name: String,
+    options: ClientOptions,
     expect: u64,
     ready: Arc<Barrier>,
 ) -> JoinHandle<anyhow::Result<Seen>> {
     let ctx = ctx.clone();
     std::thread::spawn(move || {
-        let mut client = joiner(&ctx, port, &name)?;
+        let mut client = joiner_with(&ctx, options)?;
         ready.wait();
         let mut seen = Seen {
             count: 0,
@@ -183,18 +185,48 @@ fn reader(
             let Some(frames) = client.next_subscriber_frames(Duration::from_secs(10))? else {
                 break;
             };
-            let Some(payload) = frames.get(1) else {
-                continue;
-            };
-            let now = now_ns();
-            if let Some(sent) = TimedPayload::sent_at(payload) {
-                seen.latencies.push(now.saturating_sub(sent));
-            }
-            seen.count += 1;
-            seen.last_ns = now;
+            record(&mut seen, &frames);
         }
         Ok(seen)
     })
+}
+
+/// Just enough of a subscriber header to find the updates in a message.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    lengths: Vec<u64>,
+}
+
+/// The data of each forwarded update in a subscriber message: one for an
+/// UPDATE, one per update for an UPDATES, none for anything else. The
+/// headers are not decoded beyond the type and the lengths.
+fn update_payloads(frames: &[zmq::Message]) -> Vec<&[u8]> {
+    let (Some(header), Some(data)) = (frames.first(), frames.get(1)) else {
+        return Vec::new();
+    };
+    let Ok(envelope) = rmp_serde::from_slice::<Envelope>(header) else {
+        return Vec::new();
+    };
+    match envelope.kind.as_str() {
+        "UPDATE" => vec![&data[..]],
+        "UPDATES" => {
+            let mut offset = 0usize;
+            let mut out = Vec::with_capacity(envelope.lengths.len());
+            for length in envelope.lengths {
+                let end = offset.saturating_add(usize::try_from(length).unwrap_or(usize::MAX));
+                let Some(slice) = data.get(offset..end) else {
+                    break;
+                };
+                out.push(slice);
+                offset = end;
+            }
+            out
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Fan-out or paced load: one writer, `readers` readers.
@@ -209,6 +241,23 @@ pub struct Fanout {
     pub lost: u64,
 }
 
+/// How the fan-out's clients use batches (protocol section 15).
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Updates the writer puts in each UPDATES (1: single UPDATEs).
+    pub writer: usize,
+    /// The readers ask for UPDATES.
+    pub readers: bool,
+}
+
+impl Batching {
+    /// Single updates from the writer; readers take batches.
+    pub const READERS: Self = Self {
+        writer: 1,
+        readers: true,
+    };
+}
+
 /// Sends `updates` updates of `size` bytes, as fast as the server takes
 /// them (`rate` None) or paced at `rate` per second.
 pub fn fanout(
@@ -217,6 +266,7 @@ pub fn fanout(
     size: usize,
     readers: usize,
     rate: Option<f64>,
+    batching: Batching,
 ) -> anyhow::Result<Fanout> {
     let server = setup.server()?;
     let ctx = zmq::Context::new();
@@ -225,22 +275,22 @@ pub fn fanout(
     let ready = Arc::new(Barrier::new(readers + 1));
     let handles: Vec<_> = (0..readers)
         .map(|i| {
-            reader(
-                &ctx,
-                server.port,
-                format!("reader-{i}"),
-                updates,
-                ready.clone(),
-            )
+            let options = ClientOptions {
+                batches: batching.readers,
+                ..ClientOptions::new(server.port, &format!("reader-{i}"))
+            };
+            reader(&ctx, options, updates, ready.clone())
         })
         .collect();
     ready.wait();
     let meter = CpuMeter::start(server.pid());
-    let mut payload = TimedPayload::new(size);
+    let group = batching.writer.max(1) as u64;
+    let mut payloads: Vec<TimedPayload> = (0..group).map(|_| TimedPayload::new(size)).collect();
     let target = block("stroke", Value::Nil);
     let start_ns = now_ns();
     let started = Instant::now();
-    for i in 0..updates {
+    let mut i = 0;
+    while i < updates {
         if let Some(rate) = rate {
             let due = started + Duration::from_secs_f64(i as f64 / rate);
             let now = Instant::now();
@@ -248,7 +298,18 @@ pub fn fanout(
                 std::thread::sleep(due - now);
             }
         }
-        host.update_raw(&target, payload.stamped())?;
+        let n = group.min(updates - i);
+        if n == 1 {
+            host.update_raw(&target, payloads[0].stamped())?;
+        } else {
+            let items: Vec<(&Block, &[u8])> = payloads
+                .iter_mut()
+                .take(n as usize)
+                .map(|p| (&target, p.stamped()))
+                .collect();
+            host.updates_raw(&items)?;
+        }
+        i += n;
     }
     let mut latencies = Vec::new();
     let mut lost = 0;
@@ -494,11 +555,13 @@ fn drain_until(c: &mut Client, seen: &mut Seen, due: Instant) -> anyhow::Result<
 }
 
 fn record(seen: &mut Seen, frames: &[zmq::Message]) {
-    if let Some(sent) = frames.get(1).and_then(|p| TimedPayload::sent_at(p)) {
-        let now = now_ns();
-        seen.latencies.push(now.saturating_sub(sent));
-        seen.last_ns = now;
-        seen.count += 1;
+    let now = now_ns();
+    for payload in update_payloads(frames) {
+        if let Some(sent) = TimedPayload::sent_at(payload) {
+            seen.latencies.push(now.saturating_sub(sent));
+            seen.count += 1;
+            seen.last_ns = now;
+        }
     }
 }
 

@@ -1,0 +1,371 @@
+//! UPDATES: several updates in one message, in both directions (protocol
+//! section 15). A batch means exactly its updates one by one, in order; it
+//! exists because every message costs the sender, the server and each
+//! receiver a fixed amount of work in libzmq and the kernel.
+
+use bytes::{Bytes, BytesMut};
+
+use super::{ChunkFields, ProtocolError, PublisherMessage, Wire};
+
+/// Most updates in one UPDATES message, in either direction.
+pub const MAX_BATCH: usize = 1024;
+
+/// Most data the server puts in one UPDATES. libzmq queues up to its
+/// high-water mark in messages, not bytes, for a client that stops reading:
+/// small batches keep that queue about as small as single updates did,
+/// while 64 updates of 1 KB already pay one message's cost between them.
+pub const SERVER_BATCH_DATA: usize = 64 * 1024;
+
+/// The most a batch built by [`Batcher`] may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Largest data frame (the clients' `chunk_bytes`).
+    pub max_data: usize,
+    /// Largest header frame (the clients' `max_header_bytes`).
+    pub max_header: usize,
+}
+
+/// Bytes of an UPDATES header around its items: the map, its keys and the
+/// two array headers, with room for the lengths' encoding.
+const ENVELOPE_BYTES: usize = 64;
+/// Most bytes one length adds to the header (a u64).
+const LENGTH_BYTES: usize = 9;
+
+/// Checks an UPDATES from a client as a whole and cuts its data frame into
+/// each update's payload (shared, not copied). Any problem refuses the
+/// whole batch, so that none of it is applied.
+pub fn split(
+    updates: Vec<PublisherMessage>,
+    lengths: Vec<u64>,
+    payload: Option<Bytes>,
+    max_data: usize,
+) -> Result<Vec<(PublisherMessage, Bytes)>, ProtocolError> {
+    let invalid = |why: String| Err(ProtocolError::Invalid(why));
+    let Some(data) = payload else {
+        return invalid("UPDATES needs a data frame holding the updates' data".into());
+    };
+    if updates.is_empty() || updates.len() > MAX_BATCH {
+        return invalid(format!(
+            "UPDATES holds {} updates; it must hold 1 to {MAX_BATCH}",
+            updates.len()
+        ));
+    }
+    if lengths.len() != updates.len() {
+        return invalid(format!(
+            "UPDATES has {} updates but {} lengths",
+            updates.len(),
+            lengths.len()
+        ));
+    }
+    if data.len() > max_data {
+        return Err(ProtocolError::TooLarge {
+            size: data.len(),
+            limit: max_data,
+        });
+    }
+    let mut total: u64 = 0;
+    for (i, &length) in lengths.iter().enumerate() {
+        if length == 0 {
+            return invalid(format!("UPDATES length {i} is 0; every update needs data"));
+        }
+        total = total.saturating_add(length);
+    }
+    if total != data.len() as u64 {
+        return invalid(format!(
+            "UPDATES lengths add up to {total} bytes but the data frame has {}",
+            data.len()
+        ));
+    }
+    for (i, update) in updates.iter().enumerate() {
+        match update {
+            PublisherMessage::Update { chunk, .. } if *chunk == ChunkFields::default() => {}
+            PublisherMessage::Update { .. } => {
+                return invalid(format!(
+                    "UPDATES element {i} announces chunks; send a chunked payload as a single UPDATE"
+                ));
+            }
+            _ => return invalid(format!("UPDATES element {i} is not an UPDATE header")),
+        }
+    }
+    let mut offset = 0usize;
+    Ok(updates
+        .into_iter()
+        .zip(lengths)
+        .map(|(update, length)| {
+            // The lengths add up to the frame's size, so each fits in usize.
+            let end = offset + length as usize;
+            let slice = data.slice(offset..end);
+            offset = end;
+            (update, slice)
+        })
+        .collect())
+}
+
+/// Gathers forwarded UPDATEs (each an encoded header and an inline data
+/// frame) into UPDATES messages within the limits, without decoding or
+/// re-encoding their headers.
+#[derive(Debug)]
+pub struct Batcher {
+    limits: BatchLimits,
+    items: Vec<Wire>,
+    header_bytes: usize,
+    data_bytes: usize,
+}
+
+impl Batcher {
+    pub fn new(limits: BatchLimits) -> Self {
+        Self {
+            limits,
+            items: Vec::new(),
+            header_bytes: ENVELOPE_BYTES,
+            data_bytes: 0,
+        }
+    }
+
+    /// True when `wire` may join the batch without passing a limit.
+    pub fn fits(&self, wire: &Wire) -> bool {
+        let data = wire.payload.as_ref().map_or(0, Bytes::len);
+        self.items.is_empty()
+            || (self.items.len() < MAX_BATCH
+                && self.header_bytes + wire.header.len() + LENGTH_BYTES <= self.limits.max_header
+                && self.data_bytes + data <= self.limits.max_data)
+    }
+
+    /// Adds a forwarded UPDATE; the caller checks [`Batcher::fits`] first.
+    pub fn push(&mut self, wire: Wire) {
+        self.header_bytes += wire.header.len() + LENGTH_BYTES;
+        self.data_bytes += wire.payload.as_ref().map_or(0, Bytes::len);
+        self.items.push(wire);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The updates gathered so far, emptying the batcher.
+    pub fn take(&mut self) -> Vec<Wire> {
+        self.header_bytes = ENVELOPE_BYTES;
+        self.data_bytes = 0;
+        std::mem::take(&mut self.items)
+    }
+}
+
+/// One UPDATES message carrying `items` (forwarded UPDATEs with inline
+/// data), in order. Their encoded headers are copied in as they are.
+pub fn updates_message(items: &[Wire]) -> Wire {
+    let header_len: usize = items.iter().map(|w| w.header.len()).sum();
+    let data_len: usize = items
+        .iter()
+        .map(|w| w.payload.as_ref().map_or(0, Bytes::len))
+        .sum();
+    let mut header = Vec::with_capacity(header_len + ENVELOPE_BYTES + items.len() * LENGTH_BYTES);
+    let mut data = BytesMut::with_capacity(data_len);
+    // Writing to a Vec cannot fail.
+    let _ = rmp::encode::write_map_len(&mut header, 3);
+    let _ = rmp::encode::write_str(&mut header, "type");
+    let _ = rmp::encode::write_str(&mut header, "UPDATES");
+    let _ = rmp::encode::write_str(&mut header, "updates");
+    let _ = rmp::encode::write_array_len(&mut header, items.len() as u32);
+    for item in items {
+        header.extend_from_slice(&item.header);
+    }
+    let _ = rmp::encode::write_str(&mut header, "lengths");
+    let _ = rmp::encode::write_array_len(&mut header, items.len() as u32);
+    for item in items {
+        let payload = item.payload.as_deref().unwrap_or_default();
+        let _ = rmp::encode::write_uint(&mut header, payload.len() as u64);
+        data.extend_from_slice(payload);
+    }
+    Wire {
+        header: Bytes::from(header),
+        payload: Some(data.freeze()),
+        batchable: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ChunkFields, DatablockHeader, ServerMessage, decode_header, encode};
+
+    fn update(uuid: &str) -> PublisherMessage {
+        update_with(uuid, ChunkFields::default())
+    }
+
+    fn update_with(uuid: &str, chunk: ChunkFields) -> PublisherMessage {
+        PublisherMessage::Update {
+            id: None,
+            uuid: uuid.into(),
+            type_id: Some("Object".into()),
+            owner: None,
+            deps: None,
+            patch: false,
+            base_revision: None,
+            chunk,
+        }
+    }
+
+    fn forwarded(uuid: &str, revision: u64, data: &[u8]) -> (ServerMessage, Wire) {
+        let msg = ServerMessage::Update {
+            header: DatablockHeader {
+                uuid: uuid.into(),
+                type_id: "Object".into(),
+                owner: "COMMON".into(),
+                deps: vec!["dep".into()],
+                revision,
+            },
+            sender: "ann".into(),
+            patch: false,
+            chunk: ChunkFields::default(),
+        };
+        let wire = Wire {
+            header: encode(&msg),
+            payload: Some(Bytes::copy_from_slice(data)),
+            batchable: true,
+        };
+        (msg, wire)
+    }
+
+    #[test]
+    fn split_cuts_the_data_frame_in_order() {
+        let data = Bytes::from_static(b"\x01\xa2hi\xc0");
+        let parts = split(
+            vec![update("a"), update("b"), update("c")],
+            vec![1, 3, 1],
+            Some(data),
+            1024,
+        )
+        .unwrap();
+        let slices: Vec<&[u8]> = parts.iter().map(|(_, d)| &d[..]).collect();
+        assert_eq!(slices, [&b"\x01"[..], b"\xa2hi", b"\xc0"]);
+        assert!(matches!(&parts[1].0, PublisherMessage::Update { uuid, .. } if uuid == "b"));
+    }
+
+    #[test]
+    fn split_refuses_every_malformed_batch() {
+        let data = || Some(Bytes::from_static(b"\x01\x02"));
+        let chunked = update_with(
+            "a",
+            ChunkFields {
+                transfer: Some(1),
+                chunks: Some(1),
+                size: Some(2),
+            },
+        );
+        let nested = PublisherMessage::Updates {
+            updates: vec![update("a")],
+            lengths: vec![1],
+        };
+        type Case = (Vec<PublisherMessage>, Vec<u64>, Option<Bytes>, &'static str);
+        let cases: Vec<Case> = vec![
+            (vec![update("a")], vec![2], None, "needs a data frame"),
+            (vec![], vec![], data(), "1 to 1024"),
+            (
+                vec![update("a"); MAX_BATCH + 1],
+                vec![1; MAX_BATCH + 1],
+                data(),
+                "1 to 1024",
+            ),
+            (
+                vec![update("a"), update("b")],
+                vec![2],
+                data(),
+                "2 updates but 1 lengths",
+            ),
+            (
+                vec![update("a"), update("b")],
+                vec![2, 0],
+                data(),
+                "length 1 is 0",
+            ),
+            (
+                vec![update("a"), update("b")],
+                vec![1, 2],
+                data(),
+                "add up to 3 bytes",
+            ),
+            (
+                vec![update("a"), update("b")],
+                vec![u64::MAX, 1],
+                data(),
+                "add up to",
+            ),
+            (vec![chunked], vec![2], data(), "announces chunks"),
+            (vec![nested], vec![2], data(), "not an UPDATE header"),
+        ];
+        for (updates, lengths, payload, expected) in cases {
+            let err = split(updates, lengths, payload, 1024).unwrap_err();
+            assert_eq!(err.code(), crate::protocol::ErrorCode::InvalidMessage);
+            assert!(err.to_string().contains(expected), "{err} lacks {expected}");
+        }
+        let err = split(vec![update("a")], vec![2], data(), 1).unwrap_err();
+        assert_eq!(err.code(), crate::protocol::ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn the_built_message_decodes_to_its_updates() {
+        let (first, a) = forwarded("a", 2, b"\x01");
+        let (second, b) = forwarded("b", 7, b"\x92\x01\x02");
+        let wire = updates_message(&[a, b]);
+        let decoded: ServerMessage = decode_header(&wire.header, 1 << 20).unwrap();
+        assert_eq!(
+            decoded,
+            ServerMessage::Updates {
+                updates: vec![first.clone(), second.clone()],
+                lengths: vec![1, 3],
+            }
+        );
+        // Byte for byte what the serde encoding of the same message gives.
+        let via_serde = encode(&ServerMessage::Updates {
+            updates: vec![first, second],
+            lengths: vec![1, 3],
+        });
+        assert_eq!(wire.header, via_serde);
+        assert_eq!(wire.payload.as_deref(), Some(&b"\x01\x92\x01\x02"[..]));
+        assert!(!wire.batchable);
+    }
+
+    #[test]
+    fn the_batcher_keeps_within_its_limits() {
+        let (_, wire) = forwarded("a", 1, &[0xc0; 100]);
+        let mut batcher = Batcher::new(BatchLimits {
+            max_data: 250,
+            max_header: 1 << 20,
+        });
+        assert!(batcher.fits(&wire));
+        batcher.push(wire.clone());
+        batcher.push(wire.clone());
+        assert!(!batcher.fits(&wire), "300 bytes of data passes 250");
+        assert_eq!(batcher.take().len(), 2);
+        assert!(batcher.is_empty());
+        // An item alone always fits, whatever its size.
+        let mut tiny = Batcher::new(BatchLimits {
+            max_data: 1,
+            max_header: 1,
+        });
+        assert!(tiny.fits(&wire));
+        tiny.push(wire.clone());
+        assert!(!tiny.fits(&wire));
+        // The header limit, counted with the envelope.
+        let mut narrow = Batcher::new(BatchLimits {
+            max_data: 1 << 20,
+            max_header: ENVELOPE_BYTES + 2 * (wire.header.len() + LENGTH_BYTES),
+        });
+        narrow.push(wire.clone());
+        assert!(narrow.fits(&wire));
+        narrow.push(wire.clone());
+        assert!(!narrow.fits(&wire));
+        let built = updates_message(&narrow.take());
+        assert!(built.header.len() <= ENVELOPE_BYTES + 2 * (wire.header.len() + LENGTH_BYTES));
+        // The count limit.
+        let mut many = Batcher::new(BatchLimits {
+            max_data: usize::MAX,
+            max_header: usize::MAX,
+        });
+        for _ in 0..MAX_BATCH {
+            assert!(many.fits(&wire));
+            many.push(wire.clone());
+        }
+        assert!(!many.fits(&wire));
+    }
+}
