@@ -398,7 +398,7 @@ def _splice(box: list[Any], op: _Op, log: list[Undo]) -> None:
     log.append(lambda: _put(holder, key, old))
 
 
-def apply(value: Any, patch: Any) -> Any:
+def apply(value: Any, patch: Any, undo: list[Undo] | None = None) -> Any:
     """Applies ``patch`` to ``value`` and returns the result.
 
     Containers are changed in place; the return value differs from
@@ -406,6 +406,11 @@ def apply(value: Any, patch: Any) -> Any:
     path, or a splice of a root string or bin). On failure nothing is
     changed and :class:`PatchFailed` (or :class:`PatchMalformed`) names the
     operation.
+
+    ``undo``, when given, receives the steps that revert a successful
+    patch: calling every step of it in reverse order puts back the
+    containers of ``value`` (keep ``value`` itself for a replaced root),
+    also after several patches recorded into the same list.
     """
     ops = _parse(patch)
     box = [value]
@@ -422,4 +427,6 @@ def apply(value: Any, patch: Any) -> Any:
             for undo in reversed(log):
                 undo()
             raise PatchFailed(i, f"{e}; the patch was not applied") from None
+    if undo is not None:
+        undo.extend(log)
     return box[0]

@@ -95,11 +95,12 @@ class Replica:
         if deps is not None:
             local.deps = list(deps)
 
-    def patch_preview(self, uuid: str, ops: list[Any]) -> Any:
+    def patch_preview(self, uuid: str, ops: list[Any], undo: list[Any] | None = None) -> Any:
         """Applies our own patch to the local copy (atomically); raises
-        PatchError, and changes nothing, if it does not apply."""
+        PatchError, and changes nothing, if it does not apply. ``undo``
+        collects the steps that revert it (see :func:`patch.apply`)."""
         local = self.blocks[uuid]
-        local.data = patches.apply(local.data, ops)
+        local.data = patches.apply(local.data, ops, undo)
         return local.data
 
     def owners(self, uuids: list[str], owner: str) -> None:
