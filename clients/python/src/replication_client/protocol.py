@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from enum import IntEnum
 from typing import Any
 
 from .codec import pack
+from .errors import ProtocolError
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "MAX_BATCH",
     "Channel",
     "new_identity",
     "message",
     "payload_messages",
+    "batch_groups",
+    "batch_message",
+    "split_batch",
 ]
 
 PROTOCOL_VERSION = 1
 DEFAULT_CHUNK_BYTES = 1 << 20
 """Used only until the AUTH reply announces ``chunk_bytes``."""
+MAX_BATCH = 1024
+"""Most updates one UPDATES message may carry (section 15)."""
+CHUNK_KEYS = ("transfer", "chunks", "size")
+"""The header keys that announce a chunked payload (section 5)."""
 
 
 class Channel(IntEnum):
@@ -65,4 +75,90 @@ def payload_messages(
         [pack({"type": "CHUNK", "transfer": transfer, "index": i}), piece]
         for i, piece in enumerate(slices)
     )
+    return out
+
+
+def batch_groups(
+    updates: Sequence[tuple[dict[str, Any], bytes]], chunk_bytes: int, max_header_bytes: int
+) -> list[list[int]]:
+    """Splits UPDATEs (header, payload), in order, into the messages that
+    carry them: the indices of each message's updates. A group of one is
+    sent as a single UPDATE (chunked when its payload is over
+    ``chunk_bytes``), a larger group as one UPDATES (section 15) of at most
+    :data:`MAX_BATCH` updates whose data frame stays within ``chunk_bytes``
+    and whose header stays within ``max_header_bytes``."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    data = header = 0
+    for i, (h, payload) in enumerate(updates):
+        if len(payload) > chunk_bytes:
+            if current:
+                groups.append(current)
+                current = []
+            groups.append([i])
+            continue
+        # An update's share of the UPDATES header: its own header, plus at
+        # most 9 bytes for its length; 64 bytes cover the rest of the map.
+        share = len(pack(h)) + 9
+        if current and (
+            len(current) == MAX_BATCH
+            or data + len(payload) > chunk_bytes
+            or header + share > max_header_bytes
+        ):
+            groups.append(current)
+            current = []
+        if not current:
+            data, header = 0, 64
+        current.append(i)
+        data += len(payload)
+        header += share
+    if current:
+        groups.append(current)
+    return groups
+
+
+def batch_message(updates: Sequence[tuple[dict[str, Any], bytes]]) -> list[bytes]:
+    """The frames ``[header, data]`` of an UPDATES carrying ``updates``
+    (UPDATE headers without chunk keys, with their payloads), in order."""
+    return [
+        pack(
+            {
+                "type": "UPDATES",
+                "updates": [h for h, _ in updates],
+                "lengths": [len(p) for _, p in updates],
+            }
+        ),
+        b"".join(p for _, p in updates),
+    ]
+
+
+def split_batch(header: dict[str, Any], data: bytes | None) -> list[tuple[dict[str, Any], bytes]]:
+    """The forwarded UPDATEs an UPDATES from the server carries, as (header,
+    payload) pairs in order. Raises :class:`ProtocolError`, before anything
+    is handed out, when the batch is not as section 15 describes it:
+    ``updates`` and ``lengths`` of different sizes, lengths that do not
+    add up to the data frame, an element that is not an UPDATE header or
+    that announces chunks."""
+    updates, lengths = header.get("updates"), header.get("lengths")
+    if not isinstance(updates, list) or not isinstance(lengths, list) or not updates:
+        raise ProtocolError("UPDATES without a list of updates and a list of lengths")
+    if len(updates) != len(lengths):
+        raise ProtocolError(f"UPDATES with {len(updates)} updates but {len(lengths)} lengths")
+    if not all(type(n) is int and n >= 1 for n in lengths):
+        raise ProtocolError(f"UPDATES with invalid lengths: {lengths!r:.200}")
+    size = 0 if data is None else len(data)
+    if sum(lengths) != size:
+        raise ProtocolError(
+            f"UPDATES lengths add up to {sum(lengths)} bytes, its data frame has {size}"
+        )
+    out: list[tuple[dict[str, Any], bytes]] = []
+    offset = 0
+    for i, (h, n) in enumerate(zip(updates, lengths, strict=True)):
+        if not isinstance(h, dict) or h.get("type") != "UPDATE":
+            raise ProtocolError(f"UPDATES element {i} is not an UPDATE header: {h!r:.200}")
+        if any(key in h for key in CHUNK_KEYS):
+            raise ProtocolError(f"UPDATES element {i} announces chunks")
+        assert data is not None
+        out.append((h, data[offset : offset + n]))
+        offset += n
     return out
