@@ -59,6 +59,7 @@ class AuthInfo:
     max_header_bytes: int
     room: str | None = None
     created: bool = False
+    batches: bool = False
 
 
 @dataclass(frozen=True)

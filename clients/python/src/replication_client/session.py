@@ -86,9 +86,12 @@ class Session(WireHalf, ConsumerHalf):
     ``metadata`` is the initial presence map. ``room`` names the room
     :meth:`authenticate` joins (None: the default room), created if it does
     not exist and the user may create rooms; ``room_password`` is that
-    room's password (it sets one on a room this login creates). Nothing
-    touches the network until :meth:`connect` (called by the first
-    request).
+    room's password (it sets one on a room this login creates).
+    ``batches`` asks the server, in AUTH, to forward bursts of updates as
+    batches (UPDATES, protocol section 15); they are read exactly as the
+    same updates one by one, so turning it off changes only the traffic.
+    Nothing touches the network until :meth:`connect` (called by the
+    first request).
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class Session(WireHalf, ConsumerHalf):
         metadata: dict[str, Any] | None = None,
         room: str | None = None,
         room_password: str | None = None,
+        batches: bool = True,
     ) -> None:
         if not user:
             raise ValueError("a user name is required")
@@ -116,6 +120,9 @@ class Session(WireHalf, ConsumerHalf):
         self.initial_room = room
         """The room :meth:`authenticate` asks for (None: the default one)."""
         self.room_password = room_password
+        self.batches = batches
+        """Whether AUTH asks for batches; :attr:`auth` tells whether the
+        server granted them (``auth.batches``)."""
         self.auth: AuthInfo | None = None
         """The last successful AUTH reply (None before, and after the end)."""
         self.room: str | None = None
@@ -140,6 +147,8 @@ class Session(WireHalf, ConsumerHalf):
         # wire half (socket thread)
         self._token: bytes | None = None
         self._chunk_bytes = DEFAULT_CHUNK_BYTES
+        self._max_header_bytes = DEFAULT_CHUNK_BYTES
+        self._batches = False  # the server reads and sends UPDATES
         self._requests: dict[int, Request] = {}
         self._requests_lock = threading.Lock()
         self._push_transfers: dict[int, Push] = {}  # transfer -> chunked push
@@ -380,6 +389,7 @@ class Session(WireHalf, ConsumerHalf):
             metadata=self.metadata,
             room=self.initial_room,
             room_password=self.room_password,
+            batches=True if self.batches else None,
         )
         self._send(Channel.COMMANDS, [[pack(header)]])
         return req

@@ -1,11 +1,11 @@
 """The wire half of a session: it runs on the thread that owns the sockets.
 
-It decodes frames, acknowledges the snapshot window, joins chunks, matches
-answers to the requests waiting for them (the ACK or ERROR of an own
-UPDATE included), drives uploads (SETs leave once INIT is accepted) and
-notices the end of the session. Whole messages go to the inbox, for the
-consumer half. Nothing here touches the replica, the callbacks or Blender
-data.
+It decodes frames, acknowledges the snapshot window, joins chunks, splits
+batches (UPDATES) into their updates, matches answers to the requests
+waiting for them (the ACK or ERROR of an own UPDATE included), drives
+uploads (SETs leave once INIT is accepted) and notices the end of the
+session. Whole messages go to the inbox, for the consumer half. Nothing
+here touches the replica, the callbacks or Blender data.
 
 Switching rooms
     The answer to JOIN_ROOM or LEAVE_ROOM (ROOM, on the commands channel)
@@ -46,7 +46,7 @@ from .events import LocalError
 from .heartbeat import Heartbeat
 from .inbox import ANSWERS, Abandoned, Ended, Message, Push, Request
 from .model import AuthInfo
-from .protocol import DEFAULT_CHUNK_BYTES, Channel, message
+from .protocol import DEFAULT_CHUNK_BYTES, Channel, message, split_batch
 from .stream import Reassembler, SnapshotWindow
 from .transport import Transport
 from .uploads import Upload
@@ -64,7 +64,10 @@ class WireHalf:
     _transport: Transport | None
     _heartbeat: Heartbeat | None
     _token: bytes | None
+    batches: bool
     _chunk_bytes: int
+    _max_header_bytes: int
+    _batches: bool
     _requests: dict[int, Request]
     _requests_lock: threading.Lock
     _push_transfers: dict[int, Push]
@@ -137,9 +140,18 @@ class WireHalf:
                     header, payload = whole
                 elif kind in ("DATABLOCK", "UPDATE") and self._reassembler.header(header):
                     return
+                if kind == "UPDATES":
+                    # A batch is its updates one by one: checked whole
+                    # first, so a malformed one delivers none of them.
+                    msgs = [Message(channel, h, p) for h, p in split_batch(header, payload)]
+                else:
+                    msgs = [Message(channel, header, payload)]
                 if self._room_lag < 0:  # a room whose answer has not arrived yet
-                    self._held[-1].append(Message(channel, header, payload))
+                    self._held[-1].extend(msgs)
                     return
+                for msg in msgs:
+                    self._on_message(msg)
+                return
             self._on_message(Message(channel, header, payload))
         except (ProtocolError, ValueError, KeyError, TypeError) as e:
             err = (
@@ -290,8 +302,11 @@ class WireHalf:
             max_header_bytes=int(h.get("max_header_bytes", DEFAULT_CHUNK_BYTES)),
             room=h.get("room"),
             created=bool(h.get("created", False)),
+            batches=self.batches and h.get("batches") is True,
         )
         self._chunk_bytes = self.auth.chunk_bytes
+        self._max_header_bytes = self.auth.max_header_bytes
+        self._batches = self.auth.batches
         self._token = self.auth.token.encode("utf-8")
         if self._heartbeat is not None:
             self._heartbeat.watch(self.auth.timeout_ms, self.auth.heartbeat_ms)
