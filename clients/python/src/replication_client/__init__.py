@@ -14,6 +14,7 @@ from .errors import (
     PatchFailed,
     PatchMalformed,
     ProtocolError,
+    PushIncomplete,
     ReplicationError,
     RequestRefused,
     RoomLeft,
@@ -37,7 +38,17 @@ from .events import (
     UploadDone,
     UsersChanged,
 )
-from .model import COMMON, DEFAULT_ROOM, AuthInfo, Datablock, RoomInfo, RoomJoined, User
+from .model import (
+    COMMON,
+    DEFAULT_ROOM,
+    AuthInfo,
+    Datablock,
+    FullUpdate,
+    PatchUpdate,
+    RoomInfo,
+    RoomJoined,
+    User,
+)
 from .protocol import PROTOCOL_VERSION
 from .session import AUTO, Session
 
@@ -54,6 +65,7 @@ __all__ = [
     "Deleted",
     "Disconnected",
     "Event",
+    "FullUpdate",
     "LocalError",
     "NotAuthenticated",
     "OwnerChanged",
@@ -61,7 +73,9 @@ __all__ = [
     "PatchError",
     "PatchFailed",
     "PatchMalformed",
+    "PatchUpdate",
     "ProtocolError",
+    "PushIncomplete",
     "ReplicationError",
     "Reply",
     "RequestFailed",

@@ -14,6 +14,7 @@ __all__ = [
     "AuthenticationError",
     "RequestRefused",
     "UploadIncomplete",
+    "PushIncomplete",
     "Disconnected",
     "RoomLeft",
     "PatchError",
@@ -79,6 +80,20 @@ class UploadIncomplete(ReplicationError):
             f"{len(errors)} datablock(s) refused: {refused}; the session holds {datablocks}"
         )
         self.datablocks = datablocks
+        self.errors = errors
+
+
+class PushIncomplete(ReplicationError):
+    """Some updates of :meth:`Session.push_many_confirmed` were refused and
+    the others applied. ``revisions`` holds each update's revision after it,
+    in order (None for a refused one); ``errors`` holds one
+    :class:`RequestRefused` per refused update, whose ``refers_to["id"]`` is
+    that update's request id."""
+
+    def __init__(self, revisions: list[int | None], errors: list[RequestRefused]) -> None:
+        refused = ", ".join(f"{e.refers_to.get('uuid', '?')} ({e.code})" for e in errors)
+        super().__init__(f"{len(errors)} of {len(revisions)} update(s) refused: {refused}")
+        self.revisions = revisions
         self.errors = errors
 
 

@@ -1,17 +1,39 @@
-"""Plain data the session hands out: datablocks, users, login details."""
+"""Plain data the session hands out (datablocks, users, login details) and
+takes in (the updates of :meth:`Session.push_many`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Datablock", "User", "AuthInfo", "RoomInfo", "RoomJoined", "COMMON", "DEFAULT_ROOM"]
+__all__ = [
+    "Datablock",
+    "User",
+    "AuthInfo",
+    "RoomInfo",
+    "RoomJoined",
+    "FullUpdate",
+    "PatchUpdate",
+    "AUTO",
+    "COMMON",
+    "DEFAULT_ROOM",
+]
 
 COMMON = "COMMON"
 """The owner of datablocks that everyone may edit."""
 
 DEFAULT_ROOM = "default"
 """The room of clients that name none; it always exists."""
+
+
+class _Auto:
+    def __repr__(self) -> str:
+        return "AUTO"
+
+
+AUTO: Any = _Auto()
+"""``base_revision=AUTO``: use the replica's revision of the datablock."""
 
 
 @dataclass
@@ -48,7 +70,10 @@ class User:
 class AuthInfo:
     """A successful AUTH reply: where the session stands and the limits the
     server announced. ``room`` is the room joined (None from a server
-    without rooms) and ``created`` whether this login created it."""
+    without rooms) and ``created`` whether this login created it.
+    ``batches`` is true when the client asked for batches and the server
+    may send them (UPDATES, protocol section 15); only then does
+    :meth:`Session.push_many` send batches too."""
 
     status: str
     state: str
@@ -90,6 +115,33 @@ class RoomInfo:
     datablocks: int
     bytes: int
     keep_open: bool
+
+
+@dataclass(frozen=True)
+class FullUpdate:
+    """One update of :meth:`Session.push_many` with the datablock's full
+    data: the arguments of :meth:`Session.push`."""
+
+    uuid: str
+    data: Any
+    type_id: str | None = None
+    owner: str | None = None
+    deps: Iterable[str] | None = None
+    base_revision: int | None = None
+
+
+@dataclass(frozen=True)
+class PatchUpdate:
+    """One update of :meth:`Session.push_many` with a patch: the arguments
+    of :meth:`Session.push_patch`. With ``base_revision=AUTO`` a patch
+    that follows another update of the same datablock in the same call is
+    conditional on the revision that update makes."""
+
+    uuid: str
+    ops: Iterable[dict[str, Any]]
+    base_revision: int | None = AUTO
+    deps: Iterable[str] | None = None
+    check: bool = True
 
 
 def user_from_wire(entry: dict[str, Any]) -> User:

@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import zmq
@@ -35,7 +36,9 @@ from .consumer import ConsumerHalf
 from .errors import (
     Disconnected,
     NotAuthenticated,
+    PushIncomplete,
     ReplicationError,
+    RequestRefused,
     Timeout,
 )
 from .events import (
@@ -46,12 +49,24 @@ from .events import (
 )
 from .heartbeat import Heartbeat
 from .inbox import Message, Push, Request
-from .model import COMMON, AuthInfo, Datablock, RoomInfo, RoomJoined, User
+from .model import (
+    AUTO,
+    COMMON,
+    AuthInfo,
+    Datablock,
+    FullUpdate,
+    PatchUpdate,
+    RoomInfo,
+    RoomJoined,
+    User,
+)
 from .patch import validate as validate_patch
 from .protocol import (
     DEFAULT_CHUNK_BYTES,
     PROTOCOL_VERSION,
     Channel,
+    batch_groups,
+    batch_message,
     message,
     new_identity,
     payload_messages,
@@ -69,13 +84,17 @@ log = logging.getLogger("replication_client")
 E = TypeVar("E", bound=Event)
 
 
-class _Auto:
-    def __repr__(self) -> str:
-        return "AUTO"
+@dataclass
+class _Outgoing:
+    """An UPDATE ready to send: its header fields (without ``type`` and
+    ``id``), its payload, whether the replica shows it (``mirrored``) and
+    whether it is a patch."""
 
-
-AUTO: Any = _Auto()
-"""``base_revision=AUTO``: use the replica's revision of the datablock."""
+    uuid: str
+    fields: dict[str, Any]
+    payload: bytes
+    mirrored: bool
+    patch: bool
 
 
 class Session(WireHalf, ConsumerHalf):
@@ -599,7 +618,8 @@ class Session(WireHalf, ConsumerHalf):
         ``"update"``, result the new revision), a refusal as a
         :class:`ServerError` whose ``request_id`` is this id (the replica
         then fetches the datablock again). :meth:`push_confirmed` waits."""
-        return self._push(uuid, data, type_id, owner, deps, base_revision, False).id
+        update = FullUpdate(uuid, data, type_id, owner, deps, base_revision)
+        return self._push_many([update], False)[0].id
 
     def push_confirmed(
         self,
@@ -615,34 +635,8 @@ class Session(WireHalf, ConsumerHalf):
         """:meth:`push`, then waits for the ACK and returns the datablock's
         revision after the update. Raises :class:`RequestRefused` with the
         server's code (``not_owner``, ``stale_revision``, ...)."""
-        push = self._push(uuid, data, type_id, owner, deps, base_revision, True)
-        return self._confirmed(push, timeout)
-
-    def _push(
-        self,
-        uuid: str,
-        data: Any,
-        type_id: str | None,
-        owner: str | None,
-        deps: Iterable[str] | None,
-        base_revision: int | None,
-        blocking: bool,
-    ) -> Push:
-        self._require_session()
-        payload = pack(data)
-        deps_list = list(deps) if deps is not None else None
-        # The replica mirrors it when it has a copy, or can create one.
-        mirrored = uuid in self._replica.blocks or type_id is not None
-        fields = dict(
-            uuid=uuid,
-            type_id=type_id,
-            owner=owner,
-            deps=deps_list,
-            base_revision=base_revision,
-        )
-        push = self._publish(uuid, fields, payload, blocking, mirrored, patch=False)
-        self._replica.pushed(uuid, unpack(payload), type_id, owner, deps_list, self.user)
-        return push
+        update = FullUpdate(uuid, data, type_id, owner, deps, base_revision)
+        return self._confirmed(self._push_many([update], True)[0], timeout)
 
     def push_patch(
         self,
@@ -662,7 +656,8 @@ class Session(WireHalf, ConsumerHalf):
         the replica fetches the datablock once the server has applied it).
         Returns the request id at once, as :meth:`push` does;
         :meth:`push_patch_confirmed` waits."""
-        return self._push_patch(uuid, ops, base_revision, deps, check, False).id
+        update = PatchUpdate(uuid, ops, base_revision, deps, check)
+        return self._push_many([update], False)[0].id
 
     def push_patch_confirmed(
         self,
@@ -677,106 +672,224 @@ class Session(WireHalf, ConsumerHalf):
         """:meth:`push_patch`, then waits for the ACK and returns the
         datablock's revision after the patch. Raises :class:`RequestRefused`
         (``stale_revision``, ``patch_failed``, ...)."""
-        push = self._push_patch(uuid, ops, base_revision, deps, check, True)
-        return self._confirmed(push, timeout)
+        update = PatchUpdate(uuid, ops, base_revision, deps, check)
+        return self._confirmed(self._push_many([update], True)[0], timeout)
 
-    def _push_patch(
-        self,
-        uuid: str,
-        ops: Iterable[dict[str, Any]],
-        base_revision: int | None,
-        deps: Iterable[str] | None,
-        check: bool,
-        blocking: bool,
-    ) -> Push:
+    def push_many(self, updates: Iterable[FullUpdate | PatchUpdate]) -> list[int]:
+        """Several updates at once, in order: each :class:`FullUpdate` is
+        what :meth:`push` sends, each :class:`PatchUpdate` what
+        :meth:`push_patch` sends, with the same effect on the replica and
+        its own request id. Returns the ids, in order, at once; each update
+        is then answered on its own, as a push is (a :class:`Reply` or a
+        :class:`ServerError` with its id), and a refused one does not stop
+        the others. :meth:`push_many_confirmed` waits.
+
+        When the server granted batches (``auth.batches``), the updates
+        travel together as UPDATES messages (protocol section 15), as many
+        as their number (at most 1,024 each), ``chunk_bytes`` and
+        ``max_header_bytes`` require; an update whose payload is larger
+        than ``chunk_bytes`` goes alone, chunked. Otherwise each goes as a
+        single UPDATE. The server applies them in order either way, so a
+        patch may follow another update of the same datablock: its
+        ``base_revision=AUTO`` is the revision that update makes.
+
+        All or nothing on this side: if a patch does not apply to the
+        replica (:class:`PatchError`) or data cannot be encoded, nothing is
+        sent and the replica is left as it was."""
+        return [push.id for push in self._push_many(updates, False)]
+
+    def push_many_confirmed(
+        self, updates: Iterable[FullUpdate | PatchUpdate], *, timeout: float = 10.0
+    ) -> list[int]:
+        """:meth:`push_many`, then waits for every ACK and returns each
+        update's revision after it, in order. Raises
+        :class:`PushIncomplete` when some were refused (the others were
+        applied; no event repeats the refusals), and :class:`Timeout` when
+        some are not answered within ``timeout`` (those are still tracked,
+        and their answers arrive as events)."""
+        pushes = self._push_many(updates, True)
+        self._await_pushes(pushes, timeout)
+        for push in pushes:
+            if push.error is not None and not isinstance(push.error, RequestRefused):
+                raise push.error  # Disconnected, RoomLeft: none was answered
+        errors = [push.error for push in pushes if isinstance(push.error, RequestRefused)]
+        revisions = [
+            None if push.answer is None else int(push.answer.header["revision"]) for push in pushes
+        ]
+        if errors:
+            raise PushIncomplete(revisions, errors)
+        return [revision for revision in revisions if revision is not None]
+
+    def _push_many(self, updates: Iterable[FullUpdate | PatchUpdate], blocking: bool) -> list[Push]:
+        """Shows the updates in the replica, in order, then sends them. If
+        one cannot be prepared, or they cannot be sent, the replica is put
+        back as it was and nothing is sent."""
         self._require_session()
-        payload = pack(list(ops))
-        deps_list = list(deps) if deps is not None else None
-        if not check:
-            if base_revision is AUTO:
-                local = self._replica.blocks.get(uuid)
-                base_revision = local.revision if local is not None and local.revision else None
-            fields = dict(uuid=uuid, patch=True, base_revision=base_revision, deps=deps_list)
-            return self._publish(uuid, fields, payload, blocking, False, patch=True)
-        normalized = unpack(payload)
-        validate_patch(normalized)
+        undo: list[Callable[[], object]] = []
+        try:
+            outgoing = [self._stage(update, undo) for update in updates]
+            return self._publish(outgoing, blocking) if outgoing else []
+        except BaseException:
+            for step in reversed(undo):
+                step()
+            raise
+
+    def _stage(
+        self, update: FullUpdate | PatchUpdate, undo: list[Callable[[], object]]
+    ) -> _Outgoing:
+        """Prepares one update and applies it to the replica, as push and
+        push_patch always have; ``undo`` receives the steps that revert
+        that, to run in reverse order."""
+        if not isinstance(update, (FullUpdate, PatchUpdate)):
+            raise TypeError(f"not a FullUpdate or a PatchUpdate: {update!r:.200}")
+        uuid = update.uuid
+        deps_list = list(update.deps) if update.deps is not None else None
+        if isinstance(update, FullUpdate):
+            payload = pack(update.data)
+            # The replica mirrors it when it has a copy, or can create one.
+            mirrored = uuid in self._replica.blocks or update.type_id is not None
+            fields = dict(
+                uuid=uuid,
+                type_id=update.type_id,
+                owner=update.owner,
+                deps=deps_list,
+                base_revision=update.base_revision,
+            )
+            self._keep(uuid, undo)
+            self._replica.pushed(
+                uuid, unpack(payload), update.type_id, update.owner, deps_list, self.user
+            )
+            return _Outgoing(uuid, fields, payload, mirrored, patch=False)
+        payload = pack(list(update.ops))
         local = self._replica.blocks.get(uuid)
+        base_revision = update.base_revision
         if base_revision is AUTO:
             base_revision = local.revision if local is not None and local.revision else None
-        if local is not None:
-            self._replica.patch_preview(uuid, normalized)
         fields = dict(uuid=uuid, patch=True, base_revision=base_revision, deps=deps_list)
-        push = self._publish(uuid, fields, payload, blocking, local is not None, patch=True)
+        if not update.check:
+            return _Outgoing(uuid, fields, payload, mirrored=False, patch=True)
+        normalized = unpack(payload)
+        validate_patch(normalized)
         if local is not None:
+            self._keep(uuid, undo)
+            self._replica.patch_preview(uuid, normalized, undo)
             local.revision += 1
             if deps_list is not None:
                 local.deps = deps_list
-        return push
+        return _Outgoing(uuid, fields, payload, mirrored=local is not None, patch=True)
 
-    def _publish(
-        self,
-        uuid: str,
-        fields: dict[str, Any],
-        payload: bytes,
-        blocking: bool,
-        mirrored: bool,
-        *,
-        patch: bool,
-    ) -> Push:
-        """Sends an UPDATE with a request id, tracked until its ACK or ERROR.
-        The token is read under the lock the wire half holds to change it
-        on a room switch, so a push that carries the old token is tracked
-        by then: answered before the switch's answer, or failed by it."""
-        rid = next(self._ids)
-        transfer = next(self._transfers)
-        msgs = payload_messages(
-            message("UPDATE", id=rid, **fields), payload, self._chunk_bytes, transfer
-        )
-        chunked = len(msgs) > 1
-        push = Push(
-            rid,
-            blocking,
-            uuid,
-            transfer if chunked else None,
-            mirrored=mirrored,
-            patch=patch,
-        )
+    def _keep(self, uuid: str, undo: list[Callable[[], object]]) -> None:
+        """Adds to ``undo`` the step that puts the replica's ``uuid`` back
+        as it is now (its contents are put back by the patches' own steps)."""
+        blocks = self._replica.blocks
+        block = blocks.get(uuid)
+        if block is None:
+            undo.append(lambda: blocks.pop(uuid, None))
+            return
+        saved = (block.data, block.revision, block.deps)
+
+        def restore() -> None:
+            blocks[uuid] = block
+            block.data, block.revision, block.deps = saved
+
+        undo.append(restore)
+
+    def _publish(self, outgoing: list[_Outgoing], blocking: bool) -> list[Push]:
+        """Sends UPDATEs, each with a request id, tracked until its ACK or
+        ERROR: together in UPDATES when the server reads them, otherwise
+        one by one. The token is read under the lock the wire half holds to
+        change it on a room switch, so a push that carries the old token is
+        tracked by then: answered before the switch's answer, or failed by
+        it."""
+        headers = [message("UPDATE", id=next(self._ids), **out.fields) for out in outgoing]
+        if self._batches:
+            updates = [(h, out.payload) for h, out in zip(headers, outgoing, strict=True)]
+            groups = batch_groups(updates, self._chunk_bytes, self._max_header_bytes)
+        else:
+            groups = [[i] for i in range(len(outgoing))]
+        pushes: list[Push] = []
+        chunked: dict[int, Push] = {}  # transfer -> push
+        msgs: list[list[bytes]] = []
+        for group in groups:
+            transfer = None
+            if len(group) == 1:
+                i = group[0]
+                transfer = next(self._transfers)
+                parts = payload_messages(
+                    headers[i], outgoing[i].payload, self._chunk_bytes, transfer
+                )
+                if len(parts) == 1:
+                    transfer = None
+                msgs.extend(parts)
+            else:
+                msgs.append(batch_message([(headers[i], outgoing[i].payload) for i in group]))
+            for i in group:
+                out = outgoing[i]
+                push = Push(
+                    headers[i]["id"],
+                    blocking,
+                    out.uuid,
+                    transfer,
+                    mirrored=out.mirrored,
+                    patch=out.patch,
+                )
+                pushes.append(push)
+                if transfer is not None:
+                    chunked[transfer] = push
         with self._requests_lock:
             token = self._token
             if token is None:
                 raise NotAuthenticated("the session ended")
-            self._requests[rid] = push
+            for push in pushes:
+                self._requests[push.id] = push
             if chunked:
-                self._push_transfers[transfer] = push
+                self._push_transfers.update(chunked)
                 if len(self._push_transfers) > 1000:  # refused ones, kept to match CHUNK ERRORs
                     for t, p in list(self._push_transfers.items()):
                         if p.done.is_set():
                             del self._push_transfers[t]
-        self._pushes[rid] = push
+        for push in pushes:
+            self._pushes[push.id] = push
         try:
             self._send(Channel.PUBLISHER, [[token, *m] for m in msgs])
         except BaseException:
-            self._pushes.pop(rid, None)
             with self._requests_lock:
-                self._requests.pop(rid, None)
-                self._push_transfers.pop(transfer, None)
+                for push in pushes:
+                    self._pushes.pop(push.id, None)
+                    self._requests.pop(push.id, None)
+                    if push.transfer is not None:
+                        self._push_transfers.pop(push.transfer, None)
             raise
-        return push
+        return pushes
 
     def _confirmed(self, push: Push, timeout: float) -> int:
         """Waits for a blocking push's ACK and returns its revision."""
-        if not self._wait(push.done, timeout):
-            with self._requests_lock:
-                if not push.done.is_set():
-                    # Still tracked: wait_applied waits for it, and its ACK
-                    # or refusal will arrive as an event.
-                    push.blocking = False
-                    raise Timeout(f"no ACK for the update of {push.uuid} within {timeout} s")
-        self._dispatch(None)
+        self._await_pushes([push], timeout)
         if push.error is not None:
             raise push.error
         assert push.answer is not None
         return int(push.answer.header["revision"])
+
+    def _await_pushes(self, pushes: list[Push], timeout: float) -> None:
+        """Waits until blocking pushes are answered (ACK, ERROR or the end),
+        then dispatches what arrived. On :class:`Timeout` the unanswered
+        ones become non-blocking: still tracked (wait_applied waits for
+        them), answered by events."""
+        deadline = time.monotonic() + timeout
+        for push in pushes:
+            if self._wait(push.done, max(0.0, deadline - time.monotonic())):
+                continue
+            with self._requests_lock:
+                late = [p for p in pushes if not p.done.is_set()]
+                for p in late:
+                    p.blocking = False
+            if late:
+                what = f"the update of {late[0].uuid}"
+                if len(late) > 1:
+                    what = f"{len(late)} updates ({what}, ...)"
+                raise Timeout(f"no ACK for {what} within {timeout} s")
+            break
+        self._dispatch(None)
 
     def lock(self, uuids: Iterable[str], timeout: float = 10.0) -> dict[str, Any]:
         """RIGHT to yourself (allowed while the datablocks are COMMON)."""
