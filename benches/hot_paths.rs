@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the server's hot paths: decoding an UPDATE header,
 //! validating a data frame, applying a one-value patch to a large value,
-//! and a room forwarding an update to eight clients.
+//! a room forwarding an update to eight clients, and batches of updates.
 
 use std::hint::black_box;
 
@@ -10,8 +10,8 @@ use replication_serve::config::Limits;
 use replication_serve::protocol::codec::encode_value;
 use replication_serve::protocol::patch::{Patch, PatchOp, PathStep};
 use replication_serve::protocol::{
-    BlockSpec, ChunkFields, DatablockHeader, PublisherMessage, ServerMessage, UploadStep,
-    decode_header, encode, validate_value,
+    BlockSpec, ChunkFields, DatablockHeader, PublisherMessage, ServerMessage, UploadStep, Wire,
+    batch, decode_header, encode, validate_value,
 };
 use replication_serve::room::{ClientId, Room};
 use rmpv::Value;
@@ -54,6 +54,55 @@ fn decode(c: &mut Criterion) {
     ]));
     c.bench_function("validate 1 KB data frame", |b| {
         b.iter(|| validate_value(black_box(&data)).unwrap())
+    });
+}
+
+fn batches(c: &mut Criterion) {
+    let forwarded = ServerMessage::Update {
+        header: DatablockHeader {
+            uuid: "6f1c2a4e-0d51-4b8e-9b43-3f0c2d7a9e11".into(),
+            type_id: "Mesh".into(),
+            owner: "COMMON".into(),
+            deps: Vec::new(),
+            revision: 42,
+        },
+        sender: "alice".into(),
+        patch: false,
+        chunk: ChunkFields::default(),
+    };
+    let wire = Wire {
+        header: encode(&forwarded),
+        payload: Some(Bytes::from(vec![0xc0; 1024])),
+        batchable: true,
+    };
+    let items = vec![wire; 64];
+    c.bench_function("build an UPDATES of 64 x 1 KB", |b| {
+        b.iter(|| batch::updates_message(black_box(&items)))
+    });
+    let update = PublisherMessage::Update {
+        id: None,
+        uuid: "6f1c2a4e-0d51-4b8e-9b43-3f0c2d7a9e11".into(),
+        type_id: None,
+        owner: None,
+        deps: None,
+        patch: false,
+        base_revision: None,
+        chunk: ChunkFields::default(),
+    };
+    let header = encode(&PublisherMessage::Updates {
+        updates: vec![update; 32],
+        lengths: vec![1024; 32],
+    });
+    let data = Bytes::from(vec![0xc0; 32 * 1024]);
+    c.bench_function("decode and split an UPDATES of 32 x 1 KB", |b| {
+        b.iter(|| {
+            let PublisherMessage::Updates { updates, lengths } =
+                decode_header::<PublisherMessage>(black_box(&header), 1 << 20).unwrap()
+            else {
+                unreachable!()
+            };
+            batch::split(updates, lengths, Some(data.clone()), 1 << 20).unwrap()
+        })
     });
 }
 
@@ -137,5 +186,5 @@ fn snapshot(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decode, patch, fan_out, snapshot);
+criterion_group!(benches, decode, batches, patch, fan_out, snapshot);
 criterion_main!(benches);
