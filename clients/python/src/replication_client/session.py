@@ -711,7 +711,7 @@ class Session(WireHalf, ConsumerHalf):
         self._await_pushes(pushes, timeout)
         for push in pushes:
             if push.error is not None and not isinstance(push.error, RequestRefused):
-                raise push.error  # Disconnected, RoomLeft: none was answered
+                raise push.error  # Disconnected, RoomLeft: it will never be answered
         errors = [push.error for push in pushes if isinstance(push.error, RequestRefused)]
         revisions = [
             None if push.answer is None else int(push.answer.header["revision"]) for push in pushes
