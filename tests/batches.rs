@@ -74,6 +74,17 @@ fn send_batch(client: &Client, items: &[(PublisherMessage, Vec<u8>)], lengths: V
     send_raw_batch(client, &updates, &lengths, Some(&data));
 }
 
+/// Sends `blocks` with the client's batching; returns their encoded data.
+fn send_updates(client: &mut Client, blocks: &[Block]) -> Vec<Vec<u8>> {
+    let data: Vec<Vec<u8>> = blocks
+        .iter()
+        .map(|b| encode_value(&b.data).to_vec())
+        .collect();
+    let items: Vec<(&Block, &[u8])> = blocks.iter().zip(&data).map(|(b, d)| (b, &d[..])).collect();
+    client.updates_raw(&items).unwrap();
+    data
+}
+
 fn revision_of(message: &ServerMessage) -> (String, u64) {
     match message {
         ServerMessage::Update { header, .. } => (header.uuid.clone(), header.revision),
@@ -93,12 +104,7 @@ fn a_batch_reaches_batching_and_single_readers_alike() {
         .enumerate()
         .map(|(n, i)| block(&format!("obj-{i}"), "Object", Value::from(n)))
         .collect();
-    let data: Vec<Vec<u8>> = blocks
-        .iter()
-        .map(|b| encode_value(&b.data).to_vec())
-        .collect();
-    let items: Vec<(&Block, &[u8])> = blocks.iter().zip(&data).map(|(b, d)| (b, &d[..])).collect();
-    host.updates_raw(&items).unwrap();
+    let data = send_updates(&mut host, &blocks);
 
     let mut revisions = [1u64; 4];
     let expected: Vec<(String, u64)> = order
@@ -142,12 +148,7 @@ fn the_client_hands_out_a_batch_as_single_updates() {
     let blocks: Vec<Block> = (0..4)
         .map(|i| block(&format!("obj-{i}"), "Object", Value::from(i * 10)))
         .collect();
-    let data: Vec<Vec<u8>> = blocks
-        .iter()
-        .map(|b| encode_value(&b.data).to_vec())
-        .collect();
-    let items: Vec<(&Block, &[u8])> = blocks.iter().zip(&data).map(|(b, d)| (b, &d[..])).collect();
-    host.updates_raw(&items).unwrap();
+    send_updates(&mut host, &blocks);
     for i in 0..4 {
         let ev = wait_update(&mut reader, &format!("obj-{i}"));
         assert_eq!(value(ev.payload.as_deref().unwrap()), Value::from(i * 10));
@@ -318,13 +319,8 @@ fn a_batch_over_chunk_bytes_is_too_large() {
         block("obj-1", "Object", Value::Binary(vec![8; 3000])),
         block("obj-2", "Object", Value::Binary(vec![9; 9000])),
     ];
-    let data: Vec<Vec<u8>> = blocks
-        .iter()
-        .map(|b| encode_value(&b.data).to_vec())
-        .collect();
-    let items: Vec<(&Block, &[u8])> = blocks.iter().zip(&data).map(|(b, d)| (b, &d[..])).collect();
     let (mut reader, _) = joined(&server, "reader");
-    host.updates_raw(&items).unwrap();
+    let data = send_updates(&mut host, &blocks);
     for (i, d) in data.iter().enumerate() {
         let ev = wait_update(&mut reader, &format!("obj-{i}"));
         assert_eq!(ev.payload.as_deref(), Some(&d[..]));

@@ -237,16 +237,7 @@ impl Client {
             if headers.len() == MAX_BATCH || data.len() + payload.len() > self.chunk_bytes {
                 self.send_batch(&mut headers, &mut lengths, &mut data)?;
             }
-            headers.push(PublisherMessage::Update {
-                id: None,
-                uuid: block.uuid.clone(),
-                type_id: Some(block.type_id.clone()),
-                owner: block.owner.clone(),
-                deps: Some(block.deps.clone()),
-                patch: false,
-                base_revision: None,
-                chunk: ChunkFields::default(),
-            });
+            headers.push(full_update(block, None, ChunkFields::default()));
             lengths.push(payload.len() as u64);
             data.extend_from_slice(payload);
         }
@@ -278,16 +269,7 @@ impl Client {
         id: Option<u64>,
     ) -> Result<(), ClientError> {
         let spec = self.payload_spec(data.len());
-        let msg = PublisherMessage::Update {
-            id,
-            uuid: block.uuid.clone(),
-            type_id: Some(block.type_id.clone()),
-            owner: block.owner.clone(),
-            deps: Some(block.deps.clone()),
-            patch: false,
-            base_revision: None,
-            chunk: ChunkFields::from_spec(spec),
-        };
+        let msg = full_update(block, id, ChunkFields::from_spec(spec));
         self.send_with_payload(Channel::Publisher, &msg, spec, data)
     }
 
@@ -600,5 +582,19 @@ fn reply_id(message: &ServerMessage) -> Option<u64> {
         | ServerMessage::RoomSettings { id, .. } => *id,
         ServerMessage::Ack { id, .. } => Some(*id),
         _ => None,
+    }
+}
+
+/// The UPDATE header that replaces `block`'s data with its full data.
+fn full_update(block: &Block, id: Option<u64>, chunk: ChunkFields) -> PublisherMessage {
+    PublisherMessage::Update {
+        id,
+        uuid: block.uuid.clone(),
+        type_id: Some(block.type_id.clone()),
+        owner: block.owner.clone(),
+        deps: Some(block.deps.clone()),
+        patch: false,
+        base_revision: None,
+        chunk,
     }
 }

@@ -316,6 +316,9 @@ impl Core {
 
     fn end_run(&self, run: &mut Batcher, to: &[Identity], out: &mut Vec<Command>) {
         let wires = run.take();
+        if wires.is_empty() {
+            return;
+        }
         let reads_batches = |identity: &Identity| {
             self.by_identity
                 .get(identity)
