@@ -278,7 +278,14 @@ impl Core {
     /// channels. Anything else on the subscriber channel, and every
     /// disconnection, ends the run first.
     fn gather_batches(&self, commands: Vec<Command>) -> Vec<Command> {
-        if !self.sessions.values().any(|s| s.batches) {
+        // Most turns hold at most one update: nothing to gather, and no need
+        // to look at the sessions.
+        let updates = commands
+            .iter()
+            .filter(|c| matches!(c, Command::Deliver { wire, .. } if wire.batchable))
+            .take(2)
+            .count();
+        if updates < 2 || !self.sessions.values().any(|s| s.batches) {
             return commands;
         }
         let limits = BatchLimits {

@@ -326,6 +326,28 @@ mod tests {
     }
 
     #[test]
+    fn asking_for_batches_takes_a_real_boolean() {
+        use crate::protocol::CommandRequest;
+        use rmpv::Value;
+        let auth = |batches: Value| {
+            let map = Value::Map(vec![
+                (Value::from("type"), Value::from("AUTH")),
+                (Value::from("user"), Value::from("ann")),
+                (Value::from("role"), Value::from("CLIENT")),
+                (Value::from("protocol_version"), Value::from(1)),
+                (Value::from("batches"), batches),
+            ]);
+            decode_header::<CommandRequest>(&crate::protocol::codec::encode_value(&map), 1 << 20)
+        };
+        assert!(matches!(
+            auth(Value::Boolean(true)),
+            Ok(CommandRequest::Auth { batches: true, .. })
+        ));
+        assert!(auth(Value::Nil).is_err());
+        assert!(auth(Value::from(1)).is_err());
+    }
+
+    #[test]
     fn the_batcher_keeps_within_its_limits() {
         let (_, wire) = forwarded("a", 1, &[0xc0; 100]);
         let mut batcher = Batcher::new(BatchLimits {
