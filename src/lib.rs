@@ -11,16 +11,18 @@
 //!   rmp-serde.
 //! - [`room`]: one session's state (datablocks, owners, users) and the rules
 //!   that change it. Pure logic, no I/O.
-//! - [`core`]: the actor that owns every room; the transport and the console
-//!   feed it events over bounded channels.
-//! - [`transport`]: the four ZeroMQ sockets, on the thread that owns them, with
+//! - [`core`]: the actor that owns every room; it reads the transport's
+//!   sockets itself, and the console feeds it requests over a bounded channel.
+//! - [`transport`]: the four ZeroMQ sockets, driven by the core's thread, with
 //!   a bounded outbox per client.
 //! - [`console`]: the admin console on stdin.
 //! - [`health`]: the health check (`--health-check`).
 //! - [`client`]: a blocking Rust client, used by the tests and tools.
 //! - [`store`]: durable sessions: the data directory and session files.
 //! - [`server`]: wires the pieces together: `run(config, shutdown)`.
-#![forbid(unsafe_code)]
+// One audited exception: registering a socket's descriptor with tokio's
+// reactor (`transport::Transport::new`).
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod client;

@@ -10,7 +10,7 @@ use crate::room::Room;
 use crate::store::SessionImage;
 use crate::store::db::{Store, StoreError};
 use crate::store::file::{FileError, SaveInfo, read_session, write_session};
-use crate::transport::{BindError, Sockets, TransportHandle, TransportLimits};
+use crate::transport::{BindError, Sockets, Transport, TransportLimits};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +88,7 @@ impl Server {
         } = self;
         // Only the console's own senders should keep the channel open.
         drop(console_tx);
-        let (transport, inbound) =
-            TransportHandle::spawn(sockets, TransportLimits::from_config(&config))?;
+        let transport = Transport::new(sockets, TransportLimits::from_config(&config))?;
         tracing::info!(
             bind = %config.bind,
             commands = ports[0],
@@ -102,7 +101,7 @@ impl Server {
             env!("CARGO_PKG_VERSION")
         );
         Core::new(config, transport, rooms)
-            .run(inbound, console_rx, shutdown)
+            .run(console_rx, shutdown)
             .await?;
         Ok(())
     }

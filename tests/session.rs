@@ -165,8 +165,16 @@ fn updates_during_a_download_arrive_after_it_in_order_exactly_once() {
     host.upload(&scene, T).unwrap();
     let (mut bob, _) = user(&server, "bob");
     bob.subscribe(Some(4)).unwrap();
-    // The download cannot finish before bob reads (window of 4), so these
-    // updates happen during it.
+    // Nothing orders the host's channel after bob's: wait until the
+    // download has begun. It cannot finish before bob reads on (window of
+    // 4), so these updates happen during it.
+    loop {
+        let ev = bob.next_event(T).unwrap().expect("the download begins");
+        if let ServerMessage::Snapshot { step, .. } = ev.message {
+            assert_eq!(step, replication_serve::protocol::SnapshotStep::Begin);
+            break;
+        }
+    }
     for round in 1..=5 {
         host.update(&block("b7", "Object", Value::from(1000 + round)))
             .unwrap();

@@ -31,7 +31,7 @@ use crate::room::{ClientId, Effects, RoomError};
 use crate::store::Change;
 use crate::store::db::StoreError;
 use crate::store::file::FileSummary;
-use crate::transport::{Command, Identity, Inbound, TransportHandle};
+use crate::transport::{Command, Identity, Transport};
 
 use auth::LoginThrottle;
 use rooms::Rooms;
@@ -134,7 +134,7 @@ pub struct Core {
     /// that a good login does not reset them and guesses at a room lock
     /// nobody out of the server.
     room_logins: LoginThrottle,
-    transport: TransportHandle,
+    transport: Transport,
     started: Instant,
     /// When the next CLIENTS_STATE broadcast is due, if one is.
     presence_due: Option<Instant>,
@@ -154,7 +154,7 @@ pub struct Core {
 
 impl Core {
     /// A core serving `rooms` (each recorded in its store, when it has one).
-    pub fn new(config: Config, transport: TransportHandle, mut rooms: Rooms) -> Self {
+    pub fn new(config: Config, transport: Transport, mut rooms: Rooms) -> Self {
         for (_, entry) in rooms.iter_mut() {
             entry.room.set_recording(entry.store.is_some());
         }
@@ -182,7 +182,6 @@ impl Core {
     /// the transport. Fails when the session could not be recorded.
     pub async fn run(
         mut self,
-        mut inbound: mpsc::Receiver<Inbound>,
         mut console: mpsc::Receiver<ConsoleRequest>,
         shutdown: CancellationToken,
     ) -> Result<(), StoreError> {
@@ -204,7 +203,7 @@ impl Core {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                n = inbound.recv_many(&mut batch, 256) => {
+                n = self.transport.recv_many(&mut batch, 256) => {
                     if n == 0 {
                         tracing::error!("transport stopped unexpectedly");
                         break;
@@ -233,7 +232,7 @@ impl Core {
         }
         self.flush().await;
         tracing::info!("server stopped");
-        self.transport.shutdown().await;
+        self.transport.shutdown();
         // Closing the stores flushes and checkpoints what was recorded.
         for (_, entry) in self.rooms.iter_mut() {
             drop(entry.store.take());
@@ -267,7 +266,7 @@ impl Core {
         }
         let commands = std::mem::take(&mut self.deferred);
         for command in self.gather_batches(commands) {
-            self.transport.send(command).await;
+            self.transport.send(command);
         }
     }
 
@@ -368,7 +367,7 @@ impl Core {
         if self.failure.is_some() {
             // Only goodbyes go out now: nothing else was recorded.
             if matches!(command, Command::Disconnect { .. }) {
-                self.transport.send(command).await;
+                self.transport.send(command);
             }
             return;
         }

@@ -1,20 +1,16 @@
-//! The transport thread's loop: poll, read, hand to the core, flush outboxes.
+//! The sockets' side of the transport: reading whole messages, sending
+//! without blocking, and the per-client outboxes for connections that are
+//! full.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
 
 use super::outbox::Outbox;
-use super::waker::WakeReceiver;
 use super::{ClientMessage, Command, Identity, Inbound, Sockets, TransportLimits};
 use crate::protocol::{Channel, ProtocolError, Wire, decode_header};
 
-/// Messages read from one socket before looking at the others.
-const READ_BATCH: usize = 256;
-/// Commands taken from the core before flushing.
-const COMMAND_BATCH: usize = 4096;
 /// Frames a client message may have after the identity or token frame.
 const MAX_FRAMES: usize = 2;
 /// Longest pause between retries to a blocked connection.
@@ -24,8 +20,8 @@ const SHUTDOWN_LINGER_MS: i32 = 250;
 
 type Key = (Channel, Identity);
 
-struct Io {
-    sockets: Sockets,
+pub(super) struct Io {
+    pub(super) sockets: Sockets,
     limits: TransportLimits,
     outboxes: HashMap<Key, Outbox>,
     /// Outboxes with queued messages.
@@ -35,86 +31,25 @@ struct Io {
     /// Clients reported too slow; traffic to them is dropped until the core
     /// disconnects them.
     slow: HashSet<Identity>,
-    /// Messages for the core that did not fit in its queue yet. While any
-    /// wait here, no socket is read.
-    pending: VecDeque<Inbound>,
-}
-
-pub(super) fn run(
-    sockets: Sockets,
-    limits: TransportLimits,
-    mut commands: mpsc::Receiver<Command>,
-    inbound: mpsc::Sender<Inbound>,
-    mut wake: WakeReceiver,
-) {
-    let mut io = Io {
-        sockets,
-        limits,
-        outboxes: HashMap::new(),
-        active: HashSet::new(),
-        retry: HashMap::new(),
-        slow: HashSet::new(),
-        pending: VecDeque::new(),
-    };
-    let mut readable = [false; 4];
-    loop {
-        for _ in 0..COMMAND_BATCH {
-            match commands.try_recv() {
-                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
-                    io.finish();
-                    return;
-                }
-                Ok(command) => io.command(command),
-                Err(TryRecvError::Empty) => break,
-            }
-        }
-        let now = Instant::now();
-        io.flush(now);
-        if !io.forward_pending(&inbound) {
-            return;
-        }
-        for channel in Channel::ALL {
-            if readable[channel as usize] && io.pending.is_empty() {
-                io.read(channel, &inbound);
-            }
-        }
-        if !io.forward_pending(&inbound) {
-            return;
-        }
-
-        wake.arm();
-        let timeout = if !commands.is_empty() {
-            0
-        } else if !io.pending.is_empty() {
-            1
-        } else {
-            io.next_retry_ms(Instant::now())
-        };
-        let events = if io.pending.is_empty() {
-            zmq::POLLIN
-        } else {
-            zmq::PollEvents::empty()
-        };
-        let [s0, s1, s2, s3] = &io.sockets.sockets;
-        let mut items = [
-            s0.as_poll_item(events),
-            s1.as_poll_item(events),
-            s2.as_poll_item(events),
-            s3.as_poll_item(events),
-            zmq::PollItem::from_fd(wake.fd(), zmq::POLLIN),
-        ];
-        if let Err(e) = zmq::poll(&mut items, timeout) {
-            tracing::error!(error = %e, "polling the sockets failed");
-        }
-        for (i, flag) in readable.iter_mut().enumerate() {
-            *flag = items.get(i).is_some_and(zmq::PollItem::is_readable);
-        }
-        wake.disarm();
-    }
+    /// Events for the core that come from the transport itself (a client
+    /// reported too slow), handed over before the next messages read.
+    pub(super) pending: VecDeque<Inbound>,
 }
 
 impl Io {
-    fn command(&mut self, command: Command) {
+    pub(super) fn new(sockets: Sockets, limits: TransportLimits) -> Self {
+        Self {
+            sockets,
+            limits,
+            outboxes: HashMap::new(),
+            active: HashSet::new(),
+            retry: HashMap::new(),
+            slow: HashSet::new(),
+            pending: VecDeque::new(),
+        }
+    }
+
+    pub(super) fn command(&mut self, command: Command) {
         match command {
             Command::Deliver { channel, to, wire } => {
                 for identity in to {
@@ -133,7 +68,6 @@ impl Io {
                     let _ = self.send(Channel::Commands, &identity, &wire);
                 }
             }
-            Command::Shutdown => {}
         }
     }
 
@@ -192,7 +126,10 @@ impl Io {
     }
 
     /// Hands queued messages to libzmq until each connection is full.
-    fn flush(&mut self, now: Instant) {
+    pub(super) fn flush(&mut self, now: Instant) {
+        if self.active.is_empty() {
+            return;
+        }
         let keys: Vec<Key> = self.active.iter().cloned().collect();
         for key in keys {
             if self.retry.get(&key).is_some_and(|(at, _)| *at > now) {
@@ -257,58 +194,57 @@ impl Io {
         }
     }
 
-    fn next_retry_ms(&self, now: Instant) -> i64 {
-        let Some(next) = self.retry.values().map(|(at, _)| *at).min() else {
-            return -1;
-        };
-        let ms = next.saturating_duration_since(now).as_millis();
-        i64::try_from(ms)
-            .unwrap_or(i64::MAX)
-            .max(if self.active.is_empty() { 0 } else { 1 })
+    /// When a queued outbox should be tried again, if any is queued.
+    pub(super) fn next_retry(&self, now: Instant) -> Option<Instant> {
+        let next = self.retry.values().map(|(at, _)| *at).min();
+        match next {
+            Some(at) => Some(at),
+            // Queued, not yet tried: at the next turn.
+            None if !self.active.is_empty() => Some(now + Duration::from_millis(1)),
+            None => None,
+        }
     }
 
     fn send(&self, channel: Channel, identity: &Identity, wire: &Wire) -> Result<(), zmq::Error> {
         send_on(&self.sockets.sockets[channel as usize], identity, wire)
     }
 
-    /// Passes waiting messages to the core; false when the core is gone.
-    fn forward_pending(&mut self, inbound: &mpsc::Sender<Inbound>) -> bool {
-        while let Some(msg) = self.pending.pop_front() {
-            match inbound.try_send(msg) {
-                Ok(()) => {}
-                Err(TrySendError::Full(msg)) => {
-                    self.pending.push_front(msg);
-                    return true;
+    /// Reads the messages waiting on one socket into `out`, at most `limit`
+    /// of them. Returns true when the socket may hold more: the caller must
+    /// then read again before waiting for the socket to signal.
+    pub(super) fn read(&mut self, channel: Channel, out: &mut Vec<Inbound>, limit: usize) -> bool {
+        let socket = &self.sockets.sockets[channel as usize];
+        let mut taken = 0;
+        while taken < limit {
+            match read_message(socket, channel, self.limits.max_header_bytes) {
+                Ok(Some(msg)) => {
+                    out.push(msg);
+                    taken += 1;
                 }
-                Err(TrySendError::Closed(_)) => return false,
+                Ok(None) => {
+                    // libzmq signals the socket's descriptor only for
+                    // changes it has not reported yet: ask once more, so
+                    // that a message that came in meanwhile is not left
+                    // waiting for a signal that will not come.
+                    match socket.get_events() {
+                        Ok(events) if events.contains(zmq::POLLIN) => continue,
+                        Ok(_) => return false,
+                        Err(e) => {
+                            tracing::warn!(channel = channel.name(), error = %e, "polling failed");
+                            return false;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(channel = channel.name(), error = %e, "receive failed");
+                    return false;
+                }
             }
         }
         true
     }
 
-    /// Reads up to a batch of messages from one socket.
-    fn read(&mut self, channel: Channel, inbound: &mpsc::Sender<Inbound>) {
-        for _ in 0..READ_BATCH {
-            let socket = &self.sockets.sockets[channel as usize];
-            let msg = match read_message(socket, channel, self.limits.max_header_bytes) {
-                Ok(Some(msg)) => msg,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::warn!(channel = channel.name(), error = %e, "receive failed");
-                    return;
-                }
-            };
-            match inbound.try_send(msg) {
-                Ok(()) => {}
-                Err(TrySendError::Full(msg)) | Err(TrySendError::Closed(msg)) => {
-                    self.pending.push_back(msg);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn finish(mut self) {
+    pub(super) fn finish(mut self) {
         self.flush(Instant::now());
         for socket in &self.sockets.sockets {
             let _ = socket.set_linger(SHUTDOWN_LINGER_MS);

@@ -1,25 +1,29 @@
-//! The four ZeroMQ sockets, owned by one thread (libzmq sockets are not
-//! thread-safe), bridged to the tokio core by bounded channels.
+//! The four ZeroMQ sockets, driven by the core's own thread: libzmq sockets
+//! are not thread-safe, and a message that crosses no thread on its way in
+//! or out costs no wake-up.
 //!
-//! - Inbound: the thread reads whole multipart messages, checks their frame
-//!   count and sizes, decodes the header and hands the core an [`Inbound`].
-//!   When the core's queue is full it stops reading, so libzmq's high-water
-//!   marks push back on the clients instead of memory growing here.
-//! - Outbound: the core sends [`Command`]s; each client has a bounded
-//!   [`outbox::Outbox`] per channel. Sends never block: a client whose
-//!   connection is full keeps its messages queued while the others are
-//!   served; when its outbox exceeds the limits, or stays blocked longer than
-//!   the heartbeat timeout, the core is told it is too slow.
+//! - Inbound: [`Transport::recv_many`] waits until a socket's descriptor
+//!   signals (through tokio's reactor, beside the core's timers), then reads
+//!   whole multipart messages, checks their frame count and sizes, decodes
+//!   the header and hands the core [`Inbound`]s. It reads only when the core
+//!   asks, so while the core is busy libzmq's high-water marks push back on
+//!   the clients instead of memory growing here.
+//! - Outbound: the core gives [`Command`]s to [`Transport::send`]; each
+//!   client has a bounded [`outbox::Outbox`] per channel. Sends never block:
+//!   a client whose connection is full keeps its messages queued while the
+//!   others are served; when its outbox exceeds the limits, or stays blocked
+//!   longer than the heartbeat timeout, the core is told it is too slow.
 
 mod io;
 mod outbox;
 mod sockets;
-mod waker;
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 use crate::config::Config;
 use crate::protocol::{
@@ -28,7 +32,6 @@ use crate::protocol::{
 };
 
 pub use sockets::{BindError, Sockets};
-use waker::Waker;
 
 /// A client's routing identity, the same on its three DEALER sockets.
 pub type Identity = Bytes;
@@ -82,8 +85,6 @@ pub enum Command {
         identity: Identity,
         last: Option<Wire>,
     },
-    /// Flush what can be flushed quickly, close the sockets and stop.
-    Shutdown,
 }
 
 /// Limits the transport enforces.
@@ -108,50 +109,130 @@ impl TransportLimits {
 }
 
 /// The core's side of the transport.
-#[derive(Debug)]
-pub struct TransportHandle {
-    commands: mpsc::Sender<Command>,
-    waker: Waker,
-    thread: Option<std::thread::JoinHandle<()>>,
+pub struct Transport {
+    /// The sockets' descriptors, registered with tokio's reactor. Declared
+    /// before `io` so that they are deregistered before the sockets close.
+    signals: [AsyncFd<SocketSignal>; 4],
+    io: io::Io,
 }
 
-/// Capacity of the channels between the transport thread and the core.
-const CHANNEL_CAPACITY: usize = 4096;
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport").finish_non_exhaustive()
+    }
+}
 
-impl TransportHandle {
-    /// Starts the transport thread on already-bound sockets.
-    pub fn spawn(
-        sockets: Sockets,
-        limits: TransportLimits,
-    ) -> std::io::Result<(Self, mpsc::Receiver<Inbound>)> {
-        let (inbound_tx, inbound_rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let (commands_tx, commands_rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let (waker, wake_rx) = Waker::new()?;
-        let thread = std::thread::Builder::new()
-            .name("zmq-io".into())
-            .spawn(move || io::run(sockets, limits, commands_rx, inbound_tx, wake_rx))?;
-        Ok((
-            Self {
-                commands: commands_tx,
-                waker,
-                thread: Some(thread),
-            },
-            inbound_rx,
-        ))
+/// A socket's `ZMQ_FD`: readable when libzmq has news for the socket. It
+/// belongs to the socket, which closes it.
+struct SocketSignal(RawFd);
+
+impl AsRawFd for SocketSignal {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+impl Transport {
+    /// Takes already-bound sockets. Must be called inside a tokio runtime
+    /// with I/O enabled.
+    #[allow(unsafe_code)]
+    pub fn new(sockets: Sockets, limits: TransportLimits) -> std::io::Result<Self> {
+        let signal = |socket: &zmq::Socket| -> std::io::Result<AsyncFd<SocketSignal>> {
+            let fd = socket.get_fd().map_err(std::io::Error::other)?;
+            // SAFETY: tokio needs the descriptor to stay open, and to be the
+            // same file, for as long as the registration lives. It is the
+            // socket's own ZMQ_FD, which libzmq keeps open and unchanged
+            // until the socket closes, and `Transport` drops its
+            // registrations before its sockets (field order, and the
+            // explicit drop in `shutdown`).
+            unsafe { AsyncFd::register_with_interest(SocketSignal(fd), Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)
+        };
+        let [s0, s1, s2, s3] = &sockets.sockets;
+        let signals = [signal(s0)?, signal(s1)?, signal(s2)?, signal(s3)?];
+        Ok(Self {
+            signals,
+            io: io::Io::new(sockets, limits),
+        })
     }
 
-    /// Queues a command; waits only while the transport's queue is full.
-    pub async fn send(&self, command: Command) {
-        if self.commands.send(command).await.is_ok() {
-            self.waker.wake();
+    /// Carries out a command at once: messages go to libzmq, or to the
+    /// client's outbox when its connection is full.
+    pub fn send(&mut self, command: Command) {
+        self.io.command(command);
+    }
+
+    /// Waits for inbound events and moves up to `limit` of them into `out`
+    /// (at least one). Meanwhile retries blocked outboxes when they are due.
+    /// Cancel-safe: nothing is taken from a socket at an await point.
+    pub async fn recv_many(&mut self, out: &mut Vec<Inbound>, limit: usize) -> usize {
+        let limit = limit.max(1);
+        loop {
+            self.io.flush(std::time::Instant::now());
+            while out.len() < limit {
+                match self.io.pending.pop_front() {
+                    Some(event) => out.push(event),
+                    None => break,
+                }
+            }
+            self.read_fairly(out, limit);
+            if !out.is_empty() {
+                return out.len();
+            }
+            // Every socket was read until empty just now: sleep until one
+            // signals, or until a blocked outbox is due.
+            let retry = self
+                .io
+                .next_retry(std::time::Instant::now())
+                .map(tokio::time::Instant::from_std);
+            let [a, b, c, d] = &self.signals;
+            let woke = tokio::select! {
+                r = a.readable() => r.map(|mut g| g.clear_ready()),
+                r = b.readable() => r.map(|mut g| g.clear_ready()),
+                r = c.readable() => r.map(|mut g| g.clear_ready()),
+                r = d.readable() => r.map(|mut g| g.clear_ready()),
+                () = sleep_until(retry) => Ok(()),
+            };
+            if let Err(e) = woke {
+                tracing::error!(error = %e, "waiting for the sockets failed");
+                return 0;
+            }
         }
     }
 
-    /// Stops the thread and waits for it to close the sockets.
-    pub async fn shutdown(mut self) {
-        self.send(Command::Shutdown).await;
-        if let Some(thread) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    /// Reads the sockets in channel order (under light load a message sent
+    /// on one channel before another on the next is handed over first),
+    /// each up to its share of `limit`; what is left of `limit` then goes to
+    /// the sockets that filled their share, so that a flooded socket cannot
+    /// starve the others.
+    fn read_fairly(&mut self, out: &mut Vec<Inbound>, limit: usize) {
+        let share = (limit / Channel::ALL.len()).max(1);
+        let mut more = [false; 4];
+        for channel in Channel::ALL {
+            let room = share.min(limit.saturating_sub(out.len()));
+            more[channel as usize] = room > 0 && self.io.read(channel, out, room);
         }
+        for channel in Channel::ALL {
+            if out.len() >= limit {
+                break;
+            }
+            if more[channel as usize] {
+                self.io.read(channel, out, limit - out.len());
+            }
+        }
+    }
+
+    /// Flushes what can be flushed quickly and closes the sockets.
+    pub fn shutdown(self) {
+        let Self { signals, io, .. } = self;
+        drop(signals);
+        io.finish();
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
