@@ -513,7 +513,7 @@ impl Room {
     /// `except`: directly to live ones, held back behind the snapshot for
     /// downloading ones.
     fn broadcast(&mut self, except: Option<ClientId>, wire: Wire, fx: &mut Effects) {
-        let mut live = Vec::new();
+        let mut live = Vec::with_capacity(self.members.len());
         let (max_messages, max_bytes) = (
             self.limits.outbox_max_messages,
             self.limits.outbox_max_bytes,
