@@ -11,7 +11,7 @@ use replication_serve::protocol::codec::encode_value;
 use replication_serve::protocol::patch::{Patch, PatchOp, PathStep};
 use replication_serve::protocol::{
     BlockSpec, ChunkFields, DatablockHeader, PublisherMessage, ServerMessage, UploadStep, Wire,
-    batch, decode_header, encode, validate_value,
+    batch, decode_header, decode_publisher, encode, validate_value,
 };
 use replication_serve::room::{ClientId, Room};
 use rmpv::Value;
@@ -42,8 +42,11 @@ fn decode(c: &mut Criterion) {
     c.bench_function("encode forwarded UPDATE header", |b| {
         b.iter(|| encode(black_box(&forwarded)))
     });
-    c.bench_function("decode UPDATE header", |b| {
+    c.bench_function("decode UPDATE header (serde's tagged enum)", |b| {
         b.iter(|| decode_header::<PublisherMessage>(black_box(&header), 1 << 20).unwrap())
+    });
+    c.bench_function("decode UPDATE header (the server's reader)", |b| {
+        b.iter(|| decode_publisher(black_box(&header), 1 << 20).unwrap())
     });
     let data = encode_value(&Value::Map(vec![
         (Value::from("name"), Value::from("Cube")),

@@ -15,7 +15,7 @@ pub mod message;
 pub mod patch;
 pub mod wire;
 
-pub use codec::{decode_header, encode, validate_value};
+pub use codec::{decode_header, decode_publisher, encode, validate_value};
 pub use message::*;
 pub use wire::{Channel, Wire};
 

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::outbox::Outbox;
 use super::{ClientMessage, Command, Identity, Inbound, Sockets, TransportLimits};
-use crate::protocol::{Channel, ProtocolError, Wire, decode_header};
+use crate::protocol::{Channel, ProtocolError, Wire, decode_header, decode_publisher};
 
 /// Frames a client message may have after the identity or token frame.
 const MAX_FRAMES: usize = 2;
@@ -331,7 +331,7 @@ fn decode(channel: Channel, header: &[u8], limit: usize) -> Result<ClientMessage
     Ok(match channel {
         Channel::Commands => ClientMessage::Command(decode_header(header, limit)?),
         Channel::Subscriber => ClientMessage::Subscriber(decode_header(header, limit)?),
-        Channel::Publisher => ClientMessage::Publisher(decode_header(header, limit)?),
+        Channel::Publisher => ClientMessage::Publisher(decode_publisher(header, limit)?),
         Channel::Heartbeat => ClientMessage::Heartbeat(decode_header(header, limit)?),
     })
 }
