@@ -20,8 +20,9 @@
 //! - [`client`]: a blocking Rust client, used by the tests and tools.
 //! - [`store`]: durable sessions: the data directory and session files.
 //! - [`server`]: wires the pieces together: `run(config, shutdown)`.
-// One audited exception: registering a socket's descriptor with tokio's
-// reactor (`transport::Transport::new`).
+// Two audited exceptions, both in the transport: registering a socket's
+// descriptor with tokio's reactor (`Transport::new`), and frames that libzmq
+// sends to several clients from one buffer (`transport::shared`).
 #![deny(unsafe_code)]
 
 pub mod cli;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::outbox::Outbox;
+use super::shared::{INLINE_MAX, SharedFrame};
 use super::{ClientMessage, Command, Identity, Inbound, Sockets, TransportLimits};
 use crate::protocol::{Channel, ProtocolError, Wire, decode_header, decode_publisher};
 
@@ -52,8 +53,15 @@ impl Io {
     pub(super) fn command(&mut self, command: Command) {
         match command {
             Command::Deliver { channel, to, wire } => {
+                // A message for several clients is handed to libzmq once;
+                // each client's copy shares its buffers.
+                let mut shared = if to.len() > 1 {
+                    SharedWire::new(&wire)
+                } else {
+                    None
+                };
                 for identity in to {
-                    self.enqueue(channel, identity, wire.clone());
+                    self.enqueue(channel, identity, wire.clone(), shared.as_mut());
                 }
             }
             Command::Disconnect { identity, last } => {
@@ -71,7 +79,13 @@ impl Io {
         }
     }
 
-    fn enqueue(&mut self, channel: Channel, identity: Identity, wire: Wire) {
+    fn enqueue(
+        &mut self,
+        channel: Channel,
+        identity: Identity,
+        wire: Wire,
+        shared: Option<&mut SharedWire>,
+    ) {
         if channel == Channel::Heartbeat {
             // Pings are periodic: one that cannot go now is simply skipped.
             let _ = self.send(channel, &identity, &wire);
@@ -84,7 +98,14 @@ impl Io {
         // Fast path: nothing queued for this client, so the message may go
         // straight to libzmq; only a full connection needs an outbox.
         if self.outboxes.is_empty() || !self.outboxes.contains_key(&key) {
-            match self.send(channel, &key.1, &wire) {
+            let sent = match shared {
+                Some(frames) => {
+                    let socket = &mut self.sockets.sockets[channel as usize];
+                    send_shared(socket, &key.1, &wire, frames)
+                }
+                None => self.send(channel, &key.1, &wire),
+            };
+            match sent {
                 Ok(()) => return,
                 Err(zmq::Error::EAGAIN) => {}
                 Err(zmq::Error::EHOSTUNREACH) => {
@@ -263,6 +284,52 @@ fn send_on(socket: &zmq::Socket, identity: &Identity, wire: &Wire) -> Result<(),
             socket.send(&payload[..], zmq::DONTWAIT)
         }
         None => socket.send(&wire.header[..], zmq::DONTWAIT),
+    }
+}
+
+/// A delivery's frames, handed to libzmq once for all its recipients. A
+/// frame small enough to live inside libzmq's message is copied instead.
+struct SharedWire {
+    header: Option<SharedFrame>,
+    payload: Option<SharedFrame>,
+}
+
+impl SharedWire {
+    /// None when nothing is worth sharing (or libzmq is out of memory, and
+    /// the frames are copied as usual).
+    fn new(wire: &Wire) -> Option<Self> {
+        let share = |bytes: &Bytes| {
+            (bytes.len() > INLINE_MAX)
+                .then(|| SharedFrame::new(bytes.clone()).ok())
+                .flatten()
+        };
+        let header = share(&wire.header);
+        let payload = wire.payload.as_ref().and_then(share);
+        (header.is_some() || payload.is_some()).then_some(Self { header, payload })
+    }
+}
+
+/// Like [`send_on`], from shared frames.
+fn send_shared(
+    socket: &mut zmq::Socket,
+    identity: &Identity,
+    wire: &Wire,
+    frames: &mut SharedWire,
+) -> Result<(), zmq::Error> {
+    socket.send(&identity[..], zmq::SNDMORE | zmq::DONTWAIT)?;
+    let more = if wire.payload.is_some() {
+        zmq::SNDMORE
+    } else {
+        0
+    };
+    match &mut frames.header {
+        Some(frame) => frame.send(socket, more | zmq::DONTWAIT)?,
+        None => socket.send(&wire.header[..], more | zmq::DONTWAIT)?,
+    }
+    match (&wire.payload, &mut frames.payload) {
+        (None, _) => Ok(()),
+        (Some(_), Some(frame)) => frame.send(socket, zmq::DONTWAIT),
+        (Some(payload), None) => socket.send(&payload[..], zmq::DONTWAIT),
     }
 }
 

@@ -16,6 +16,7 @@
 
 mod io;
 mod outbox;
+mod shared;
 mod sockets;
 
 use std::os::fd::{AsRawFd, RawFd};
