@@ -1,6 +1,7 @@
 //! A client that stops reading must not slow the others: it is disconnected
 //! as too slow once its outbox passes the limit, while a reading client
-//! receives every update, in order.
+//! receives every update, in order. One that only pauses gets everything
+//! that waited for it once it reads again.
 
 mod common;
 
@@ -106,4 +107,47 @@ fn a_stalled_client_does_not_slow_a_reading_one() {
         let _ = fast.next_event(std::time::Duration::from_millis(50));
     }
     drop(stalled);
+}
+
+/// A client that pauses, long enough for its connection to fill and its
+/// messages to wait in the server's outbox, then reads on, receives every
+/// update in order and stays connected: the server keeps retrying the full
+/// connection while it serves the others.
+#[test]
+fn a_client_that_pauses_and_resumes_receives_everything() {
+    // 20,000 updates of 1 KB: more than libzmq's queues (1,000 messages a
+    // side) and loopback TCP's buffers (a few MiB) can hold.
+    const PAUSED_UPDATES: u64 = 20_000;
+    let server = TestServer::start_with(|c| {
+        // Not dropped for silence while paused, and no pings: nothing but
+        // the outbox's own retries may move the queued updates.
+        c.timeout_ms = 120_000;
+        c.heartbeat_interval_ms = 60_000;
+    });
+    let mut host = admin(&server, "host");
+    host.upload(&[block("stroke", "Mesh", Value::from(0))], T)
+        .unwrap();
+    // One message per update, so that the outbox counts them one by one.
+    let (mut paused, _) = joined_with(ClientOptions {
+        batches: false,
+        ..ClientOptions::new(server.port, "paused")
+    });
+    let payload = Value::Binary(vec![7; 1024]);
+    for _ in 0..PAUSED_UPDATES {
+        host.update(&block("stroke", "Mesh", payload.clone()))
+            .unwrap();
+    }
+    // The host's updates are all applied once its own ACK comes back.
+    host.update_confirmed(&block("stroke", "Mesh", Value::from(-1)), T)
+        .unwrap();
+    for expected_revision in 2..PAUSED_UPDATES + 3 {
+        let ev = wait_update(&mut paused, "stroke");
+        let ServerMessage::Update { header, .. } = ev.message else {
+            unreachable!()
+        };
+        assert_eq!(
+            header.revision, expected_revision,
+            "no update lost or reordered"
+        );
+    }
 }
