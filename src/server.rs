@@ -76,7 +76,9 @@ impl Server {
     }
 
     /// Serves until `shutdown` is cancelled; then disconnects every client
-    /// with a reason and closes the sockets.
+    /// with a reason and closes the sockets. Runs on the current task, which
+    /// must belong to a tokio runtime with I/O and time enabled (the sockets
+    /// are registered with its reactor).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let Self {
             config,
