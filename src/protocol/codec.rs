@@ -10,17 +10,22 @@ use super::{MAX_DEPTH, ProtocolError};
 
 /// Decodes a header frame of at most `limit` bytes into a message.
 pub fn decode_header<T: DeserializeOwned>(frame: &[u8], limit: usize) -> Result<T, ProtocolError> {
+    check_header(frame, limit)?;
+    deserialize(frame)
+}
+
+/// The size limit, then one walk of the frame: it bounds nesting before
+/// serde recurses, rejects trailing garbage, and insists on a map with
+/// string keys (serde would also take an array of fields, or binary keys).
+/// Returns the message's `type`, as [`walk_header`] notes it.
+fn check_header(frame: &[u8], limit: usize) -> Result<Option<&[u8]>, ProtocolError> {
     if frame.len() > limit {
         return Err(ProtocolError::TooLarge {
             size: frame.len(),
             limit,
         });
     }
-    // Walk the frame once without allocating: it bounds nesting before serde
-    // recurses, rejects trailing garbage, and insists on a map with string
-    // keys (serde would also take an array of fields, or binary keys).
-    validate_header(frame)?;
-    deserialize(frame)
+    walk_header(frame)
 }
 
 /// Decodes a publisher-channel header frame, like [`decode_header`].
@@ -30,14 +35,7 @@ pub fn decode_header<T: DeserializeOwned>(frame: &[u8], limit: usize) -> Result<
 /// into a buffer of its own (and flattened fields into another), which cost
 /// more than everything else the server does to decode an update.
 pub fn decode_publisher(frame: &[u8], limit: usize) -> Result<PublisherMessage, ProtocolError> {
-    if frame.len() > limit {
-        return Err(ProtocolError::TooLarge {
-            size: frame.len(),
-            limit,
-        });
-    }
-    validate_header(frame)?;
-    if message_type(frame) == Some(b"UPDATE".as_slice()) {
+    if check_header(frame, limit)? == Some(b"UPDATE".as_slice()) {
         deserialize::<UpdateFields>(frame).map(PublisherMessage::from)
     } else {
         deserialize(frame)
@@ -50,30 +48,6 @@ fn deserialize<T: DeserializeOwned>(frame: &[u8]) -> Result<T, ProtocolError> {
     // more than the depth validate_header already allowed.
     de.set_max_depth(MAX_DEPTH + 1);
     T::deserialize(&mut de).map_err(|e| ProtocolError::Invalid(e.to_string()))
-}
-
-/// The `type` of a header that [`validate_header`] accepted, when it is one
-/// string.
-fn message_type(frame: &[u8]) -> Option<&[u8]> {
-    let mut pos = 1usize;
-    let entries = match frame.first()? {
-        m @ 0x80..=0x8f => u64::from(m & 0x0f),
-        0xde => read_len(frame, &mut pos, 2).ok()?,
-        _ => read_len(frame, &mut pos, 4).ok()?,
-    };
-    let mut found = None;
-    for _ in 0..entries {
-        let (key, next) = read_str(frame, pos)?;
-        if key == b"type" {
-            if found.is_some() {
-                // Twice: left to serde, which refuses it.
-                return None;
-            }
-            found = Some(read_str(frame, next)?.0);
-        }
-        pos = skip_value(frame, next, MAX_DEPTH - 1).ok()?;
-    }
-    found
 }
 
 /// The string at `pos` and the offset after it, if a string is there.
@@ -129,6 +103,13 @@ pub fn decode_value(bytes: &[u8]) -> Result<rmpv::Value, ProtocolError> {
 /// Checks that a header frame is exactly one map whose keys are all strings
 /// (values are checked like [`validate_value`]).
 pub fn validate_header(bytes: &[u8]) -> Result<(), ProtocolError> {
+    walk_header(bytes).map(|_| ())
+}
+
+/// [`validate_header`]'s walk, which also notes the message's `type` on the
+/// way: the string, when the map has exactly one `type` key and its value
+/// is a string.
+fn walk_header(bytes: &[u8]) -> Result<Option<&[u8]>, ProtocolError> {
     let mut pos = 1usize;
     let entries = match bytes.first() {
         Some(&m @ 0x80..=0x8f) => u64::from(m & 0x0f),
@@ -144,6 +125,8 @@ pub fn validate_header(bytes: &[u8]) -> Result<(), ProtocolError> {
         }
         None => return Err(ProtocolError::Malformed("empty frame".into())),
     };
+    let mut kind = None;
+    let mut kinds = 0;
     for _ in 0..entries {
         match bytes.get(pos) {
             Some(0xa0..=0xbf | 0xd9..=0xdb) => {}
@@ -154,8 +137,13 @@ pub fn validate_header(bytes: &[u8]) -> Result<(), ProtocolError> {
             }
             None => return Err(truncated(pos, "a map key")),
         }
-        pos = skip_value(bytes, pos, MAX_DEPTH)?;
-        pos = skip_value(bytes, pos, MAX_DEPTH - 1)?;
+        let key_end = skip_value(bytes, pos, MAX_DEPTH)?;
+        let value_end = skip_value(bytes, key_end, MAX_DEPTH - 1)?;
+        if read_str(bytes, pos).is_some_and(|(key, _)| key == b"type") {
+            kinds += 1;
+            kind = read_str(bytes, key_end).map(|(value, _)| value);
+        }
+        pos = value_end;
     }
     if pos != bytes.len() {
         return Err(ProtocolError::Malformed(format!(
@@ -163,7 +151,8 @@ pub fn validate_header(bytes: &[u8]) -> Result<(), ProtocolError> {
             bytes.len() - pos
         )));
     }
-    Ok(())
+    // A second `type` is left to serde, which refuses it.
+    Ok(if kinds == 1 { kind } else { None })
 }
 
 /// Checks that `bytes` holds exactly one well-formed MessagePack value nested
