@@ -12,6 +12,9 @@ use super::shared::{INLINE_MAX, SharedFrame};
 use super::{ClientMessage, Command, Identity, Inbound, Sockets, TransportLimits};
 use crate::protocol::{Channel, ProtocolError, Wire, decode_header, decode_publisher};
 
+/// Reads retried on one socket, per call, after a read found nothing that
+/// `ZMQ_EVENTS` said was there.
+const MAX_RECHECKS: usize = 8;
 /// Frames a client message may have after the identity or token frame.
 const MAX_FRAMES: usize = 2;
 /// Longest pause between retries to a blocked connection.
@@ -236,6 +239,9 @@ impl Io {
     pub(super) fn read(&mut self, channel: Channel, out: &mut Vec<Inbound>, limit: usize) -> bool {
         let socket = &self.sockets.sockets[channel as usize];
         let mut taken = 0;
+        // Times the socket reported a message that a read then did not find;
+        // bounded, so that libzmq contradicting itself cannot spin the core.
+        let mut recheck = 0;
         while taken < limit {
             match read_message(socket, channel, self.limits.max_header_bytes) {
                 Ok(Some(msg)) => {
@@ -248,7 +254,10 @@ impl Io {
                     // that a message that came in meanwhile is not left
                     // waiting for a signal that will not come.
                     match socket.get_events() {
-                        Ok(events) if events.contains(zmq::POLLIN) => continue,
+                        Ok(events) if events.contains(zmq::POLLIN) && recheck < MAX_RECHECKS => {
+                            recheck += 1;
+                            continue;
+                        }
                         Ok(_) => return false,
                         Err(e) => {
                             tracing::warn!(channel = channel.name(), error = %e, "polling failed");
