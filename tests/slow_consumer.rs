@@ -64,12 +64,9 @@ fn a_stalled_client_does_not_slow_a_reading_one() {
 
     let mut expected_revision = 2;
     while expected_revision < UPDATES + 2 {
-        let ev = wait_update(&mut fast, "stroke");
-        let ServerMessage::Update { header, .. } = ev.message else {
-            unreachable!()
-        };
         assert_eq!(
-            header.revision, expected_revision,
+            next_revision(&mut fast),
+            expected_revision,
             "no update lost or reordered"
         );
         expected_revision += 1;
@@ -141,13 +138,19 @@ fn a_client_that_pauses_and_resumes_receives_everything() {
     host.update_confirmed(&block("stroke", "Mesh", Value::from(-1)), T)
         .unwrap();
     for expected_revision in 2..PAUSED_UPDATES + 3 {
-        let ev = wait_update(&mut paused, "stroke");
-        let ServerMessage::Update { header, .. } = ev.message else {
-            unreachable!()
-        };
         assert_eq!(
-            header.revision, expected_revision,
+            next_revision(&mut paused),
+            expected_revision,
             "no update lost or reordered"
         );
     }
+}
+
+/// The revision of the next update of "stroke" that `client` receives.
+fn next_revision(client: &mut replication_serve::client::Client) -> u64 {
+    let ev = wait_update(client, "stroke");
+    let ServerMessage::Update { header, .. } = ev.message else {
+        unreachable!("wait_update returns updates")
+    };
+    header.revision
 }
