@@ -57,11 +57,12 @@ impl Io {
         match command {
             Command::Deliver { channel, to, wire } => {
                 // A message for several clients is handed to libzmq once;
-                // each client's copy shares its buffers.
+                // each client's copy shares its buffers. So is a large data
+                // frame for one client: sharing saves copying it.
                 let mut shared = if to.len() > 1 {
                     SharedWire::new(&wire)
                 } else {
-                    None
+                    SharedWire::large_payload(&wire)
                 };
                 for identity in to {
                     self.enqueue(channel, identity, wire.clone(), shared.as_mut());
@@ -296,6 +297,11 @@ fn send_on(socket: &zmq::Socket, identity: &Identity, wire: &Wire) -> Result<(),
     }
 }
 
+/// From this size a data frame for a single recipient is shared with
+/// libzmq rather than copied: below it, copying costs less than the
+/// message's bookkeeping.
+const SHARE_ALONE_MIN: usize = 16 * 1024;
+
 /// A delivery's frames, handed to libzmq once for all its recipients. A
 /// frame small enough to live inside libzmq's message is copied instead.
 struct SharedWire {
@@ -315,6 +321,20 @@ impl SharedWire {
         let header = share(&wire.header);
         let payload = wire.payload.as_ref().and_then(share);
         (header.is_some() || payload.is_some()).then_some(Self { header, payload })
+    }
+
+    /// Only the data frame, when it is at least [`SHARE_ALONE_MIN`] bytes
+    /// (a snapshot's DATABLOCKS, a CHUNK, a large update).
+    fn large_payload(wire: &Wire) -> Option<Self> {
+        let payload = wire.payload.as_ref()?;
+        if payload.len() < SHARE_ALONE_MIN {
+            return None;
+        }
+        let payload = SharedFrame::new(payload.clone()).ok()?;
+        Some(Self {
+            header: None,
+            payload: Some(payload),
+        })
     }
 }
 
