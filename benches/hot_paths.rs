@@ -13,7 +13,7 @@ use replication_serve::protocol::{
     BlockSpec, ChunkFields, DatablockHeader, PublisherMessage, ServerMessage, UploadStep, Wire,
     batch, decode_header, decode_publisher, encode, validate_value,
 };
-use replication_serve::room::{ClientId, Room};
+use replication_serve::room::{ClientId, Room, StreamOptions};
 use rmpv::Value;
 
 fn decode(c: &mut Criterion) {
@@ -148,7 +148,8 @@ fn fan_out(c: &mut Criterion) {
     for i in 1..=8 {
         room.join(ClientId(i), &format!("reader-{i}"), false, None)
             .unwrap();
-        room.subscribe(ClientId(i), None).unwrap();
+        room.subscribe(ClientId(i), StreamOptions::default())
+            .unwrap();
     }
     let payload = Bytes::from(encode_value(&Value::Binary(vec![7; 1000])).to_vec());
     c.bench_function("room: apply and fan out a 1 KB update to 8", |b| {
@@ -176,17 +177,26 @@ fn snapshot(c: &mut Criterion) {
     }
     room.upload(host, UploadStep::End, None, None).unwrap();
     let mut next = 1;
-    c.bench_function("room: snapshot stream of 10,000 x 1 KB", |b| {
-        b.iter(|| {
-            let joiner = ClientId(next);
-            next += 1;
-            room.join(joiner, &format!("joiner-{}", joiner.0), false, None)
-                .unwrap();
-            let fx = room.subscribe(joiner, None).unwrap();
-            black_box(&fx);
-            room.leave(joiner);
-        })
-    });
+    for (name, batches) in [
+        ("room: snapshot stream of 10,000 x 1 KB", false),
+        ("room: snapshot stream of 10,000 x 1 KB in DATABLOCKS", true),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let joiner = ClientId(next);
+                next += 1;
+                room.join(joiner, &format!("joiner-{}", joiner.0), false, None)
+                    .unwrap();
+                let options = StreamOptions {
+                    window: None,
+                    batches,
+                };
+                let fx = room.subscribe(joiner, options).unwrap();
+                black_box(&fx);
+                room.leave(joiner);
+            })
+        });
+    }
 }
 
 criterion_group!(benches, decode, batches, patch, fan_out, snapshot);

@@ -1438,6 +1438,11 @@ fn subscriber_and_heartbeat_garbage_from_a_member_gets_errors() {
         ),
         (
             Channel::Subscriber,
+            vec![msg(&[("type", s("SNAPSHOT")), ("batches", Value::from(1))])],
+            ErrorCode::InvalidMessage,
+        ),
+        (
+            Channel::Subscriber,
             vec![msg(&[
                 ("type", s("SNAPSHOT_ACK")),
                 ("received", Value::from(-3)),

@@ -361,3 +361,168 @@ fn expect_batch_error(client: &mut Client, code: ErrorCode, reason: &str) {
     assert_eq!(got, code, "{message}");
     assert!(message.contains(reason), "{message:?} lacks {reason:?}");
 }
+
+// ---------------------------------------------------------------------------
+// DATABLOCKS (protocol section 16)
+
+/// A scene of small datablocks with one larger than `chunk_bytes` in the
+/// middle, which must travel chunked between the batches.
+fn scene_with_a_chunked_block(chunk_bytes: usize) -> Vec<Block> {
+    let mut blocks: Vec<Block> = (0..300)
+        .map(|i| block(&format!("obj-{i:03}"), "Object", object("o", [i as f64; 3])))
+        .collect();
+    blocks.insert(
+        150,
+        block("big", "Image", Value::Binary(vec![7; chunk_bytes * 2 + 10])),
+    );
+    blocks
+}
+
+/// Every subscriber message of a download, raw, acknowledging as the
+/// protocol says; stops after END.
+fn raw_stream(client: &mut Client, window: Option<u32>) -> Vec<(ServerMessage, Vec<u8>)> {
+    client
+        .send_raw(
+            Channel::Subscriber,
+            &[&encode(
+                &replication_serve::protocol::SubscriberRequest::Snapshot {
+                    window,
+                    batches: true,
+                },
+            )],
+        )
+        .unwrap();
+    let mut stream = Vec::new();
+    let (mut received, mut acked, mut window) = (0u64, 0u64, 1u64);
+    loop {
+        let frames = client
+            .next_subscriber_frames(T)
+            .unwrap()
+            .expect("a stream message");
+        let message: ServerMessage = decode_header(&frames[0], usize::MAX).unwrap();
+        received += 1;
+        if let ServerMessage::Snapshot {
+            step: replication_serve::protocol::SnapshotStep::Begin,
+            window: Some(w),
+            ..
+        } = &message
+        {
+            window = *w;
+        }
+        let end = matches!(
+            message,
+            ServerMessage::Snapshot {
+                step: replication_serve::protocol::SnapshotStep::End,
+                ..
+            }
+        );
+        stream.push((
+            message,
+            frames.get(1).map(|f| f.to_vec()).unwrap_or_default(),
+        ));
+        if end {
+            return stream;
+        }
+        if (received - acked) * 2 >= window {
+            acked = received;
+            client
+                .send_raw(
+                    Channel::Subscriber,
+                    &[&encode(
+                        &replication_serve::protocol::SubscriberRequest::SnapshotAck { received },
+                    )],
+                )
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_download_in_batches_gives_the_same_datablocks() {
+    let chunk_bytes = 64 * 1024;
+    let server = TestServer::start_with(|c| c.limits.chunk_bytes = chunk_bytes);
+    let mut host = admin(&server, "host");
+    let blocks = scene_with_a_chunked_block(chunk_bytes);
+    host.upload(&blocks, T).expect("upload");
+    let batched = joined_with(ClientOptions::new(server.port, "batched")).1;
+    let single = joined_with(ClientOptions {
+        batches: false,
+        ..ClientOptions::new(server.port, "single")
+    })
+    .1;
+    let uuids: Vec<&str> = batched.iter().map(|r| r.header.uuid.as_str()).collect();
+    let expected: Vec<&str> = blocks.iter().map(|b| b.uuid.as_str()).collect();
+    assert_eq!(uuids, expected, "every datablock, in creation order");
+    assert_eq!(batched.len(), single.len());
+    for (b, s) in batched.iter().zip(&single) {
+        assert_eq!(b.header, s.header);
+        assert_eq!(b.data, s.data, "data of {}", b.header.uuid);
+    }
+}
+
+#[test]
+fn the_stream_holds_datablocks_batches_and_chunks_in_order() {
+    let chunk_bytes = 64 * 1024;
+    let server = TestServer::start_with(|c| c.limits.chunk_bytes = chunk_bytes);
+    let mut host = admin(&server, "host");
+    let blocks = scene_with_a_chunked_block(chunk_bytes);
+    host.upload(&blocks, T).expect("upload");
+    let mut raw = Client::connect(ClientOptions::new(server.port, "raw")).unwrap();
+    raw.authenticate(T).unwrap();
+    // A window of 4 messages: the stream only completes if a DATABLOCKS
+    // counts as one message, as the client counts it.
+    let stream = raw_stream(&mut raw, Some(4));
+    let ServerMessage::Snapshot { batches, .. } = &stream[0].0 else {
+        panic!("the stream starts with BEGIN, not {:?}", stream[0].0);
+    };
+    assert_eq!(
+        *batches,
+        Some(true),
+        "BEGIN says the stream may hold batches"
+    );
+    let mut uuids = Vec::new();
+    let mut batches_seen = 0;
+    for (message, data) in &stream {
+        match message {
+            ServerMessage::Datablocks {
+                datablocks,
+                lengths,
+            } => {
+                batches_seen += 1;
+                assert_eq!(datablocks.len(), lengths.len());
+                assert_eq!(lengths.iter().sum::<u64>(), data.len() as u64);
+                assert!(data.len() <= chunk_bytes);
+                let mut offset = 0;
+                for (d, &length) in datablocks.iter().zip(lengths) {
+                    let ServerMessage::Datablock { header, id, chunk } = d else {
+                        panic!("a DATABLOCKS holds DATABLOCK headers, not {d:?}");
+                    };
+                    assert_eq!((*id, chunk), (None, &ChunkFields::default()));
+                    let original = blocks.iter().find(|b| b.uuid == header.uuid).unwrap();
+                    let end = offset + length as usize;
+                    assert_eq!(value(&data[offset..end]), original.data);
+                    offset = end;
+                    uuids.push(header.uuid.clone());
+                }
+            }
+            ServerMessage::Datablock { header, chunk, .. } => {
+                if header.uuid == "big" {
+                    assert!(chunk.chunks.is_some(), "the large datablock is chunked");
+                }
+                uuids.push(header.uuid.clone());
+            }
+            _ => {}
+        }
+    }
+    let expected: Vec<&str> = blocks.iter().map(|b| b.uuid.as_str()).collect();
+    assert_eq!(uuids, expected, "each datablock once, in stream order");
+    assert!(
+        batches_seen >= 2,
+        "the chunked datablock splits the run into at least two batches"
+    );
+    assert!(
+        stream.len() < 50,
+        "301 datablocks took {} messages",
+        stream.len()
+    );
+}

@@ -507,7 +507,8 @@ fn publisher_update() -> impl Strategy<Value = PublisherMessage> {
 
 fn subscriber_request() -> BoxedStrategy<SubscriberRequest> {
     prop_oneof![
-        opt(any::<u32>()).prop_map(|window| SubscriberRequest::Snapshot { window }),
+        (opt(any::<u32>()), any::<bool>())
+            .prop_map(|(window, batches)| SubscriberRequest::Snapshot { window, batches }),
         any::<u64>().prop_map(|received| SubscriberRequest::SnapshotAck { received }),
         (opt(any::<u64>()), text()).prop_map(|(id, uuid)| SubscriberRequest::Fetch { id, uuid }),
     ]
@@ -634,17 +635,21 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
             opt(any::<u64>()),
             opt(any::<u64>()),
             opt(vec(catalogue_entry(), 0..4)),
+            opt(any::<bool>()),
         )
-            .prop_map(|(step, window, window_bytes, datablocks, bytes, entries)| {
-                ServerMessage::Snapshot {
-                    step,
-                    window,
-                    window_bytes,
-                    datablocks,
-                    bytes,
-                    entries,
+            .prop_map(
+                |(step, window, window_bytes, datablocks, bytes, entries, batches)| {
+                    ServerMessage::Snapshot {
+                        step,
+                        window,
+                        window_bytes,
+                        datablocks,
+                        bytes,
+                        entries,
+                        batches,
+                    }
                 }
-            }),
+            ),
         (datablock_header(), id(), chunk_fields())
             .prop_map(|(header, id, chunk)| ServerMessage::Datablock { header, id, chunk }),
         (datablock_header(), text(), any::<bool>(), chunk_fields()).prop_map(
@@ -672,6 +677,21 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
             vec(any::<u64>(), 0..4),
         )
             .prop_map(|(updates, lengths)| ServerMessage::Updates { updates, lengths }),
+        (
+            vec(
+                datablock_header().prop_map(|header| ServerMessage::Datablock {
+                    header,
+                    id: None,
+                    chunk: ChunkFields::default(),
+                }),
+                0..4
+            ),
+            vec(any::<u64>(), 0..4),
+        )
+            .prop_map(|(datablocks, lengths)| ServerMessage::Datablocks {
+                datablocks,
+                lengths
+            }),
         (any::<u64>(), text(), any::<u64>()).prop_map(|(id, uuid, revision)| ServerMessage::Ack {
             id,
             uuid,
@@ -785,6 +805,7 @@ fn server_name(m: &ServerMessage) -> &'static str {
         ServerMessage::Update { .. } => "UPDATE",
         ServerMessage::Chunk { .. } => "CHUNK",
         ServerMessage::Updates { .. } => "UPDATES",
+        ServerMessage::Datablocks { .. } => "DATABLOCKS",
         ServerMessage::Ack { .. } => "ACK",
         ServerMessage::Right { .. } => "RIGHT",
         ServerMessage::Delete { .. } => "DELETE",
@@ -823,6 +844,7 @@ const SERVER_NAMES: &[&str] = &[
     "UPDATE",
     "CHUNK",
     "UPDATES",
+    "DATABLOCKS",
     "ACK",
     "RIGHT",
     "DELETE",
@@ -1526,6 +1548,7 @@ proptest! {
             "transfer", "chunks", "size", "index", "uuids", "force", "reason", "window",
             "received", "seq", "patch", "base_revision", "users", "code", "refers_to",
             "entries", "revision", "sender", "protocol_version", "status", "latency_ms",
+            "batches", "datablocks", "updates", "lengths",
         ]), any_value(3)), 0..8),
     ) {
         let mut entries = vec![(Value::from("type"), Value::from(name))];

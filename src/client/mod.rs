@@ -58,8 +58,9 @@ pub struct ClientOptions {
     pub room: Option<String>,
     pub room_password: Option<String>,
     /// Ask the server for UPDATES (several forwarded updates in one
-    /// message). The client hands them out as single UPDATE events either
-    /// way; only raw frames ([`Client::next_subscriber_frames`]) show them.
+    /// message), and for DATABLOCKS in the snapshot stream. The client
+    /// hands them out as single UPDATE and DATABLOCK events either way;
+    /// only raw frames ([`Client::next_subscriber_frames`]) show them.
     pub batches: bool,
 }
 

@@ -148,13 +148,20 @@ impl Client {
         let payload = frames.next().map(Bytes::from);
         let message: ServerMessage = decode_header(&header, MAX_HEADER)?;
         if let ServerMessage::Updates { updates, lengths } = message {
-            return self.on_updates(channel, updates, &lengths, payload);
+            return self.on_batch(channel, Batch::Updates, updates, &lengths, payload);
         }
         if channel == Channel::Subscriber {
             self.count_snapshot(
                 &message,
                 header.len() + payload.as_ref().map_or(0, Bytes::len),
             )?;
+        }
+        if let ServerMessage::Datablocks {
+            datablocks,
+            lengths,
+        } = message
+        {
+            return self.on_batch(channel, Batch::Datablocks, datablocks, &lengths, payload);
         }
         if let ServerMessage::Chunk { transfer, index: _ } = message {
             let Some(partial) = self.partial.get_mut(&transfer) else {
@@ -206,21 +213,24 @@ impl Client {
         Ok(())
     }
 
-    /// Queues each update of an UPDATES as if it had come alone, after
-    /// checking the batch the way the server checks those it receives.
-    fn on_updates(
+    /// Queues each item of an UPDATES or a DATABLOCKS as if it had come
+    /// alone, after checking the batch the way the server checks those it
+    /// receives.
+    fn on_batch(
         &mut self,
         channel: Channel,
-        updates: Vec<ServerMessage>,
+        kind: Batch,
+        items: Vec<ServerMessage>,
         lengths: &[u64],
         payload: Option<Bytes>,
     ) -> Result<(), ClientError> {
-        let bad = |why: String| Err(ProtocolError::Invalid(format!("UPDATES: {why}")).into());
+        let name = kind.name();
+        let bad = |why: String| Err(ProtocolError::Invalid(format!("{name}: {why}")).into());
         let data = payload.unwrap_or_default();
-        if updates.len() != lengths.len() || updates.is_empty() {
+        if items.len() != lengths.len() || items.is_empty() {
             return bad(format!(
-                "{} updates but {} lengths",
-                updates.len(),
+                "{} items but {} lengths",
+                items.len(),
                 lengths.len()
             ));
         }
@@ -230,13 +240,11 @@ impl Client {
                 data.len()
             ));
         }
-        if let Some(other) = updates.iter().find(|u| {
-            !matches!(u, ServerMessage::Update { chunk, .. } if *chunk == ChunkFields::default())
-        }) {
-            return bad(format!("holds a {other:?}, not an inline UPDATE"));
+        if let Some(other) = items.iter().find(|item| !kind.holds(item)) {
+            return bad(format!("holds a {other:?}, not an inline {}", kind.item()));
         }
         let mut offset = 0usize;
-        for (message, &length) in updates.into_iter().zip(lengths) {
+        for (message, &length) in items.into_iter().zip(lengths) {
             // The lengths add up to the data's size, so each fits.
             let end = offset + length as usize;
             self.events.push_back(Event {
@@ -293,5 +301,41 @@ impl Client {
             )?;
         }
         Ok(())
+    }
+}
+
+/// The two kinds of batch a server sends.
+#[derive(Debug, Clone, Copy)]
+enum Batch {
+    Updates,
+    Datablocks,
+}
+
+impl Batch {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Updates => "UPDATES",
+            Self::Datablocks => "DATABLOCKS",
+        }
+    }
+
+    fn item(self) -> &'static str {
+        match self {
+            Self::Updates => "UPDATE",
+            Self::Datablocks => "DATABLOCK",
+        }
+    }
+
+    /// True for a message this kind of batch may carry: its own item, with
+    /// the data inline (and, for a snapshot datablock, not a FETCH answer).
+    fn holds(self, message: &ServerMessage) -> bool {
+        let inline = |chunk: &ChunkFields| *chunk == ChunkFields::default();
+        match (self, message) {
+            (Self::Updates, ServerMessage::Update { chunk, .. }) => inline(chunk),
+            (Self::Datablocks, ServerMessage::Datablock { chunk, id, .. }) => {
+                inline(chunk) && id.is_none()
+            }
+            _ => false,
+        }
     }
 }

@@ -145,7 +145,10 @@ impl Client {
     pub fn subscribe(&mut self, window: Option<u32>) -> Result<(), ClientError> {
         self.send(
             Channel::Subscriber,
-            &SubscriberRequest::Snapshot { window },
+            &SubscriberRequest::Snapshot {
+                window,
+                batches: self.options.batches,
+            },
             None,
         )
     }

@@ -15,7 +15,7 @@ use crate::protocol::{
     ProtocolError, PublisherMessage, RefersTo, Role, ServerMessage, SessionState,
     SubscriberRequest, UploadStep, Wire, batch, check_name, encode,
 };
-use crate::room::{ClientId, Effects, RoomError};
+use crate::room::{ClientId, Effects, RoomError, StreamOptions};
 use crate::transport::{ClientMessage, Command, Identity, Inbound};
 
 impl Core {
@@ -542,7 +542,9 @@ impl Core {
         };
         let result = self.room_mut(id).and_then(|(name, room)| {
             let effects = match request {
-                SubscriberRequest::Snapshot { window } => room.subscribe(id, window),
+                SubscriberRequest::Snapshot { window, batches } => {
+                    room.subscribe(id, StreamOptions { window, batches })
+                }
                 SubscriberRequest::SnapshotAck { received } => room.acknowledge(id, received),
                 SubscriberRequest::Fetch { id: req_id, uuid } => room.fetch(id, req_id, &uuid),
             }?;

@@ -150,6 +150,92 @@ impl Batcher {
     }
 }
 
+/// Gathers a snapshot's consecutive inline datablocks (each an encoded
+/// DATABLOCK header and its data) into one DATABLOCKS message within the
+/// limits (protocol section 16). The data is copied once, into the batch's
+/// data frame, when the batch is finished.
+#[derive(Debug)]
+pub struct DatablocksBuilder {
+    limits: BatchLimits,
+    /// The items' encoded headers, one after the other.
+    headers: Vec<u8>,
+    payloads: Vec<Bytes>,
+    data_bytes: usize,
+}
+
+impl DatablocksBuilder {
+    pub fn new(limits: BatchLimits) -> Self {
+        Self {
+            limits,
+            headers: Vec::new(),
+            payloads: Vec::new(),
+            data_bytes: 0,
+        }
+    }
+
+    /// True when a datablock with a header of `header` bytes and `data`
+    /// bytes of data may join the batch without passing a limit (the first
+    /// always may).
+    pub fn fits(&self, header: usize, data: usize) -> bool {
+        self.payloads.is_empty()
+            || (self.payloads.len() < MAX_BATCH
+                && ENVELOPE_BYTES
+                    + self.headers.len()
+                    + header
+                    + (self.payloads.len() + 1) * LENGTH_BYTES
+                    <= self.limits.max_header
+                && self.data_bytes + data <= self.limits.max_data)
+    }
+
+    /// Adds a datablock; the caller checks [`DatablocksBuilder::fits`]
+    /// first.
+    pub fn push(&mut self, header: &[u8], data: Bytes) {
+        self.headers.extend_from_slice(header);
+        self.data_bytes += data.len();
+        self.payloads.push(data);
+    }
+
+    /// The batch, emptying the builder: a lone datablock as a plain
+    /// DATABLOCK (its data shared, not copied), several as one DATABLOCKS.
+    pub fn finish(&mut self) -> Option<Wire> {
+        let wire = match self.payloads.len() {
+            0 => return None,
+            1 => Wire {
+                header: Bytes::copy_from_slice(&self.headers),
+                payload: self.payloads.pop(),
+                batchable: false,
+            },
+            n => {
+                let mut header =
+                    Vec::with_capacity(ENVELOPE_BYTES + self.headers.len() + n * LENGTH_BYTES);
+                // Writing to a Vec cannot fail.
+                let _ = rmp::encode::write_map_len(&mut header, 3);
+                let _ = rmp::encode::write_str(&mut header, "type");
+                let _ = rmp::encode::write_str(&mut header, "DATABLOCKS");
+                let _ = rmp::encode::write_str(&mut header, "datablocks");
+                let _ = rmp::encode::write_array_len(&mut header, n as u32);
+                header.extend_from_slice(&self.headers);
+                let _ = rmp::encode::write_str(&mut header, "lengths");
+                let _ = rmp::encode::write_array_len(&mut header, n as u32);
+                let mut data = BytesMut::with_capacity(self.data_bytes);
+                for payload in &self.payloads {
+                    let _ = rmp::encode::write_uint(&mut header, payload.len() as u64);
+                    data.extend_from_slice(payload);
+                }
+                Wire {
+                    header: Bytes::from(header),
+                    payload: Some(data.freeze()),
+                    batchable: false,
+                }
+            }
+        };
+        self.headers.clear();
+        self.payloads.clear();
+        self.data_bytes = 0;
+        Some(wire)
+    }
+}
+
 /// One UPDATES message carrying `items` (forwarded UPDATEs with inline
 /// data), in order. Their encoded headers are copied in as they are.
 pub fn updates_message(items: &[Wire]) -> Wire {
@@ -345,6 +431,54 @@ mod tests {
         ));
         assert!(auth(Value::Nil).is_err());
         assert!(auth(Value::from(1)).is_err());
+    }
+
+    #[test]
+    fn a_built_datablocks_is_what_serde_would_write() {
+        let header = |uuid: &str| DatablockHeader {
+            uuid: uuid.into(),
+            type_id: "Mesh".into(),
+            owner: "ann".into(),
+            deps: vec!["m".into()],
+            revision: 3,
+        };
+        let message = |uuid: &str| ServerMessage::Datablock {
+            header: header(uuid),
+            id: None,
+            chunk: ChunkFields::default(),
+        };
+        let mut builder = DatablocksBuilder::new(BatchLimits {
+            max_data: 1 << 20,
+            max_header: 1 << 20,
+        });
+        for (uuid, data) in [("a", &b"\x01"[..]), ("b", b"\x92\x01\x02")] {
+            let encoded = encode(&message(uuid));
+            assert!(builder.fits(encoded.len(), data.len()));
+            builder.push(&encoded, Bytes::copy_from_slice(data));
+        }
+        let wire = builder.finish().unwrap();
+        let via_serde = encode(&ServerMessage::Datablocks {
+            datablocks: vec![message("a"), message("b")],
+            lengths: vec![1, 3],
+        });
+        assert_eq!(wire.header, via_serde);
+        assert_eq!(wire.payload.as_deref(), Some(&b"\x01\x92\x01\x02"[..]));
+        assert!(builder.finish().is_none(), "finishing empties the builder");
+        // One datablock stays a DATABLOCK, its data shared.
+        let data = Bytes::from_static(b"\xc0");
+        builder.push(&encode(&message("c")), data.clone());
+        let alone = builder.finish().unwrap();
+        assert_eq!(alone.header, encode(&message("c")));
+        assert_eq!(alone.payload.unwrap().as_ptr(), data.as_ptr());
+        // The limits, counted with the envelope.
+        let mut narrow = DatablocksBuilder::new(BatchLimits {
+            max_data: 10,
+            max_header: ENVELOPE_BYTES + 2 * (40 + LENGTH_BYTES),
+        });
+        narrow.push(&[0; 40], Bytes::from_static(&[0; 6]));
+        assert!(narrow.fits(40, 4));
+        assert!(!narrow.fits(40, 5), "11 bytes of data pass 10");
+        assert!(!narrow.fits(41, 1), "the header passes its limit");
     }
 
     #[test]

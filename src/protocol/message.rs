@@ -431,6 +431,10 @@ pub enum SubscriberRequest {
     Snapshot {
         #[serde(default)]
         window: Option<u32>,
+        /// The client reads DATABLOCKS, several snapshot datablocks in one
+        /// message.
+        #[serde(default)]
+        batches: bool,
     },
     /// Acknowledges the first `received` messages of the snapshot stream.
     SnapshotAck { received: u64 },
@@ -628,6 +632,9 @@ pub enum ServerMessage {
         bytes: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         entries: Option<Vec<CatalogueEntry>>,
+        /// BEGIN: the stream may hold DATABLOCKS (the client asked for them).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batches: Option<bool>,
     },
     Datablock {
         #[serde(flatten)]
@@ -655,6 +662,13 @@ pub enum ServerMessage {
     /// one after the other, of `lengths` bytes each.
     Updates {
         updates: Vec<ServerMessage>,
+        lengths: Vec<u64>,
+    },
+    /// Several snapshot datablocks in one message: each of `datablocks` is a
+    /// [`ServerMessage::Datablock`] and the data frame holds their data one
+    /// after the other, of `lengths` bytes each.
+    Datablocks {
+        datablocks: Vec<ServerMessage>,
         lengths: Vec<u64>,
     },
     /// An UPDATE that carried an `id` was applied, at this revision.

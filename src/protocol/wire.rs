@@ -109,3 +109,139 @@ pub fn with_payload(
     }
     out
 }
+
+/// A datablock's header fields, borrowed from where the server keeps them,
+/// for writing DATABLOCK headers without building a [`ServerMessage`].
+#[derive(Debug, Clone, Copy)]
+pub struct DatablockRef<'a> {
+    pub uuid: &'a str,
+    pub type_id: &'a str,
+    pub owner: &'a str,
+    pub deps: &'a [String],
+    pub revision: u64,
+}
+
+impl DatablockRef<'_> {
+    /// Appends the header of a snapshot DATABLOCK whose data is inline (no
+    /// `id`, no chunk keys): the same map the serde encoding of
+    /// [`ServerMessage::Datablock`] gives, key for key.
+    pub fn write_header(&self, out: &mut Vec<u8>) {
+        // Writing to a Vec cannot fail.
+        let _ = rmp::encode::write_map_len(out, 6);
+        let _ = rmp::encode::write_str(out, "type");
+        let _ = rmp::encode::write_str(out, "DATABLOCK");
+        let _ = rmp::encode::write_str(out, "uuid");
+        let _ = rmp::encode::write_str(out, self.uuid);
+        let _ = rmp::encode::write_str(out, "type_id");
+        let _ = rmp::encode::write_str(out, self.type_id);
+        let _ = rmp::encode::write_str(out, "owner");
+        let _ = rmp::encode::write_str(out, self.owner);
+        let _ = rmp::encode::write_str(out, "deps");
+        let _ = rmp::encode::write_array_len(out, self.deps.len() as u32);
+        for dep in self.deps {
+            let _ = rmp::encode::write_str(out, dep);
+        }
+        let _ = rmp::encode::write_str(out, "revision");
+        let _ = rmp::encode::write_uint(out, self.revision);
+    }
+
+    /// The encoded header's size, at most (for reserving).
+    pub fn header_bound(&self) -> usize {
+        let deps: usize = self.deps.iter().map(|d| d.len() + 5).sum();
+        64 + self.uuid.len() + self.type_id.len() + self.owner.len() + deps
+    }
+}
+
+/// A snapshot CATALOGUE page listing `entries` (uuid, type, revision,
+/// size), written directly: the same map the serde encoding of
+/// [`ServerMessage::Snapshot`] with only `entries` gives.
+pub fn catalogue_page<'a>(
+    entries: impl ExactSizeIterator<Item = (&'a str, &'a str, u64, u64)>,
+) -> Wire {
+    let mut out = Vec::with_capacity(32 + entries.len() * 64);
+    let _ = rmp::encode::write_map_len(&mut out, 3);
+    let _ = rmp::encode::write_str(&mut out, "type");
+    let _ = rmp::encode::write_str(&mut out, "SNAPSHOT");
+    let _ = rmp::encode::write_str(&mut out, "step");
+    let _ = rmp::encode::write_str(&mut out, "CATALOGUE");
+    let _ = rmp::encode::write_str(&mut out, "entries");
+    let _ = rmp::encode::write_array_len(&mut out, entries.len() as u32);
+    for (uuid, type_id, revision, size) in entries {
+        let _ = rmp::encode::write_map_len(&mut out, 4);
+        let _ = rmp::encode::write_str(&mut out, "uuid");
+        let _ = rmp::encode::write_str(&mut out, uuid);
+        let _ = rmp::encode::write_str(&mut out, "type_id");
+        let _ = rmp::encode::write_str(&mut out, type_id);
+        let _ = rmp::encode::write_str(&mut out, "revision");
+        let _ = rmp::encode::write_uint(&mut out, revision);
+        let _ = rmp::encode::write_str(&mut out, "size");
+        let _ = rmp::encode::write_uint(&mut out, size);
+    }
+    Wire {
+        header: Bytes::from(out),
+        payload: None,
+        batchable: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{CatalogueEntry, ChunkFields, DatablockHeader, SnapshotStep};
+
+    #[test]
+    fn datablock_headers_are_written_as_serde_writes_them() {
+        let deps = ["mat".to_owned(), "mesh-ü".to_owned()];
+        for (deps, revision) in [(&deps[..], 7), (&[][..], u64::MAX), (&deps[..1], 0)] {
+            let block = DatablockRef {
+                uuid: "obj",
+                type_id: "Object",
+                owner: "COMMON",
+                deps,
+                revision,
+            };
+            let mut written = Vec::new();
+            block.write_header(&mut written);
+            assert!(written.len() <= block.header_bound());
+            let via_serde = encode(&ServerMessage::Datablock {
+                header: DatablockHeader {
+                    uuid: "obj".into(),
+                    type_id: "Object".into(),
+                    owner: "COMMON".into(),
+                    deps: deps.to_vec(),
+                    revision,
+                },
+                id: None,
+                chunk: ChunkFields::default(),
+            });
+            assert_eq!(written, via_serde[..]);
+        }
+    }
+
+    #[test]
+    fn catalogue_pages_are_written_as_serde_writes_them() {
+        let entries = [("a", "Mesh", 1, 10), ("b-ü", "Object", u64::MAX, 0)];
+        let written = catalogue_page(entries.iter().copied());
+        let via_serde = encode(&ServerMessage::Snapshot {
+            step: SnapshotStep::Catalogue,
+            window: None,
+            window_bytes: None,
+            datablocks: None,
+            bytes: None,
+            entries: Some(
+                entries
+                    .iter()
+                    .map(|&(uuid, type_id, revision, size)| CatalogueEntry {
+                        uuid: uuid.into(),
+                        type_id: type_id.into(),
+                        revision,
+                        size,
+                    })
+                    .collect(),
+            ),
+            batches: None,
+        });
+        assert_eq!(written.header, via_serde);
+        assert_eq!(written.payload, None);
+    }
+}

@@ -4,13 +4,39 @@
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
+
 use crate::protocol::Wire;
+use crate::protocol::batch::{BatchLimits, DatablocksBuilder};
+
+/// How a client asked for its snapshot: the keys of its SNAPSHOT.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// The window in messages it wants (capped by the server's).
+    pub window: Option<u32>,
+    /// It reads DATABLOCKS, several datablocks in one message.
+    pub batches: bool,
+}
+
+/// A snapshot message waiting for the window.
+#[derive(Debug)]
+pub enum Queued {
+    /// Sent as it is.
+    Message(Wire),
+    /// A datablock whose data is inline: its encoded DATABLOCK header and
+    /// its data. Sent alone, or in a DATABLOCKS with its neighbours to a
+    /// client that reads them; the batch is built only when the window lets
+    /// it go, so a large scene is never copied all at once.
+    Datablock { header: Bytes, data: Bytes },
+}
 
 /// The state of one client's download.
 #[derive(Debug)]
 pub struct Download {
     /// Snapshot messages not yet handed to the transport.
-    queue: VecDeque<Wire>,
+    queue: VecDeque<Queued>,
+    /// Set when the client reads DATABLOCKS.
+    batches: Option<DatablocksBuilder>,
     /// Stream positions and sizes of messages sent but not acknowledged.
     in_flight: VecDeque<(u64, usize)>,
     in_flight_bytes: usize,
@@ -33,9 +59,17 @@ pub struct Released {
 }
 
 impl Download {
-    pub fn new(queue: VecDeque<Wire>, window_messages: usize, window_bytes: usize) -> Self {
+    /// A download of `queue`, gathering datablocks into DATABLOCKS within
+    /// `batches` when the client reads them.
+    pub fn new(
+        queue: VecDeque<Queued>,
+        window_messages: usize,
+        window_bytes: usize,
+        batches: Option<BatchLimits>,
+    ) -> Self {
         Self {
             queue,
+            batches: batches.map(DatablocksBuilder::new),
             in_flight: VecDeque::new(),
             in_flight_bytes: 0,
             sent: 0,
@@ -53,7 +87,7 @@ impl Download {
         while self.in_flight.len() < self.window_messages
             && (self.in_flight_bytes < self.window_bytes || self.in_flight.is_empty())
         {
-            let Some(wire) = self.queue.pop_front() else {
+            let Some(wire) = self.next_message() else {
                 break;
             };
             self.in_flight.push_back((self.sent, wire.len()));
@@ -67,6 +101,32 @@ impl Download {
             out.finished = true;
         }
         out
+    }
+
+    /// The next message of the stream, gathering the datablocks that follow
+    /// into one DATABLOCKS when the client reads them.
+    fn next_message(&mut self) -> Option<Wire> {
+        let (header, data) = match self.queue.pop_front()? {
+            Queued::Message(wire) => return Some(wire),
+            Queued::Datablock { header, data } => (header, data),
+        };
+        let Some(batch) = self.batches.as_mut() else {
+            return Some(Wire {
+                header,
+                payload: Some(data),
+                batchable: false,
+            });
+        };
+        batch.push(&header, data);
+        while let Some(Queued::Datablock { header, data }) = self.queue.front() {
+            if !batch.fits(header.len(), data.len()) {
+                break;
+            }
+            if let Some(Queued::Datablock { header, data }) = self.queue.pop_front() {
+                batch.push(&header, data);
+            }
+        }
+        batch.finish()
     }
 
     /// The client has received the first `received` messages of the stream.
@@ -105,7 +165,8 @@ impl Download {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
+    use crate::protocol::wire::DatablockRef;
+    use crate::protocol::{ServerMessage, decode_header};
 
     fn wire(n: usize) -> Wire {
         Wire {
@@ -115,18 +176,104 @@ mod tests {
         }
     }
 
+    fn queued(n: usize) -> Queued {
+        Queued::Message(wire(n))
+    }
+
+    fn datablock(uuid: &str, size: usize) -> Queued {
+        let mut header = Vec::new();
+        DatablockRef {
+            uuid,
+            type_id: "Mesh",
+            owner: "COMMON",
+            deps: &[],
+            revision: 1,
+        }
+        .write_header(&mut header);
+        Queued::Datablock {
+            header: Bytes::from(header),
+            data: Bytes::from(vec![0xc0; size]),
+        }
+    }
+
+    /// The uuids a stream message carries, and whether it was a batch.
+    fn carried(wire: &Wire) -> (Vec<String>, bool) {
+        let uuid = |m: &ServerMessage| match m {
+            ServerMessage::Datablock { header, .. } => header.uuid.clone(),
+            other => panic!("not a DATABLOCK: {other:?}"),
+        };
+        match decode_header::<ServerMessage>(&wire.header, usize::MAX) {
+            Ok(ServerMessage::Datablocks {
+                datablocks,
+                lengths,
+            }) => {
+                let total: u64 = lengths.iter().sum();
+                assert_eq!(total as usize, wire.payload.as_ref().map_or(0, Bytes::len));
+                (datablocks.iter().map(uuid).collect(), true)
+            }
+            Ok(m @ ServerMessage::Datablock { .. }) => (vec![uuid(&m)], false),
+            _ => (Vec::new(), false),
+        }
+    }
+
+    #[test]
+    fn datablocks_are_gathered_as_the_window_lets_them_go() {
+        let queue = || -> VecDeque<Queued> {
+            let mut q: VecDeque<Queued> = ["a", "b", "c", "d", "e"]
+                .iter()
+                .map(|u| datablock(u, 100))
+                .collect();
+            q.push_front(queued(3));
+            q.push_back(queued(3));
+            q.push_back(datablock("f", 100));
+            q.push_back(queued(3));
+            q
+        };
+        let limits = BatchLimits {
+            max_data: 250,
+            max_header: 1 << 20,
+        };
+        let mut d = Download::new(queue(), 100, 1 << 20, Some(limits));
+        let sent: Vec<(Vec<String>, bool)> = d.pump().wires.iter().map(carried).collect();
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            sent,
+            [
+                (vec![], false),
+                (names(&["a", "b"]), true),
+                (names(&["c", "d"]), true),
+                (names(&["e"]), false),
+                (vec![], false),
+                (names(&["f"]), false),
+                (vec![], false),
+            ],
+            "batches within the data limit; a message between datablocks ends a run"
+        );
+        // A batch counts as one message of the window.
+        let mut d = Download::new(queue(), 2, 1 << 20, Some(limits));
+        let first = d.pump();
+        assert_eq!(first.wires.len(), 2);
+        assert_eq!(carried(&first.wires[1]), (names(&["a", "b"]), true));
+        assert_eq!(d.sent(), 2);
+        // Without batches, each datablock travels alone.
+        let mut d = Download::new(queue(), 100, 1 << 20, None);
+        let alone = d.pump().wires;
+        assert_eq!(alone.len(), 9);
+        assert!(alone.iter().all(|w| !carried(w).1));
+    }
+
     #[test]
     fn window_limits_messages_and_bytes() {
-        let mut d = Download::new((0..10).map(|_| wire(10)).collect(), 4, 1000);
+        let mut d = Download::new((0..10).map(|_| queued(10)).collect(), 4, 1000, None);
         assert_eq!(d.pump().wires.len(), 4);
         assert_eq!(d.acknowledge(2).unwrap().wires.len(), 2);
-        let mut d = Download::new((0..10).map(|_| wire(10)).collect(), 100, 25);
+        let mut d = Download::new((0..10).map(|_| queued(10)).collect(), 100, 25, None);
         assert_eq!(d.pump().wires.len(), 3);
     }
 
     #[test]
     fn live_traffic_waits_for_the_snapshot() {
-        let mut d = Download::new((0..3).map(|_| wire(1)).collect(), 2, 100);
+        let mut d = Download::new((0..3).map(|_| queued(1)).collect(), 2, 100, None);
         let first = d.pump();
         assert_eq!(first.wires.len(), 2);
         assert!(!first.finished);
@@ -139,14 +286,14 @@ mod tests {
 
     #[test]
     fn held_traffic_is_bounded() {
-        let mut d = Download::new((0..3).map(|_| wire(1)).collect(), 1, 100);
+        let mut d = Download::new((0..3).map(|_| queued(1)).collect(), 1, 100, None);
         assert!(d.hold(wire(5), 2, 100));
         assert!(d.hold(wire(5), 2, 100));
         assert!(
             !d.hold(wire(5), 2, 100),
             "three messages pass a limit of two"
         );
-        let mut d = Download::new((0..3).map(|_| wire(1)).collect(), 1, 100);
+        let mut d = Download::new((0..3).map(|_| queued(1)).collect(), 1, 100, None);
         assert!(
             !d.hold(wire(11), 10, 10),
             "eleven bytes pass a limit of ten"
@@ -155,7 +302,7 @@ mod tests {
 
     #[test]
     fn over_acknowledging_is_an_error() {
-        let mut d = Download::new((0..3).map(|_| wire(1)).collect(), 1, 100);
+        let mut d = Download::new((0..3).map(|_| queued(1)).collect(), 1, 100, None);
         d.pump();
         assert!(d.acknowledge(2).is_err());
     }

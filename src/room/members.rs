@@ -2,7 +2,7 @@
 
 use rmpv::Value;
 
-use super::{ClientId, Download, RoomError};
+use super::{ClientId, Download, RoomError, StreamOptions};
 use crate::protocol::codec::encode_value;
 use crate::protocol::{ErrorCode, UserState, UserStatus};
 
@@ -23,8 +23,8 @@ pub struct Member {
     pub subscribed: bool,
     /// The client sent SNAPSHOT on this connection.
     pub requested: bool,
-    /// Snapshot window the client asked for.
-    pub window: Option<usize>,
+    /// What the client asked for in SNAPSHOT.
+    pub stream: StreamOptions,
     /// Snapshot in progress.
     pub download: Option<Download>,
     /// Messages of the finished snapshot stream, so that acknowledgements
@@ -47,7 +47,7 @@ impl Member {
             subscribed: false,
             requested: false,
             switched: false,
-            window: None,
+            stream: StreamOptions::default(),
             download: None,
             snapshot_sent: 0,
         }

@@ -16,16 +16,17 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use rmpv::Value;
 
-pub use download::Download;
+pub use download::{Download, Queued, StreamOptions};
 pub use members::Member;
 pub use repository::{Content, Datablock, Repository};
 
 use crate::config::Limits;
+use crate::protocol::batch::BatchLimits;
 use crate::protocol::patch::Patch;
-use crate::protocol::wire::with_payload;
+use crate::protocol::wire::{DatablockRef, catalogue_page, with_payload};
 use crate::protocol::{
-    AuthStatus, BlockSpec, COMMON, CatalogueEntry, Channel, ErrorCode, ServerMessage, SessionState,
-    SnapshotStep, UploadStatus, UploadStep, UserState, UserStatus, Wire, codec::decode_value,
+    AuthStatus, BlockSpec, COMMON, Channel, ErrorCode, ServerMessage, SessionState, SnapshotStep,
+    UploadStatus, UploadStep, UserState, UserStatus, Wire, codec::decode_value,
 };
 use crate::store::{Change, SessionImage, StoredBlock};
 
@@ -35,6 +36,13 @@ pub struct ClientId(pub u64);
 
 /// Catalogue entries per CATALOGUE message.
 const CATALOGUE_PAGE: usize = 1024;
+
+/// Most data in one DATABLOCKS of a snapshot stream (capped by
+/// `chunk_bytes`). The window bounds what is in flight, so batches can be
+/// larger than live ones; these are large enough that a message's fixed
+/// cost is shared by tens of datablocks, and small enough that the
+/// stream starts flowing at once.
+const SNAPSHOT_BATCH_DATA: usize = 256 * 1024;
 
 /// A refused request: what to tell the sender.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -341,7 +349,11 @@ impl Room {
     /// session is live its download starts now; in the lobby it starts when
     /// the upload completes. The uploader, live since its END, may ask too
     /// and then gets the whole scene again.
-    pub fn subscribe(&mut self, id: ClientId, window: Option<u32>) -> Result<Effects, RoomError> {
+    pub fn subscribe(
+        &mut self,
+        id: ClientId,
+        options: StreamOptions,
+    ) -> Result<Effects, RoomError> {
         let member = self.members.get_mut(id).ok_or_else(not_member)?;
         if member.requested {
             return Err(RoomError::new(
@@ -351,7 +363,7 @@ impl Room {
         }
         member.requested = true;
         member.subscribed = true;
-        member.window = window.map(|w| w.max(1) as usize);
+        member.stream = options;
         let mut fx = Effects::default();
         if self.state == SessionState::Active {
             self.start_download(id, &mut fx);
@@ -397,20 +409,21 @@ impl Room {
 
     fn start_download(&mut self, id: ClientId, fx: &mut Effects) {
         let max = self.limits.snapshot_window_messages;
-        let Some(window) = self
-            .members
-            .get(id)
-            .map(|m| m.window.unwrap_or(max).min(max))
-        else {
+        let Some(options) = self.members.get(id).map(|m| m.stream) else {
             return;
         };
-        let queue = self.snapshot_stream(window);
+        let window = options.window.map_or(max, |w| (w.max(1) as usize).min(max));
+        let queue = self.snapshot_stream(window, options.batches);
+        let batches = options.batches.then(|| BatchLimits {
+            max_data: self.limits.chunk_bytes.min(SNAPSHOT_BATCH_DATA),
+            max_header: self.limits.max_header_bytes,
+        });
         let limits = &self.limits;
         let Some(member) = self.members.get_mut(id) else {
             return;
         };
         member.status = UserStatus::Syncing;
-        let mut download = Download::new(queue, window, limits.snapshot_window_bytes);
+        let mut download = Download::new(queue, window, limits.snapshot_window_bytes, batches);
         let released = download.pump();
         member.download = Some(download);
         fx.presence_changed = true;
@@ -432,60 +445,81 @@ impl Room {
     }
 
     /// Captures the whole session as a stream: BEGIN, the catalogue, every
-    /// datablock (dependencies first), END.
-    fn snapshot_stream(&mut self, window: usize) -> VecDeque<Wire> {
-        let order: Vec<String> = self
-            .repository
-            .snapshot_order()
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        // Datablocks first: encoding patched ones settles their sizes before
-        // BEGIN and the catalogue announce them.
-        let mut blocks = Vec::with_capacity(order.len());
-        for uuid in &order {
-            blocks.extend(self.datablock_wires(uuid, None));
-        }
-        let mut stream = VecDeque::with_capacity(blocks.len() + 3);
-        stream.push_back(Wire::message(&ServerMessage::Snapshot {
+    /// datablock (dependencies first), END. `batches` is only announced in
+    /// BEGIN here: the download gathers the datablocks into DATABLOCKS as
+    /// it sends them.
+    fn snapshot_stream(&mut self, window: usize, batches: bool) -> VecDeque<Queued> {
+        // Encoding patched datablocks first settles their sizes before BEGIN
+        // and the catalogue announce them.
+        self.repository.settle();
+        let limits = &self.limits;
+        let next_transfer = &mut self.next_transfer;
+        let order = self.repository.in_snapshot_order();
+        let pages = order.len().div_ceil(CATALOGUE_PAGE);
+        let mut stream = VecDeque::with_capacity(order.len() + pages + 2);
+        stream.push_back(Queued::Message(Wire::message(&ServerMessage::Snapshot {
             step: SnapshotStep::Begin,
             window: Some(window as u64),
-            window_bytes: Some(self.limits.snapshot_window_bytes as u64),
+            window_bytes: Some(limits.snapshot_window_bytes as u64),
             datablocks: Some(order.len() as u64),
             bytes: Some(self.repository.bytes() as u64),
             entries: None,
-        }));
+            batches: batches.then_some(true),
+        })));
         for page in order.chunks(CATALOGUE_PAGE) {
-            let entries = page
-                .iter()
-                .filter_map(|uuid| {
-                    let b = self.repository.get(uuid)?;
-                    Some(CatalogueEntry {
-                        uuid: uuid.clone(),
-                        type_id: b.type_id.clone(),
-                        revision: b.revision,
-                        size: b.content.size() as u64,
-                    })
-                })
-                .collect();
-            stream.push_back(Wire::message(&ServerMessage::Snapshot {
-                step: SnapshotStep::Catalogue,
-                window: None,
-                window_bytes: None,
-                datablocks: None,
-                bytes: None,
-                entries: Some(entries),
-            }));
+            stream.push_back(Queued::Message(catalogue_page(page.iter().map(
+                |&(uuid, b)| {
+                    (
+                        uuid,
+                        b.type_id.as_str(),
+                        b.revision,
+                        b.content.size() as u64,
+                    )
+                },
+            ))));
         }
-        stream.extend(blocks);
-        stream.push_back(Wire::message(&ServerMessage::Snapshot {
+        for &(uuid, block) in &order {
+            let data = block.content.settled().cloned().unwrap_or_default();
+            if data.len() > limits.chunk_bytes {
+                // Chunked: a header announcing the chunks, then the CHUNKs.
+                let transfer = *next_transfer;
+                *next_transfer += 1;
+                let wires = with_payload(
+                    |chunk| ServerMessage::Datablock {
+                        header: block.header(uuid),
+                        id: None,
+                        chunk,
+                    },
+                    data,
+                    limits.chunk_bytes,
+                    transfer,
+                );
+                stream.extend(wires.into_iter().map(Queued::Message));
+                continue;
+            }
+            let fields = DatablockRef {
+                uuid,
+                type_id: &block.type_id,
+                owner: &block.owner,
+                deps: &block.deps,
+                revision: block.revision,
+            };
+            let mut header = Vec::with_capacity(fields.header_bound());
+            fields.write_header(&mut header);
+            stream.push_back(Queued::Datablock {
+                header: Bytes::from(header),
+                data,
+            });
+        }
+        stream.push_back(Queued::Message(Wire::message(&ServerMessage::Snapshot {
             step: SnapshotStep::End,
             window: None,
             window_bytes: None,
             datablocks: Some(order.len() as u64),
             bytes: None,
             entries: None,
-        }));
+            batches: None,
+        })));
         stream
     }
 

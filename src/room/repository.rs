@@ -58,6 +58,12 @@ impl Content {
         bytes
     }
 
+    /// The encoded data, when no patch changed it since it was last
+    /// encoded (always, after [`Repository::settle`]).
+    pub fn settled(&self) -> Option<&Bytes> {
+        self.encoded.as_ref()
+    }
+
     /// Applies a patch of `patch_bytes` encoded bytes atomically; on error
     /// nothing changes.
     pub fn apply(&mut self, patch: &Patch, patch_bytes: usize) -> Result<(), ProtocolError> {
@@ -174,6 +180,19 @@ impl Repository {
         Some(out)
     }
 
+    /// Encodes every datablock that patches changed since its last
+    /// encoding, so that each has its full bytes at hand
+    /// ([`Content::settled`]).
+    pub fn settle(&mut self) {
+        for block in self.blocks.values_mut() {
+            if block.content.encoded.is_none() {
+                let before = block.content.size();
+                block.content.encoded();
+                self.bytes = self.bytes - before + block.content.size();
+            }
+        }
+    }
+
     /// Adds a datablock as stored, with its owner reset to COMMON.
     pub fn restore(&mut self, block: StoredBlock) {
         let revision = block.revision;
@@ -216,6 +235,14 @@ impl Repository {
     /// otherwise in creation order. A dependency cycle is broken at the
     /// datablock created first.
     pub fn snapshot_order(&self) -> Vec<&str> {
+        self.in_snapshot_order()
+            .into_iter()
+            .map(|(uuid, _)| uuid)
+            .collect()
+    }
+
+    /// Every datablock with its uuid, in [`Repository::snapshot_order`].
+    pub fn in_snapshot_order(&self) -> Vec<(&str, &Datablock)> {
         let mut by_creation: Vec<(&str, &Datablock)> =
             self.blocks.iter().map(|(u, b)| (u.as_str(), b)).collect();
         by_creation.sort_by_key(|(_, b)| b.created);
@@ -223,27 +250,27 @@ impl Repository {
         let mut order = Vec::with_capacity(by_creation.len());
         // Iterative depth-first walk; `placed[uuid] == false` marks a
         // datablock whose dependencies are being placed (cycle guard).
-        for &(root, _) in &by_creation {
+        let mut stack: Vec<(&str, &Datablock, usize)> = Vec::new();
+        for &(root, root_block) in &by_creation {
             if placed.contains_key(root) {
                 continue;
             }
-            let mut stack: Vec<(&str, usize)> = vec![(root, 0)];
+            stack.push((root, root_block, 0));
             placed.insert(root, false);
-            while let Some((uuid, next_dep)) = stack.pop() {
-                let deps = self.blocks.get(uuid).map_or(&[][..], |b| &b.deps[..]);
-                match deps.get(next_dep) {
+            while let Some((uuid, block, next_dep)) = stack.pop() {
+                match block.deps.get(next_dep) {
                     Some(dep) => {
-                        stack.push((uuid, next_dep + 1));
-                        if let Some((dep_key, _)) = self.blocks.get_key_value(dep.as_str())
+                        stack.push((uuid, block, next_dep + 1));
+                        if let Some((dep_key, dep_block)) = self.blocks.get_key_value(dep.as_str())
                             && !placed.contains_key(dep_key.as_str())
                         {
                             placed.insert(dep_key.as_str(), false);
-                            stack.push((dep_key.as_str(), 0));
+                            stack.push((dep_key.as_str(), dep_block, 0));
                         }
                     }
                     None => {
                         placed.insert(uuid, true);
-                        order.push(uuid);
+                        order.push((uuid, block));
                     }
                 }
             }

@@ -5,7 +5,7 @@
 use super::*;
 use crate::protocol::codec::encode_value;
 use crate::protocol::patch::{PatchOp, PathStep};
-use crate::protocol::{ChunkFields, DatablockHeader};
+use crate::protocol::{CatalogueEntry, ChunkFields, DatablockHeader};
 
 // ------------------------------------------------------------------ helpers
 
@@ -222,7 +222,9 @@ fn active_with(limits: Limits, blocks: Vec<(BlockSpec, Bytes)>) -> Room {
     }
     end(&mut room, ALICE);
     for id in [BOB, CAROL] {
-        let fx = room.subscribe(id, None).expect("subscribe");
+        let fx = room
+            .subscribe(id, StreamOptions::default())
+            .expect("subscribe");
         finish_download(&mut room, id, &fx);
         assert_eq!(room.member(id).map(|m| m.status), Some(UserStatus::Active));
     }
@@ -506,7 +508,7 @@ fn end_reports_the_count_and_activates_the_session() {
 #[test]
 fn an_empty_upload_is_allowed() {
     let mut room = lobby(Limits::default());
-    room.subscribe(BOB, None).unwrap();
+    room.subscribe(BOB, StreamOptions::default()).unwrap();
     init(&mut room, ALICE);
     let fx = end(&mut room, ALICE);
     assert_eq!(
@@ -543,7 +545,7 @@ fn an_empty_upload_is_allowed() {
 #[test]
 fn lobby_subscribers_get_their_snapshot_at_end() {
     let mut room = lobby(Limits::default());
-    let fx = room.subscribe(BOB, None).unwrap();
+    let fx = room.subscribe(BOB, StreamOptions::default()).unwrap();
     assert!(
         fx.deliveries.is_empty(),
         "nothing to send before the scene exists"
@@ -634,7 +636,7 @@ fn upload_respects_max_datablocks() {
 fn uploader_leaving_mid_upload_discards_the_scene() {
     let mut room = lobby(Limits::default());
     room.join(DAVE, "dave", true, None).unwrap();
-    room.subscribe(BOB, None).unwrap();
+    room.subscribe(BOB, StreamOptions::default()).unwrap();
     init(&mut room, ALICE);
     set(&mut room, ALICE, block("a", "Object"), data(1)).unwrap();
     set(&mut room, ALICE, block("b", "Object"), data(2)).unwrap();
@@ -683,7 +685,7 @@ fn snapshot_sends_dependencies_first() {
         ],
     );
     room.join(DAVE, "dave", false, None).unwrap();
-    let fx = room.subscribe(DAVE, None).unwrap();
+    let fx = room.subscribe(DAVE, StreamOptions::default()).unwrap();
     assert_eq!(
         labels(&fx, DAVE),
         [
@@ -727,7 +729,7 @@ fn snapshot_window_limits_messages_in_flight() {
         ],
     );
     room.join(DAVE, "dave", false, None).unwrap();
-    let fx = room.subscribe(DAVE, None).unwrap();
+    let fx = room.subscribe(DAVE, StreamOptions::default()).unwrap();
     assert!(fx.presence_changed);
     assert_eq!(labels(&fx, DAVE), ["BEGIN", "CATALOGUE"]);
     assert!(matches!(
@@ -784,7 +786,11 @@ fn a_client_may_ask_for_a_smaller_window_but_not_a_larger_one() {
     {
         let id = ClientId(10 + i as u64);
         room.join(id, &format!("user{i}"), false, None).unwrap();
-        let fx = room.subscribe(id, asked).unwrap();
+        let options = StreamOptions {
+            window: asked,
+            batches: false,
+        };
+        let fx = room.subscribe(id, options).unwrap();
         let msgs = msgs_to(&fx, id, Channel::Subscriber);
         assert_eq!(msgs.len(), window, "asked for {asked:?}");
         let ServerMessage::Snapshot {
@@ -802,9 +808,12 @@ fn a_client_may_ask_for_a_smaller_window_but_not_a_larger_one() {
 #[test]
 fn subscribing_twice_is_refused() {
     let mut room = active_room();
-    assert_eq!(code(room.subscribe(BOB, None)), ErrorCode::InvalidMessage);
     assert_eq!(
-        code(room.subscribe(ClientId(99), None)),
+        code(room.subscribe(BOB, StreamOptions::default())),
+        ErrorCode::InvalidMessage
+    );
+    assert_eq!(
+        code(room.subscribe(ClientId(99), StreamOptions::default())),
         ErrorCode::NotAuthenticated
     );
 }
@@ -817,7 +826,7 @@ fn acknowledging_more_than_was_sent_is_an_error() {
     };
     let mut room = active_with(limits, vec![(block("a", "Object"), data(1))]);
     room.join(DAVE, "dave", false, None).unwrap();
-    room.subscribe(DAVE, None).unwrap();
+    room.subscribe(DAVE, StreamOptions::default()).unwrap();
     let err = room.acknowledge(DAVE, 3).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidMessage);
     // The download goes on as if nothing happened.
@@ -845,7 +854,7 @@ fn acknowledging_the_end_of_a_finished_snapshot_is_not_an_error() {
     };
     let mut room = active_with(limits, vec![(block("a", "Object"), data(1))]);
     room.join(DAVE, "dave", false, None).unwrap();
-    room.subscribe(DAVE, None).unwrap();
+    room.subscribe(DAVE, StreamOptions::default()).unwrap();
     let fx = room.acknowledge(DAVE, 2).unwrap();
     assert_eq!(labels(&fx, DAVE), ["DATABLOCK a", "END"]);
     // The client received 4 messages and says so.
@@ -869,7 +878,7 @@ fn updates_during_a_download_are_held_until_its_end() {
         ],
     );
     room.join(DAVE, "dave", false, None).unwrap();
-    let first = room.subscribe(DAVE, None).unwrap();
+    let first = room.subscribe(DAVE, StreamOptions::default()).unwrap();
     assert_eq!(labels(&first, DAVE), ["BEGIN", "CATALOGUE"]);
 
     for n in [10, 11] {
@@ -932,7 +941,7 @@ fn fetch_during_a_download_waits_behind_the_snapshot() {
     };
     let mut room = active_with(limits, vec![(block("cube", "Object"), data(1))]);
     room.join(DAVE, "dave", false, None).unwrap();
-    room.subscribe(DAVE, None).unwrap();
+    room.subscribe(DAVE, StreamOptions::default()).unwrap();
     let fx = room.fetch(DAVE, Some(7), "cube").unwrap();
     assert!(fx.deliveries.is_empty());
     room.acknowledge(DAVE, 1).unwrap();
@@ -971,7 +980,7 @@ fn a_large_block_is_sent_in_chunks_in_the_snapshot() {
         ],
     );
     room.join(DAVE, "dave", false, None).unwrap();
-    let fx = room.subscribe(DAVE, None).unwrap();
+    let fx = room.subscribe(DAVE, StreamOptions::default()).unwrap();
     let wires = wires_to(&fx, DAVE, Channel::Subscriber);
     let msgs: Vec<ServerMessage> = wires.iter().map(decode).collect();
     assert_eq!(
@@ -1025,7 +1034,9 @@ fn a_large_block_is_sent_in_chunks_in_the_snapshot() {
 
     // Every chunked transfer gets its own id.
     room.join(ClientId(5), "erin", false, None).unwrap();
-    let fx = room.subscribe(ClientId(5), None).unwrap();
+    let fx = room
+        .subscribe(ClientId(5), StreamOptions::default())
+        .unwrap();
     let other = msgs_to(&fx, ClientId(5), Channel::Subscriber);
     let ServerMessage::Datablock { chunk, .. } = &other[3] else {
         panic!("expected a datablock");
@@ -1045,7 +1056,7 @@ fn catalogue_sizes_match_the_data_after_a_patch() {
     )
     .unwrap();
     room.join(DAVE, "dave", false, None).unwrap();
-    let fx = room.subscribe(DAVE, None).unwrap();
+    let fx = room.subscribe(DAVE, StreamOptions::default()).unwrap();
     let wires = wires_to(&fx, DAVE, Channel::Subscriber);
     let msgs: Vec<ServerMessage> = wires.iter().map(decode).collect();
     let ServerMessage::Snapshot {
@@ -1077,7 +1088,7 @@ fn a_downloading_client_holding_too_much_is_disconnected() {
     };
     let mut room = active_with(limits, vec![(owned("shared", "Object", COMMON), data(1))]);
     room.join(DAVE, "dave", false, None).unwrap();
-    room.subscribe(DAVE, None).unwrap();
+    room.subscribe(DAVE, StreamOptions::default()).unwrap();
     let fx = room
         .update(BOB, existing("shared"), false, None, data(2))
         .unwrap();
@@ -1224,7 +1235,7 @@ fn a_patch_update_is_applied_and_forwarded_as_a_patch() {
     )
     .unwrap();
     room.join(DAVE, "dave", false, None).unwrap();
-    let fx = room.subscribe(DAVE, None).unwrap();
+    let fx = room.subscribe(DAVE, StreamOptions::default()).unwrap();
     let wires = wires_to(&fx, DAVE, Channel::Subscriber);
     assert_eq!(
         decode_data(wires[2].payload.as_ref().unwrap()),
@@ -1737,7 +1748,7 @@ fn released_blocks_reach_downloading_clients_after_their_snapshot() {
     };
     let mut room = active_with(limits, vec![(block("cube", "Object"), data(1))]);
     room.join(DAVE, "dave", false, None).unwrap();
-    room.subscribe(DAVE, None).unwrap();
+    room.subscribe(DAVE, StreamOptions::default()).unwrap();
     let fx = room.leave(ALICE);
     assert!(wires_to(&fx, DAVE, Channel::Subscriber).is_empty());
     assert_eq!(fx.deliveries[0].to, [BOB, CAROL]);
@@ -1839,7 +1850,7 @@ fn clients_state_lists_every_user_for_everyone() {
     room.set_metadata(BOB, map(&[("frame", Value::from(5))]))
         .unwrap();
     room.set_latency(CAROL, 12.5);
-    room.subscribe(CAROL, None).unwrap();
+    room.subscribe(CAROL, StreamOptions::default()).unwrap();
     init(&mut room, ALICE);
     let delivery = room.clients_state();
     assert_eq!(delivery.to, [ALICE, BOB, CAROL]);
