@@ -149,12 +149,17 @@ fn main() -> anyhow::Result<()> {
     let mut table = Table::default();
 
     if wanted(Scenario::LateJoin) || wanted(Scenario::LateJoinDelay) {
+        let mut single = Vec::new();
         let mut plain = Vec::new();
         let mut delayed = Vec::new();
         let mut rss = (0, 0);
         for _ in 0..runs {
             if wanted(Scenario::LateJoin) {
-                let r = scenarios::late_join(&setup, plan.join_blocks, 1024, None)?;
+                // The joiner of the version before DATABLOCKS, as a baseline
+                // in the same run.
+                let r = scenarios::late_join(&setup, plan.join_blocks, 1024, None, false)?;
+                single.push(r.seconds * 1e3);
+                let r = scenarios::late_join(&setup, plan.join_blocks, 1024, None, true)?;
                 plain.push(r.seconds * 1e3);
                 rss = (r.rss_empty, r.rss_loaded);
             }
@@ -164,12 +169,19 @@ fn main() -> anyhow::Result<()> {
                     plan.join_blocks,
                     1024,
                     Some(Duration::from_millis(10)),
+                    true,
                 )?;
                 delayed.push(r.seconds * 1e3);
             }
         }
         let n = plan.join_blocks;
         if !plain.is_empty() {
+            table.row(
+                &format!("late join, {n} x 1 KB, loopback, one message per datablock"),
+                "ms",
+                "",
+                Spread::of(&single).show(1),
+            );
             table.row(
                 &format!("late join, {n} x 1 KB, loopback"),
                 "ms",

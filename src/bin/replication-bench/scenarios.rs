@@ -117,7 +117,9 @@ fn scene(count: usize, size: usize) -> Vec<Block> {
 
 /// Late join: time for a new client to authenticate and download a scene of
 /// `count` datablocks of about `size` bytes, optionally through a proxy that
-/// delays every chunk of bytes by `delay` in each direction.
+/// delays every chunk of bytes by `delay` in each direction. With `batches`
+/// the joiner asks for DATABLOCKS (protocol section 16); without, each
+/// datablock is a message of its own.
 pub struct LateJoin {
     pub seconds: f64,
     pub rss_empty: u64,
@@ -129,6 +131,7 @@ pub fn late_join(
     count: usize,
     size: usize,
     delay: Option<Duration>,
+    batches: bool,
 ) -> anyhow::Result<LateJoin> {
     let server = setup.server()?;
     let rss_empty = server.rss();
@@ -142,7 +145,11 @@ pub fn late_join(
         .transpose()?;
     let port = proxy.as_ref().map_or(server.port, |p| p.port);
     let started = Instant::now();
-    let mut joiner = Client::connect_in(&ctx, ClientOptions::new(port, "joiner"))?;
+    let options = ClientOptions {
+        batches,
+        ..ClientOptions::new(port, "joiner")
+    };
+    let mut joiner = Client::connect_in(&ctx, options)?;
     joiner.authenticate(WAIT)?;
     let got = joiner.download(WAIT, |_, _| {})?;
     let seconds = started.elapsed().as_secs_f64();
