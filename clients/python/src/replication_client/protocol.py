@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from .codec import pack
 from .errors import ProtocolError
@@ -13,6 +13,8 @@ from .errors import ProtocolError
 __all__ = [
     "PROTOCOL_VERSION",
     "MAX_BATCH",
+    "BATCH_KINDS",
+    "BatchKind",
     "Channel",
     "new_identity",
     "message",
@@ -26,9 +28,30 @@ PROTOCOL_VERSION = 1
 DEFAULT_CHUNK_BYTES = 1 << 20
 """Used only until the AUTH reply announces ``chunk_bytes``."""
 MAX_BATCH = 1024
-"""Most updates one UPDATES message may carry (section 15)."""
+"""Most updates one UPDATES message may carry (section 15), and most
+datablocks one DATABLOCKS may carry (section 16)."""
 CHUNK_KEYS = ("transfer", "chunks", "size")
 """The header keys that announce a chunked payload (section 5)."""
+
+
+class BatchKind(NamedTuple):
+    """How a batch message carries its items: the key of the list of their
+    headers, the ``type`` each of those headers has, and the keys none of
+    them may have (chunk keys included)."""
+
+    items: str
+    element: str
+    forbidden: tuple[str, ...]
+
+
+BATCH_KINDS = {
+    # Section 15: forwarded updates.
+    "UPDATES": BatchKind("updates", "UPDATE", CHUNK_KEYS),
+    # Section 16: datablocks of the snapshot stream, never a FETCH answer.
+    "DATABLOCKS": BatchKind("datablocks", "DATABLOCK", ("id", *CHUNK_KEYS)),
+}
+"""The batch messages the server sends, by ``type``: each means exactly
+its items sent one by one, in order."""
 
 
 class Channel(IntEnum):
@@ -117,48 +140,61 @@ def batch_groups(
     return groups
 
 
-def batch_message(updates: Sequence[tuple[dict[str, Any], bytes]]) -> list[bytes]:
-    """The frames ``[header, data]`` of an UPDATES carrying ``updates``
-    (UPDATE headers without chunk keys, with their payloads), in order."""
+def batch_message(
+    items: Sequence[tuple[dict[str, Any], bytes]], kind: str = "UPDATES"
+) -> list[bytes]:
+    """The frames ``[header, data]`` of a batch of ``kind`` (UPDATES by
+    default) carrying ``items`` (headers without chunk keys, with their
+    payloads), in order."""
     return [
         pack(
             {
-                "type": "UPDATES",
-                "updates": [h for h, _ in updates],
-                "lengths": [len(p) for _, p in updates],
+                "type": kind,
+                BATCH_KINDS[kind].items: [h for h, _ in items],
+                "lengths": [len(p) for _, p in items],
             }
         ),
-        b"".join(p for _, p in updates),
+        b"".join(p for _, p in items),
     ]
 
 
 def split_batch(header: dict[str, Any], data: bytes | None) -> list[tuple[dict[str, Any], bytes]]:
-    """The forwarded UPDATEs an UPDATES from the server carries, as (header,
-    payload) pairs in order. Raises :class:`ProtocolError`, before anything
-    is handed out, when the batch is not as section 15 describes it:
-    ``updates`` and ``lengths`` of different sizes, lengths that do not
-    add up to the data frame, an element that is not an UPDATE header or
-    that announces chunks."""
-    updates, lengths = header.get("updates"), header.get("lengths")
-    if not isinstance(updates, list) or not isinstance(lengths, list) or not updates:
-        raise ProtocolError("UPDATES without a list of updates and a list of lengths")
-    if len(updates) != len(lengths):
-        raise ProtocolError(f"UPDATES with {len(updates)} updates but {len(lengths)} lengths")
+    """The items a batch from the server carries (the forwarded UPDATEs of
+    an UPDATES, the DATABLOCKs of a DATABLOCKS), as (header, payload) pairs
+    in order, each exactly as it would have come alone. Raises
+    :class:`ProtocolError`, before anything is handed out, when the batch is
+    not as sections 15 and 16 describe it: items and ``lengths`` of
+    different sizes, lengths that do not add up to the data frame, an
+    element that is not a header of the right type, or that has a key the
+    batch forbids (chunk keys; for a DATABLOCK, ``id`` too). A batch always
+    has its data frame."""
+    kind = header.get("type")
+    spec = BATCH_KINDS.get(kind)
+    if spec is None:
+        raise ProtocolError(f"not a batch: {kind!r:.200}")
+    items, lengths = header.get(spec.items), header.get("lengths")
+    if not isinstance(items, list) or not isinstance(lengths, list) or not items:
+        raise ProtocolError(f"{kind} without a list of {spec.items} and a list of lengths")
+    if len(items) != len(lengths):
+        raise ProtocolError(f"{kind} with {len(items)} {spec.items} but {len(lengths)} lengths")
+    # Each item's data or patch is one MessagePack value: at least a byte.
     if not all(type(n) is int and n >= 1 for n in lengths):
-        raise ProtocolError(f"UPDATES with invalid lengths: {lengths!r:.200}")
-    size = 0 if data is None else len(data)
-    if sum(lengths) != size:
+        raise ProtocolError(f"{kind} with invalid lengths: {lengths!r:.200}")
+    if data is None:
+        raise ProtocolError(f"{kind} without a data frame")
+    if sum(lengths) != len(data):
         raise ProtocolError(
-            f"UPDATES lengths add up to {sum(lengths)} bytes, its data frame has {size}"
+            f"{kind} lengths add up to {sum(lengths)} bytes, its data frame has {len(data)}"
         )
     out: list[tuple[dict[str, Any], bytes]] = []
     offset = 0
-    for i, (h, n) in enumerate(zip(updates, lengths, strict=True)):
-        if not isinstance(h, dict) or h.get("type") != "UPDATE":
-            raise ProtocolError(f"UPDATES element {i} is not an UPDATE header: {h!r:.200}")
-        if any(key in h for key in CHUNK_KEYS):
-            raise ProtocolError(f"UPDATES element {i} announces chunks")
-        assert data is not None
+    for i, (h, n) in enumerate(zip(items, lengths, strict=True)):
+        if not isinstance(h, dict) or h.get("type") != spec.element:
+            raise ProtocolError(f"{kind} element {i} is not a {spec.element} header: {h!r:.200}")
+        bad = next((key for key in spec.forbidden if key in h), None)
+        if bad is not None:
+            what = "announces chunks" if bad in CHUNK_KEYS else f"has {bad!r}"
+            raise ProtocolError(f"{kind} element {i} {what}")
         out.append((h, data[offset : offset + n]))
         offset += n
     return out

@@ -107,8 +107,10 @@ class Session(WireHalf, ConsumerHalf):
     not exist and the user may create rooms; ``room_password`` is that
     room's password (it sets one on a room this login creates).
     ``batches`` asks the server, in AUTH, to forward bursts of updates as
-    batches (UPDATES, protocol section 15); they are read exactly as the
-    same updates one by one, so turning it off changes only the traffic.
+    batches (UPDATES, protocol section 15), and, in SNAPSHOT, to send the
+    snapshot's datablocks in batches (DATABLOCKS, section 16); both are
+    read exactly as the same updates or datablocks one by one, so turning
+    it off changes only the traffic.
     Nothing touches the network until :meth:`connect` (called by the
     first request).
     """
@@ -140,8 +142,9 @@ class Session(WireHalf, ConsumerHalf):
         """The room :meth:`authenticate` asks for (None: the default one)."""
         self.room_password = room_password
         self.batches = batches
-        """Whether AUTH asks for batches; :attr:`auth` tells whether the
-        server granted them (``auth.batches``)."""
+        """Whether AUTH asks for batches of updates and SNAPSHOT for
+        batches of datablocks; :attr:`auth` tells whether the server
+        granted the former (``auth.batches``)."""
         self.auth: AuthInfo | None = None
         """The last successful AUTH reply (None before, and after the end)."""
         self.room: str | None = None
@@ -564,12 +567,17 @@ class Session(WireHalf, ConsumerHalf):
     def subscribe(self, window: int | None = None) -> None:
         """SNAPSHOT: asks for the scene, then live traffic. Send it right
         after AUTH, even in the lobby: the download starts when the upload
-        ends. Progress arrives as events; :attr:`synced` turns true at the end."""
+        ends. Progress arrives as events; :attr:`synced` turns true at the end.
+        ``window`` asks for a smaller window in messages than the server's.
+        With :attr:`batches`, the datablocks may come several in one
+        message (DATABLOCKS); each still arrives as its own event, in the
+        same order."""
         self._require_session()
         if self._subscribed:
             return
         self._subscribed = True
-        self._send(Channel.SUBSCRIBER, [[pack(message("SNAPSHOT", window=window))]])
+        header = message("SNAPSHOT", window=window, batches=True if self.batches else None)
+        self._send(Channel.SUBSCRIBER, [[pack(header)]])
 
     def download(
         self,

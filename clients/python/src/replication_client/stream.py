@@ -60,10 +60,11 @@ class Reassembler:
 class SnapshotWindow:
     """Counts the snapshot stream and says when to send SNAPSHOT_ACK.
 
-    Every subscriber message from BEGIN to END counts, CHUNKs included; an
-    acknowledgement is due whenever what arrived since the last one reaches
-    half the window in messages or in bytes (section 3), which never stalls
-    the stream.
+    Every subscriber message from BEGIN to END counts, CHUNKs included, and
+    a DATABLOCKS once, with all its bytes, however many datablocks it
+    carries (section 16); an acknowledgement is due whenever what arrived
+    since the last one reaches half the window in messages or in bytes
+    (section 3), which never stalls the stream.
     """
 
     def __init__(self) -> None:

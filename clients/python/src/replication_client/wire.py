@@ -1,11 +1,12 @@
 """The wire half of a session: it runs on the thread that owns the sockets.
 
 It decodes frames, acknowledges the snapshot window, joins chunks, splits
-batches (UPDATES) into their updates, matches answers to the requests
-waiting for them (the ACK or ERROR of an own UPDATE included), drives
-uploads (SETs leave once INIT is accepted) and notices the end of the
-session. Whole messages go to the inbox, for the consumer half. Nothing
-here touches the replica, the callbacks or Blender data.
+batches (UPDATES, and a snapshot's DATABLOCKS) into the messages they
+carry, matches answers to the requests waiting for them (the ACK or ERROR
+of an own UPDATE included), drives uploads (SETs leave once INIT is
+accepted) and notices the end of the session. Whole messages go to the
+inbox, for the consumer half. Nothing here touches the replica, the
+callbacks or Blender data.
 
 Switching rooms
     The answer to JOIN_ROOM or LEAVE_ROOM (ROOM, on the commands channel)
@@ -46,7 +47,7 @@ from .events import LocalError
 from .heartbeat import Heartbeat
 from .inbox import ANSWERS, Abandoned, Ended, Message, Push, Request
 from .model import AuthInfo
-from .protocol import DEFAULT_CHUNK_BYTES, Channel, message, split_batch
+from .protocol import BATCH_KINDS, DEFAULT_CHUNK_BYTES, Channel, message, split_batch
 from .stream import Reassembler, SnapshotWindow
 from .transport import Transport
 from .uploads import Upload
@@ -129,6 +130,8 @@ class WireHalf:
                 if self._room_lag > 0:
                     self._drop_left(header)  # the room this client left
                     return
+                # Counted as it came: a batch is one stream message, of all
+                # its bytes, however many items it carries.
                 ack = self._window.count(header, sum(len(f) for f in frames))
                 if ack is not None:
                     self._send_now(Channel.SUBSCRIBER, message("SNAPSHOT_ACK", received=ack))
@@ -140,9 +143,9 @@ class WireHalf:
                     header, payload = whole
                 elif kind in ("DATABLOCK", "UPDATE") and self._reassembler.header(header):
                     return
-                if kind == "UPDATES":
-                    # A batch is its updates one by one: checked whole
-                    # first, so a malformed one delivers none of them.
+                if kind in BATCH_KINDS:
+                    # A batch (UPDATES, DATABLOCKS) is its items one by one:
+                    # checked whole first, so a malformed one delivers none.
                     msgs = [Message(channel, h, p) for h, p in split_batch(header, payload)]
                 else:
                     msgs = [Message(channel, header, payload)]
