@@ -205,29 +205,14 @@ impl DatablocksBuilder {
                 payload: self.payloads.pop(),
                 batchable: false,
             },
-            n => {
-                let mut header =
-                    Vec::with_capacity(ENVELOPE_BYTES + self.headers.len() + n * LENGTH_BYTES);
-                // Writing to a Vec cannot fail.
-                let _ = rmp::encode::write_map_len(&mut header, 3);
-                let _ = rmp::encode::write_str(&mut header, "type");
-                let _ = rmp::encode::write_str(&mut header, "DATABLOCKS");
-                let _ = rmp::encode::write_str(&mut header, "datablocks");
-                let _ = rmp::encode::write_array_len(&mut header, n as u32);
-                header.extend_from_slice(&self.headers);
-                let _ = rmp::encode::write_str(&mut header, "lengths");
-                let _ = rmp::encode::write_array_len(&mut header, n as u32);
-                let mut data = BytesMut::with_capacity(self.data_bytes);
-                for payload in &self.payloads {
-                    let _ = rmp::encode::write_uint(&mut header, payload.len() as u64);
-                    data.extend_from_slice(payload);
-                }
-                Wire {
-                    header: Bytes::from(header),
-                    payload: Some(data.freeze()),
-                    batchable: false,
-                }
-            }
+            n => batch_message(
+                "DATABLOCKS",
+                "datablocks",
+                n,
+                [&self.headers[..]],
+                self.payloads.iter().map(|p| &p[..]),
+                (self.headers.len(), self.data_bytes),
+            ),
         };
         self.headers.clear();
         self.payloads.clear();
@@ -244,21 +229,44 @@ pub fn updates_message(items: &[Wire]) -> Wire {
         .iter()
         .map(|w| w.payload.as_ref().map_or(0, Bytes::len))
         .sum();
-    let mut header = Vec::with_capacity(header_len + ENVELOPE_BYTES + items.len() * LENGTH_BYTES);
-    let mut data = BytesMut::with_capacity(data_len);
+    batch_message(
+        "UPDATES",
+        "updates",
+        items.len(),
+        items.iter().map(|w| &w.header[..]),
+        items
+            .iter()
+            .map(|w| w.payload.as_deref().unwrap_or_default()),
+        (header_len, data_len),
+    )
+}
+
+/// A batch of `count` items: `{"type": kind, key: [headers], "lengths":
+/// [...]}`, the encoded `headers` copied in as they are, and a data frame
+/// joining the `payloads`. `sizes` are the headers' and payloads' total
+/// bytes, for reserving.
+fn batch_message<'a>(
+    kind: &str,
+    key: &str,
+    count: usize,
+    headers: impl IntoIterator<Item = &'a [u8]>,
+    payloads: impl IntoIterator<Item = &'a [u8]>,
+    sizes: (usize, usize),
+) -> Wire {
+    let mut header = Vec::with_capacity(ENVELOPE_BYTES + sizes.0 + count * LENGTH_BYTES);
+    let mut data = BytesMut::with_capacity(sizes.1);
     // Writing to a Vec cannot fail.
     let _ = rmp::encode::write_map_len(&mut header, 3);
     let _ = rmp::encode::write_str(&mut header, "type");
-    let _ = rmp::encode::write_str(&mut header, "UPDATES");
-    let _ = rmp::encode::write_str(&mut header, "updates");
-    let _ = rmp::encode::write_array_len(&mut header, items.len() as u32);
-    for item in items {
-        header.extend_from_slice(&item.header);
+    let _ = rmp::encode::write_str(&mut header, kind);
+    let _ = rmp::encode::write_str(&mut header, key);
+    let _ = rmp::encode::write_array_len(&mut header, count as u32);
+    for item in headers {
+        header.extend_from_slice(item);
     }
     let _ = rmp::encode::write_str(&mut header, "lengths");
-    let _ = rmp::encode::write_array_len(&mut header, items.len() as u32);
-    for item in items {
-        let payload = item.payload.as_deref().unwrap_or_default();
+    let _ = rmp::encode::write_array_len(&mut header, count as u32);
+    for payload in payloads {
         let _ = rmp::encode::write_uint(&mut header, payload.len() as u64);
         data.extend_from_slice(payload);
     }
