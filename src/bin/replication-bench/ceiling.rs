@@ -4,12 +4,12 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 use crate::server::{CpuMeter, free_base};
-use crate::stats::{TimedPayload, now_ns};
+use crate::stats::{TimedPayload, now_ns, quantile};
 
 /// Runs the forwarder: reads [token, header, payload] on base+2 and sends
 /// [identity, header, payload] to every DEALER that said hello on base+1.
@@ -42,16 +42,23 @@ pub fn serve_forwarder(base: u16, readers: usize) -> anyhow::Result<()> {
     }
 }
 
-/// Throughput and CPU per message of the bare forwarder.
+/// Throughput, CPU per message and delivery latency of the bare forwarder.
 pub struct Ceiling {
     pub rate: f64,
     pub cpu_us: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
 }
 
+/// Sends `updates` messages of `size` bytes through the forwarder to
+/// `readers` readers, as fast as it takes them (`rate` None) or paced at
+/// `rate` per second, exactly as the fan-out and latency scenarios pace
+/// the server.
 pub fn measure(
     updates: u64,
     size: usize,
     readers: usize,
+    rate: Option<f64>,
     first_port: u16,
 ) -> anyhow::Result<Ceiling> {
     let base = free_base(first_port);
@@ -73,7 +80,7 @@ pub fn measure(
     let handles: Vec<_> = (0..readers)
         .map(|_| {
             let (ctx, ready) = (ctx.clone(), ready.clone());
-            std::thread::spawn(move || -> anyhow::Result<(u64, u64)> {
+            std::thread::spawn(move || -> anyhow::Result<(u64, u64, Vec<u64>)> {
                 let dealer = ctx.socket(zmq::DEALER)?;
                 dealer.connect(&format!("tcp://127.0.0.1:{}", base + 1))?;
                 dealer.send("hello", 0)?;
@@ -81,20 +88,19 @@ pub fn measure(
                 ready.wait();
                 dealer.set_rcvtimeo(10_000)?;
                 let (mut count, mut last) = (0u64, 0u64);
+                let mut latencies =
+                    Vec::with_capacity(usize::try_from(updates).unwrap_or(0).min(1 << 22));
                 while count < updates {
                     let Ok(frames) = dealer.recv_multipart(0) else {
                         break;
                     };
-                    if frames
-                        .get(1)
-                        .and_then(|p| TimedPayload::sent_at(p))
-                        .is_some()
-                    {
+                    if let Some(sent) = frames.get(1).and_then(|p| TimedPayload::sent_at(p)) {
                         count += 1;
                         last = now_ns();
+                        latencies.push(last.saturating_sub(sent));
                     }
                 }
-                Ok((count, last))
+                Ok((count, last, latencies))
             })
         })
         .collect();
@@ -105,24 +111,36 @@ pub fn measure(
     let mut payload = TimedPayload::new(size);
     let header = b"\x81\xa4type\xa6UPDATE";
     let start = now_ns();
-    for _ in 0..updates {
+    let started = Instant::now();
+    for i in 0..updates {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
         push.send("token", zmq::SNDMORE)?;
         push.send(&header[..], zmq::SNDMORE)?;
         push.send(payload.stamped(), 0)?;
     }
     let mut last = start;
+    let mut latencies = Vec::new();
     for h in handles {
-        let (count, at) = h.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        let (count, at, seen) = h.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
         if count < updates {
             bail!("the forwarder lost {} updates", updates - count);
         }
         last = last.max(at);
+        latencies.extend(seen);
     }
     let (cpu, _) = meter.read();
     Ok(Ceiling {
         rate: updates as f64
             / ((last - start) as f64 / 1e9).max(Duration::from_nanos(1).as_secs_f64()),
         cpu_us: cpu.as_secs_f64() * 1e6 / updates as f64,
+        p50_us: quantile(&mut latencies, 0.5) as f64 / 1e3,
+        p99_us: quantile(&mut latencies, 0.99) as f64 / 1e3,
     })
 }
 

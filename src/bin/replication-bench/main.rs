@@ -248,7 +248,13 @@ fn main() -> anyhow::Result<()> {
                 results.1.push(r.cpu_us);
                 results.2 += r.lost;
             }
-            let c = ceiling::measure(plan.fanout_updates, 1024, plan.readers, setup.first_port)?;
+            let c = ceiling::measure(
+                plan.fanout_updates,
+                1024,
+                plan.readers,
+                None,
+                setup.first_port,
+            )?;
             raw.0.push(c.rate);
             raw.1.push(c.cpu_us);
         }
@@ -299,8 +305,8 @@ fn main() -> anyhow::Result<()> {
 
     if wanted(Scenario::Latency) {
         for (rate, target) in [(plan.slow_rate, "< 0.5"), (plan.fast_rate, "< 5")] {
-            let mut p50 = Vec::new();
-            let mut p99 = Vec::new();
+            let (mut p50, mut p99, mut raw_p50, mut raw_p99) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let mut lost = 0;
             for _ in 0..runs {
                 let updates = (rate * plan.latency_seconds) as u64;
@@ -315,6 +321,12 @@ fn main() -> anyhow::Result<()> {
                 p50.push(r.p50_us / 1e3);
                 p99.push(r.p99_us / 1e3);
                 lost += r.lost;
+                // The same paced load through the bare forwarder, right
+                // after: the floor this machine puts under any server.
+                let c =
+                    ceiling::measure(updates, 1024, plan.readers, Some(rate), setup.first_port)?;
+                raw_p50.push(c.p50_us / 1e3);
+                raw_p99.push(c.p99_us / 1e3);
             }
             let readers = plan.readers;
             table.row(
@@ -330,6 +342,18 @@ fn main() -> anyhow::Result<()> {
                 Spread::of(&p99).show(3),
             );
             table.row("  updates lost", "", "0", lost.to_string());
+            table.row(
+                "  libzmq ceiling, same load: p50",
+                "ms",
+                "",
+                Spread::of(&raw_p50).show(3),
+            );
+            table.row(
+                "  libzmq ceiling, same load: p99",
+                "ms",
+                "",
+                Spread::of(&raw_p99).show(3),
+            );
         }
     }
 
