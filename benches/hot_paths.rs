@@ -9,6 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use replication_serve::config::Limits;
 use replication_serve::protocol::codec::encode_value;
 use replication_serve::protocol::patch::{Patch, PatchOp, PathStep};
+use replication_serve::protocol::wire::DatablockRef;
 use replication_serve::protocol::{
     BlockSpec, ChunkFields, DatablockHeader, PublisherMessage, ServerMessage, UploadStep, Wire,
     batch, decode_header, decode_publisher, encode, validate_value,
@@ -39,9 +40,28 @@ fn decode(c: &mut Criterion) {
         patch: false,
         chunk: ChunkFields::default(),
     };
-    c.bench_function("encode forwarded UPDATE header", |b| {
+    c.bench_function("encode forwarded UPDATE header (serde)", |b| {
         b.iter(|| encode(black_box(&forwarded)))
     });
+    let deps = ["a1".to_owned(), "b2".to_owned()];
+    let fields = DatablockRef {
+        uuid: "6f1c2a4e-0d51-4b8e-9b43-3f0c2d7a9e11",
+        type_id: "Mesh",
+        owner: "COMMON",
+        deps: &deps,
+        revision: 42,
+    };
+    c.bench_function(
+        "encode forwarded UPDATE header (the server's writer)",
+        |b| {
+            b.iter(|| {
+                let fields = black_box(&fields);
+                let mut out = Vec::with_capacity(fields.update_header_bound("alice"));
+                fields.write_update_header("alice", false, &mut out);
+                out
+            })
+        },
+    );
     c.bench_function("decode UPDATE header (serde's tagged enum)", |b| {
         b.iter(|| decode_header::<PublisherMessage>(black_box(&header), 1 << 20).unwrap())
     });

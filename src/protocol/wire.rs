@@ -130,6 +130,27 @@ impl DatablockRef<'_> {
         let _ = rmp::encode::write_map_len(out, 6);
         let _ = rmp::encode::write_str(out, "type");
         let _ = rmp::encode::write_str(out, "DATABLOCK");
+        self.write_fields(out);
+    }
+
+    /// Appends the header of a forwarded UPDATE whose data is inline (no
+    /// chunk keys): the same map the serde encoding of
+    /// [`ServerMessage::Update`] gives, key for key, without serde's
+    /// buffering of flattened maps.
+    pub fn write_update_header(&self, sender: &str, patch: bool, out: &mut Vec<u8>) {
+        // Writing to a Vec cannot fail.
+        let _ = rmp::encode::write_map_len(out, 8);
+        let _ = rmp::encode::write_str(out, "type");
+        let _ = rmp::encode::write_str(out, "UPDATE");
+        self.write_fields(out);
+        let _ = rmp::encode::write_str(out, "sender");
+        let _ = rmp::encode::write_str(out, sender);
+        let _ = rmp::encode::write_str(out, "patch");
+        let _ = rmp::encode::write_bool(out, patch);
+    }
+
+    /// The five keys every datablock header has, in serde's order.
+    fn write_fields(&self, out: &mut Vec<u8>) {
         let _ = rmp::encode::write_str(out, "uuid");
         let _ = rmp::encode::write_str(out, self.uuid);
         let _ = rmp::encode::write_str(out, "type_id");
@@ -149,6 +170,12 @@ impl DatablockRef<'_> {
     pub fn header_bound(&self) -> usize {
         let deps: usize = self.deps.iter().map(|d| d.len() + 5).sum();
         64 + self.uuid.len() + self.type_id.len() + self.owner.len() + deps
+    }
+
+    /// The encoded UPDATE header's size, at most (for reserving).
+    pub fn update_header_bound(&self, sender: &str) -> usize {
+        // "sender" and "patch", with the sender's length and the flag.
+        self.header_bound() + 24 + sender.len()
     }
 }
 
@@ -212,6 +239,41 @@ mod tests {
                     revision,
                 },
                 id: None,
+                chunk: ChunkFields::default(),
+            });
+            assert_eq!(written, via_serde[..]);
+        }
+    }
+
+    #[test]
+    fn update_headers_are_written_as_serde_writes_them() {
+        let deps = ["mat".to_owned(), "mesh-ü".to_owned()];
+        let cases = [
+            (&deps[..], 7, "alice", false),
+            (&[][..], u64::MAX, "", true),
+            (&deps[..1], 0, "bö", true),
+        ];
+        for (deps, revision, sender, patch) in cases {
+            let block = DatablockRef {
+                uuid: "obj",
+                type_id: "Object",
+                owner: "COMMON",
+                deps,
+                revision,
+            };
+            let mut written = Vec::new();
+            block.write_update_header(sender, patch, &mut written);
+            assert!(written.len() <= block.update_header_bound(sender));
+            let via_serde = encode(&ServerMessage::Update {
+                header: DatablockHeader {
+                    uuid: "obj".into(),
+                    type_id: "Object".into(),
+                    owner: "COMMON".into(),
+                    deps: deps.to_vec(),
+                    revision,
+                },
+                sender: sender.into(),
+                patch,
                 chunk: ChunkFields::default(),
             });
             assert_eq!(written, via_serde[..]);

@@ -65,100 +65,131 @@ impl Room {
         payload: Bytes,
     ) -> Result<Effects, RoomError> {
         self.can_update(id, &spec.uuid, patch, base_revision)?;
-        let user = self
-            .members
-            .get(id)
-            .map(|m| m.name.clone())
-            .ok_or_else(not_member)?;
-        let uuid = spec.uuid.clone();
+        let mut fx = Effects::default();
+        if !self.repository.contains(&spec.uuid) {
+            let user = self.members.get(id).ok_or_else(not_member)?.name.clone();
+            let uuid = spec.uuid.clone();
+            self.create(&user, spec, payload.clone())?;
+            self.record_put(&mut fx, &uuid);
+            return self.forward_update(id, &uuid, patch, payload, fx);
+        }
+        let BlockSpec {
+            uuid,
+            type_id,
+            owner,
+            deps,
+        } = spec;
         let patch_deps = if self.recording && patch {
-            spec.deps.clone()
+            deps.clone()
         } else {
             None
         };
-        let mut fx = Effects::default();
-        match self.repository.get(&uuid) {
-            None => {
-                self.create(&user, spec, payload.clone())?;
-                self.record_put(&mut fx, &uuid);
-            }
-            Some(block) => {
-                if spec.type_id.as_ref().is_some_and(|t| *t != block.type_id) {
-                    return Err(RoomError::new(
-                        ErrorCode::InvalidMessage,
-                        format!(
-                            "datablock {uuid} is a {}; its type cannot change",
-                            block.type_id
-                        ),
-                    ));
-                }
-                if spec.owner.as_ref().is_some_and(|o| *o != block.owner) {
-                    return Err(RoomError::new(
-                        ErrorCode::InvalidMessage,
-                        "an UPDATE cannot change the owner; send RIGHT",
-                    ));
-                }
-                let before = block.content.size();
-                let growth = if patch { payload.len() } else { 0 };
-                let after = if patch {
-                    before + growth
-                } else {
-                    payload.len()
-                };
-                self.check_room_bytes(before, after)?;
-                let parsed = if patch {
-                    let value = decode_value(&payload)
-                        .map_err(|e| RoomError::new(ErrorCode::PatchFailed, e.to_string()))?;
-                    Some(
-                        Patch::from_value(value)
-                            .map_err(|e| RoomError::new(ErrorCode::PatchFailed, e.to_string()))?,
-                    )
-                } else {
-                    None
-                };
-                let max = self.limits.max_datablock_bytes;
-                self.repository
-                    .edit(&uuid, |b| {
-                        match &parsed {
-                            Some(p) => {
-                                // A patch grows the data by at most its own
-                                // size; measure exactly only near the limit.
-                                if b.content.size_bound() + payload.len() > max
-                                    && b.content.encoded().len() + payload.len() > max
-                                {
-                                    return Err(RoomError::new(
-                                        ErrorCode::TooLarge,
-                                        format!("this patch could grow datablock {uuid} beyond the limit of {max} bytes; send the full data instead"),
-                                    ));
-                                }
-                                b.content.apply(p, payload.len()).map_err(|e| {
-                                    RoomError::new(ErrorCode::PatchFailed, e.to_string())
-                                })?;
-                            }
-                            None => b.content = Content::from_encoded(payload.clone()),
-                        }
-                        if let Some(deps) = spec.deps {
-                            b.deps = deps;
-                        }
-                        b.revision += 1;
-                        Ok::<(), RoomError>(())
-                    })
-                    .unwrap_or(Ok(()))?;
-                self.record_edit(&mut fx, &uuid, patch.then_some(&payload), patch_deps);
-            }
-        }
         let Some(block) = self.repository.get(&uuid) else {
-            return Ok(Effects::default());
+            return Err(RoomError::new(
+                ErrorCode::UnknownDatablock,
+                format!("datablock {uuid} is gone"),
+            ));
         };
-        let header = block.header(&uuid);
-        let transfer = self.next_transfer;
-        if payload.len() > self.limits.chunk_bytes {
-            self.next_transfer += 1;
+        if type_id.as_ref().is_some_and(|t| *t != block.type_id) {
+            return Err(RoomError::new(
+                ErrorCode::InvalidMessage,
+                format!(
+                    "datablock {uuid} is a {}; its type cannot change",
+                    block.type_id
+                ),
+            ));
         }
-        let mut wires = with_payload(
+        if owner.as_ref().is_some_and(|o| *o != block.owner) {
+            return Err(RoomError::new(
+                ErrorCode::InvalidMessage,
+                "an UPDATE cannot change the owner; send RIGHT",
+            ));
+        }
+        let before = block.content.size();
+        let growth = if patch { payload.len() } else { 0 };
+        let after = if patch {
+            before + growth
+        } else {
+            payload.len()
+        };
+        self.check_room_bytes(before, after)?;
+        let parsed = if patch {
+            let value = decode_value(&payload)
+                .map_err(|e| RoomError::new(ErrorCode::PatchFailed, e.to_string()))?;
+            Some(
+                Patch::from_value(value)
+                    .map_err(|e| RoomError::new(ErrorCode::PatchFailed, e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let max = self.limits.max_datablock_bytes;
+        self.repository
+            .edit(&uuid, |b| {
+                match &parsed {
+                    Some(p) => {
+                        // A patch grows the data by at most its own
+                        // size; measure exactly only near the limit.
+                        if b.content.size_bound() + payload.len() > max
+                            && b.content.encoded().len() + payload.len() > max
+                        {
+                            return Err(RoomError::new(
+                                ErrorCode::TooLarge,
+                                format!("this patch could grow datablock {uuid} beyond the limit of {max} bytes; send the full data instead"),
+                            ));
+                        }
+                        b.content.apply(p, payload.len()).map_err(|e| {
+                            RoomError::new(ErrorCode::PatchFailed, e.to_string())
+                        })?;
+                    }
+                    None => b.content = Content::from_encoded(payload.clone()),
+                }
+                if let Some(deps) = deps {
+                    b.deps = deps;
+                }
+                b.revision += 1;
+                Ok::<(), RoomError>(())
+            })
+            .unwrap_or(Ok(()))?;
+        self.record_edit(&mut fx, &uuid, patch.then_some(&payload), patch_deps);
+        self.forward_update(id, &uuid, patch, payload, fx)
+    }
+
+    /// Forwards an applied update to every other subscribed client with the
+    /// sender's bytes unchanged. An update that fits in one message is
+    /// batchable (protocol section 15), and its header is written directly:
+    /// this runs once per update at full rate.
+    fn forward_update(
+        &mut self,
+        id: ClientId,
+        uuid: &str,
+        patch: bool,
+        payload: Bytes,
+        mut fx: Effects,
+    ) -> Result<Effects, RoomError> {
+        let sender = &self.members.get(id).ok_or_else(not_member)?.name;
+        let Some(block) = self.repository.get(uuid) else {
+            return Ok(fx);
+        };
+        if payload.len() <= self.limits.chunk_bytes {
+            let fields = block.fields(uuid);
+            let mut header = Vec::with_capacity(fields.update_header_bound(sender));
+            fields.write_update_header(sender, patch, &mut header);
+            let wire = Wire {
+                header: Bytes::from(header),
+                payload: Some(payload),
+                batchable: true,
+            };
+            self.broadcast(Some(id), wire, &mut fx);
+            return Ok(fx);
+        }
+        let (header, sender) = (block.header(uuid), sender.clone());
+        let transfer = self.next_transfer;
+        self.next_transfer += 1;
+        let wires = with_payload(
             |chunk| ServerMessage::Update {
                 header,
-                sender: user,
+                sender,
                 patch,
                 chunk,
             },
@@ -166,9 +197,6 @@ impl Room {
             self.limits.chunk_bytes,
             transfer,
         );
-        if let [inline] = wires.as_mut_slice() {
-            inline.batchable = true;
-        }
         for wire in wires {
             self.broadcast(Some(id), wire, &mut fx);
         }

@@ -23,7 +23,7 @@ pub use repository::{Content, Datablock, Repository};
 use crate::config::Limits;
 use crate::protocol::batch::BatchLimits;
 use crate::protocol::patch::Patch;
-use crate::protocol::wire::{DatablockRef, catalogue_page, with_payload};
+use crate::protocol::wire::{catalogue_page, with_payload};
 use crate::protocol::{
     AuthStatus, BlockSpec, COMMON, Channel, ErrorCode, ServerMessage, SessionState, SnapshotStep,
     UploadStatus, UploadStep, UserState, UserStatus, Wire, codec::decode_value,
@@ -497,13 +497,7 @@ impl Room {
                 stream.extend(wires.into_iter().map(Queued::Message));
                 continue;
             }
-            let fields = DatablockRef {
-                uuid,
-                type_id: &block.type_id,
-                owner: &block.owner,
-                deps: &block.deps,
-                revision: block.revision,
-            };
+            let fields = block.fields(uuid);
             let mut header = Vec::with_capacity(fields.header_bound());
             fields.write_header(&mut header);
             stream.push_back(Queued::Datablock {

@@ -7,6 +7,7 @@ use rmpv::Value;
 
 use crate::protocol::codec::{decode_value, encode_value};
 use crate::protocol::patch::Patch;
+use crate::protocol::wire::DatablockRef;
 use crate::protocol::{COMMON, DatablockHeader, ProtocolError};
 use crate::store::StoredBlock;
 
@@ -103,6 +104,18 @@ pub struct Datablock {
 }
 
 impl Datablock {
+    /// This datablock's header fields, borrowed, for writing headers
+    /// directly.
+    pub fn fields<'a>(&'a self, uuid: &'a str) -> DatablockRef<'a> {
+        DatablockRef {
+            uuid,
+            type_id: &self.type_id,
+            owner: &self.owner,
+            deps: &self.deps,
+            revision: self.revision,
+        }
+    }
+
     /// The header the server sends with this datablock.
     pub fn header(&self, uuid: &str) -> DatablockHeader {
         DatablockHeader {
