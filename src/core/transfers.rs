@@ -1,9 +1,9 @@
 //! Reassembly of payloads a client sends in chunks.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use foldhash::HashMap;
 
 use crate::config::Limits;
 use crate::protocol::{BlockSpec, Channel, ErrorCode};

@@ -1,8 +1,7 @@
 //! The datablocks of one session and their current state.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt};
 use rmpv::Value;
 
 use crate::protocol::codec::{decode_value, encode_value};

@@ -2,10 +2,11 @@
 //! without blocking, and the per-client outboxes for connections that are
 //! full.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::outbox::Outbox;
 use super::shared::{INLINE_MAX, SharedFrame};
