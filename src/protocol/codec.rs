@@ -5,7 +5,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::message::{PublisherMessage, UpdateFields};
+use super::message::PublisherMessage;
+use super::update_header::read_update;
 use super::{MAX_DEPTH, ProtocolError};
 
 /// Decodes a header frame of at most `limit` bytes into a message.
@@ -30,13 +31,11 @@ fn check_header(frame: &[u8], limit: usize) -> Result<Option<&[u8]>, ProtocolErr
 
 /// Decodes a publisher-channel header frame, like [`decode_header`].
 ///
-/// UPDATE, which every edit travels in, is read straight into its fields.
-/// serde reads an internally tagged enum by first copying the whole message
-/// into a buffer of its own (and flattened fields into another), which cost
-/// more than everything else the server does to decode an update.
+/// UPDATE, which every edit travels in, is read straight into its fields
+/// (see `update_header`); the other messages go through serde.
 pub fn decode_publisher(frame: &[u8], limit: usize) -> Result<PublisherMessage, ProtocolError> {
     if check_header(frame, limit)? == Some(b"UPDATE".as_slice()) {
-        deserialize::<UpdateFields>(frame).map(PublisherMessage::from)
+        read_update(frame)
     } else {
         deserialize(frame)
     }
@@ -156,8 +155,9 @@ fn walk_header(bytes: &[u8]) -> Result<Option<&[u8]>, ProtocolError> {
 }
 
 /// Checks that `bytes` holds exactly one well-formed MessagePack value nested
-/// at most [`MAX_DEPTH`] deep, without allocating or recursing. Used on every
-/// datablock payload the server stores and forwards without decoding.
+/// at most [`MAX_DEPTH`] deep, without recursing (and without allocating
+/// below 16 levels). Used on every datablock payload the server stores and
+/// forwards without decoding.
 pub fn validate_value(bytes: &[u8]) -> Result<(), ProtocolError> {
     let end = skip_value(bytes, 0, MAX_DEPTH)?;
     if end != bytes.len() {
@@ -171,14 +171,101 @@ pub fn validate_value(bytes: &[u8]) -> Result<(), ProtocolError> {
 
 /// Walks one value starting at `start`, with at most `max_depth` levels of
 /// containers, and returns the offset just after it.
-fn skip_value(bytes: &[u8], start: usize, max_depth: usize) -> Result<usize, ProtocolError> {
+pub(super) fn skip_value(
+    bytes: &[u8],
+    start: usize,
+    max_depth: usize,
+) -> Result<usize, ProtocolError> {
+    // Single-byte values and short strings, which most keys and header
+    // values are, need none of the bookkeeping below.
+    match bytes.get(start) {
+        Some(0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3) => return Ok(start + 1),
+        Some(&m @ 0xa0..=0xbf) if start + 1 + usize::from(m & 0x1f) <= bytes.len() => {
+            return Ok(start + 1 + usize::from(m & 0x1f));
+        }
+        _ => {}
+    }
+    // Headers and most data nest only a few levels: their stack of open
+    // containers fits on this one, and only deeper values are walked again
+    // with a stack on the heap.
+    match skip_nested(bytes, start, max_depth, &mut Inline::default()) {
+        Ok(Some(end)) => Ok(end),
+        Ok(None) => skip_nested(bytes, start, max_depth, &mut Vec::new())
+            .map(|end| end.unwrap_or(bytes.len())),
+        Err(e) => Err(e),
+    }
+}
+
+/// The open containers of [`skip_nested`]: the items each still holds.
+trait Stack {
+    /// Adds a level; false when this stack is full.
+    fn push(&mut self, items: u64) -> bool;
+    fn pop(&mut self);
+    fn last_mut(&mut self) -> Option<&mut u64>;
+    fn depth(&self) -> usize;
+}
+
+/// A stack of up to 16 levels, without allocation.
+#[derive(Default)]
+struct Inline {
+    items: [u64; 16],
+    len: usize,
+}
+
+impl Stack for Inline {
+    fn push(&mut self, items: u64) -> bool {
+        let Some(slot) = self.items.get_mut(self.len) else {
+            return false;
+        };
+        *slot = items;
+        self.len += 1;
+        true
+    }
+
+    fn pop(&mut self) {
+        self.len = self.len.saturating_sub(1);
+    }
+
+    fn last_mut(&mut self) -> Option<&mut u64> {
+        self.items[..self.len].last_mut()
+    }
+
+    fn depth(&self) -> usize {
+        self.len
+    }
+}
+
+impl Stack for Vec<u64> {
+    fn push(&mut self, items: u64) -> bool {
+        Vec::push(self, items);
+        true
+    }
+
+    fn pop(&mut self) {
+        Vec::pop(self);
+    }
+
+    fn last_mut(&mut self) -> Option<&mut u64> {
+        self.as_mut_slice().last_mut()
+    }
+
+    fn depth(&self) -> usize {
+        self.len()
+    }
+}
+
+/// [`skip_value`]'s walk; None when `pending` could not hold the nesting.
+fn skip_nested(
+    bytes: &[u8],
+    start: usize,
+    max_depth: usize,
+    pending: &mut impl Stack,
+) -> Result<Option<usize>, ProtocolError> {
     let mut pos = start;
-    // Items still to read at each open container level.
-    let mut pending: Vec<u64> = Vec::new();
     let mut remaining_top: u64 = 1;
     loop {
         // Close finished containers.
-        while let Some(&0) = pending.last() {
+        while let Some(&mut 0) = pending.last_mut() {
             pending.pop();
         }
         let slot = match pending.last_mut() {
@@ -234,15 +321,17 @@ fn skip_value(bytes: &[u8], start: usize, max_depth: usize) -> Result<usize, Pro
             if children > (bytes.len() - pos) as u64 {
                 return Err(truncated(pos, "container elements"));
             }
-            if pending.len() >= max_depth {
+            if pending.depth() >= max_depth {
                 return Err(ProtocolError::Malformed(format!(
                     "nesting deeper than {MAX_DEPTH} levels at offset {pos}"
                 )));
             }
-            pending.push(children);
+            if !pending.push(children) {
+                return Ok(None);
+            }
         }
     }
-    Ok(pos)
+    Ok(Some(pos))
 }
 
 fn read_len(bytes: &[u8], pos: &mut usize, width: usize) -> Result<u64, ProtocolError> {
@@ -373,6 +462,17 @@ mod tests {
         let mut ok = vec![0x91u8; MAX_DEPTH];
         ok.push(0xc0);
         validate_value(&ok).unwrap();
+        // Around the depth where the walk moves its stack to the heap.
+        for depth in [15, 16, 17, 40] {
+            let mut nested = vec![0x92u8; depth];
+            nested.push(0xc0);
+            nested.extend(vec![0x05; depth]);
+            validate_value(&nested).unwrap();
+            let err = validate_value(&nested[..nested.len() - 1]).unwrap_err();
+            assert!(err.to_string().contains("truncated"), "{depth}: {err}");
+            let err = skip_value(&nested, 0, depth - 1).unwrap_err();
+            assert!(err.to_string().contains("nesting"), "{depth}: {err}");
+        }
     }
 
     #[test]

@@ -377,52 +377,6 @@ pub enum PublisherMessage {
     },
 }
 
-/// UPDATE's fields as one plain struct, which serde reads without buffering
-/// (see [`crate::protocol::codec::decode_publisher`]). Must accept exactly
-/// what [`PublisherMessage::Update`] accepts; `type` is checked by the caller
-/// and ignored here like any other unknown key.
-#[derive(Debug, Deserialize)]
-pub(crate) struct UpdateFields {
-    #[serde(default)]
-    id: Option<u64>,
-    uuid: String,
-    #[serde(default)]
-    type_id: Option<String>,
-    #[serde(default)]
-    owner: Option<String>,
-    #[serde(default)]
-    deps: Option<Vec<String>>,
-    #[serde(default)]
-    patch: bool,
-    #[serde(default)]
-    base_revision: Option<u64>,
-    #[serde(default)]
-    transfer: Option<u64>,
-    #[serde(default)]
-    chunks: Option<u32>,
-    #[serde(default)]
-    size: Option<u64>,
-}
-
-impl From<UpdateFields> for PublisherMessage {
-    fn from(f: UpdateFields) -> Self {
-        PublisherMessage::Update {
-            id: f.id,
-            uuid: f.uuid,
-            type_id: f.type_id,
-            owner: f.owner,
-            deps: f.deps,
-            patch: f.patch,
-            base_revision: f.base_revision,
-            chunk: ChunkFields {
-                transfer: f.transfer,
-                chunks: f.chunks,
-                size: f.size,
-            },
-        }
-    }
-}
-
 /// Messages a client sends on the subscriber channel (DEALER to ROUTER).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]

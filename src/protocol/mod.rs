@@ -13,6 +13,7 @@ pub mod batch;
 pub mod codec;
 pub mod message;
 pub mod patch;
+mod update_header;
 pub mod wire;
 
 pub use codec::{decode_header, decode_publisher, encode, validate_value};
