@@ -502,25 +502,33 @@ impl Core {
                 base_revision,
                 chunk,
             } => {
-                let refers_to = RefersTo {
-                    kind: Some("UPDATE".into()),
-                    id: req_id,
-                    uuid: Some(uuid.clone()),
-                    transfer: chunk.transfer,
-                };
-                match BlockSpec::checked(uuid, type_id, owner, deps) {
-                    Ok(spec) => {
-                        let pending = Pending::Update {
-                            req_id,
-                            spec,
-                            patch,
-                            base_revision,
-                        };
-                        self.datablock_message(id, Channel::Publisher, pending, &chunk, payload)
-                            .await;
-                    }
-                    Err(e) => self.error_to_client(id, &invalid(e), refers_to).await,
+                // Checked on borrowed fields: the error's context is built
+                // only for a refusal, not for every update.
+                let checked =
+                    BlockSpec::check(&uuid, type_id.as_deref(), owner.as_deref(), deps.as_deref());
+                if let Err(e) = checked {
+                    let refers_to = RefersTo {
+                        kind: Some("UPDATE".into()),
+                        id: req_id,
+                        uuid: Some(uuid),
+                        transfer: chunk.transfer,
+                    };
+                    return self.error_to_client(id, &invalid(e), refers_to).await;
                 }
+                let spec = BlockSpec {
+                    uuid,
+                    type_id,
+                    owner,
+                    deps,
+                };
+                let pending = Pending::Update {
+                    req_id,
+                    spec,
+                    patch,
+                    base_revision,
+                };
+                self.datablock_message(id, Channel::Publisher, pending, &chunk, payload)
+                    .await;
             }
             // Only UPDATEs reach here.
             PublisherMessage::Chunk { .. } | PublisherMessage::Updates { .. } => {}

@@ -17,15 +17,26 @@ use crate::room::{ClientId, Delivery, Effects, RoomError};
 impl Pending {
     /// What an ERROR about this payload refers to.
     pub(super) fn refers_to(&self, transfer: Option<u64>) -> RefersTo {
-        let (kind, id, uuid) = match self {
-            Pending::UploadSet { req_id, spec } => ("SERVER_SNAPSHOT", *req_id, &spec.uuid),
-            Pending::Update { req_id, spec, .. } => ("UPDATE", *req_id, &spec.uuid),
-        };
+        let (kind, id) = self.kind_and_id();
         RefersTo {
             kind: Some(kind.to_owned()),
             id,
-            uuid: Some(uuid.clone()),
+            uuid: Some(self.uuid().to_owned()),
             transfer,
+        }
+    }
+
+    /// The message that announced the payload, and its request id.
+    fn kind_and_id(&self) -> (&'static str, Option<u64>) {
+        match self {
+            Pending::UploadSet { req_id, .. } => ("SERVER_SNAPSHOT", *req_id),
+            Pending::Update { req_id, .. } => ("UPDATE", *req_id),
+        }
+    }
+
+    fn uuid(&self) -> &str {
+        match self {
+            Pending::UploadSet { spec, .. } | Pending::Update { spec, .. } => &spec.uuid,
         }
     }
 }
@@ -42,23 +53,33 @@ impl Core {
         chunk: &ChunkFields,
         payload: Option<Bytes>,
     ) {
-        let refers_to = pending.refers_to(chunk.transfer);
         let spec = match chunk.spec() {
             Ok(spec) => spec,
-            Err(e) => return self.error_to_client(id, &invalid(e), refers_to).await,
+            Err(e) => {
+                let refers_to = pending.refers_to(chunk.transfer);
+                return self.error_to_client(id, &invalid(e), refers_to).await;
+            }
         };
-        let started = match (spec, payload) {
+        // The refusal's context is built before `pending` moves, and only
+        // off the path every inline update takes.
+        let (refers_to, started) = match (spec, payload) {
             (PayloadSpec::Inline, Some(data)) => {
                 return self.finish(id, pending, data, None).await;
             }
-            (PayloadSpec::Inline, None) => Err(protocol_error(
-                ErrorCode::InvalidMessage,
-                "the data frame is missing (or announce a chunked transfer)",
-            )),
-            (PayloadSpec::Chunked { .. }, Some(_)) => Err(protocol_error(
-                ErrorCode::InvalidMessage,
-                "a chunked transfer's header must not carry a data frame",
-            )),
+            (PayloadSpec::Inline, None) => (
+                pending.refers_to(chunk.transfer),
+                Err(protocol_error(
+                    ErrorCode::InvalidMessage,
+                    "the data frame is missing (or announce a chunked transfer)",
+                )),
+            ),
+            (PayloadSpec::Chunked { .. }, Some(_)) => (
+                pending.refers_to(chunk.transfer),
+                Err(protocol_error(
+                    ErrorCode::InvalidMessage,
+                    "a chunked transfer's header must not carry a data frame",
+                )),
+            ),
             (
                 PayloadSpec::Chunked {
                     transfer,
@@ -66,7 +87,10 @@ impl Core {
                     size,
                 },
                 None,
-            ) => self.begin_transfer(id, channel, transfer, chunks, size, pending),
+            ) => (
+                pending.refers_to(chunk.transfer),
+                self.begin_transfer(id, channel, transfer, chunks, size, pending),
+            ),
         };
         if let Err(e) = started {
             self.error_to_client(id, &e, refers_to).await;
@@ -144,10 +168,21 @@ impl Core {
 
     /// Hands complete data to the room and reports a refusal.
     async fn finish(&mut self, id: ClientId, pending: Pending, data: Bytes, transfer: Option<u64>) {
-        let refers_to = pending.refers_to(transfer);
-        match self.complete(id, pending, data) {
+        let (kind, req_id) = pending.kind_and_id();
+        // The one copy of the uuid an update needs: for the acknowledgement,
+        // or for the refusal's context.
+        let uuid = pending.uuid().to_owned();
+        match self.complete(id, pending, data, &uuid) {
             Ok((room, effects)) => self.apply(&room, effects).await,
-            Err(e) => self.error_to_client(id, &e, refers_to).await,
+            Err(e) => {
+                let refers_to = RefersTo {
+                    kind: Some(kind.to_owned()),
+                    id: req_id,
+                    uuid: Some(uuid),
+                    transfer,
+                };
+                self.error_to_client(id, &e, refers_to).await;
+            }
         }
     }
 
@@ -156,6 +191,7 @@ impl Core {
         id: ClientId,
         pending: Pending,
         data: Bytes,
+        uuid: &str,
     ) -> Result<(Arc<str>, Effects), RoomError> {
         let max = self.config.limits.max_datablock_bytes;
         if data.len() > max {
@@ -167,10 +203,7 @@ impl Core {
                 ),
             ));
         }
-        let uuid = match &pending {
-            Pending::UploadSet { spec, .. } | Pending::Update { spec, .. } => spec.uuid.clone(),
-        };
-        let exists = self.room_mut(id)?.1.repository().contains(&uuid);
+        let exists = self.room_mut(id)?.1.repository().contains(uuid);
         self.check_server_totals(!exists, data.len())?;
         let (room_name, room) = self.room_mut(id)?;
         let effects = match pending {
@@ -189,10 +222,10 @@ impl Core {
                 }
                 let mut effects = room.update(id, spec, patch, base_revision, data)?;
                 if let Some(ack_id) = req_id {
-                    let revision = room.repository().get(&uuid).map_or(0, |b| b.revision);
+                    let revision = room.repository().get(uuid).map_or(0, |b| b.revision);
                     let ack = ServerMessage::Ack {
                         id: ack_id,
-                        uuid,
+                        uuid: uuid.to_owned(),
                         revision,
                     };
                     effects.deliveries.push(Delivery {

@@ -682,14 +682,30 @@ impl BlockSpec {
         owner: Option<String>,
         deps: Option<Vec<String>>,
     ) -> Result<Self, ProtocolError> {
-        check_name("uuid", &uuid)?;
-        if let Some(t) = &type_id {
+        Self::check(&uuid, type_id.as_deref(), owner.as_deref(), deps.as_deref())?;
+        Ok(Self {
+            uuid,
+            type_id,
+            owner,
+            deps,
+        })
+    }
+
+    /// What [`BlockSpec::checked`] checks, on borrowed fields.
+    pub fn check(
+        uuid: &str,
+        type_id: Option<&str>,
+        owner: Option<&str>,
+        deps: Option<&[String]>,
+    ) -> Result<(), ProtocolError> {
+        check_name("uuid", uuid)?;
+        if let Some(t) = type_id {
             check_name("type_id", t)?;
         }
-        if let Some(o) = &owner {
+        if let Some(o) = owner {
             check_name("owner", o)?;
         }
-        if let Some(d) = &deps {
+        if let Some(d) = deps {
             if d.len() > MAX_DEPS {
                 return Err(ProtocolError::Invalid(format!(
                     "{} dependencies; the limit is {MAX_DEPS}",
@@ -700,11 +716,6 @@ impl BlockSpec {
                 check_name("dependency uuid", dep)?;
             }
         }
-        Ok(Self {
-            uuid,
-            type_id,
-            owner,
-            deps,
-        })
+        Ok(())
     }
 }
