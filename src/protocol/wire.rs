@@ -216,28 +216,35 @@ mod tests {
     use super::*;
     use crate::protocol::{CatalogueEntry, ChunkFields, DatablockHeader, SnapshotStep};
 
+    /// One datablock, as the writers borrow it and as serde encodes it.
+    fn object(deps: &[String], revision: u64) -> (DatablockRef<'_>, DatablockHeader) {
+        let fields = DatablockRef {
+            uuid: "obj",
+            type_id: "Object",
+            owner: "COMMON",
+            deps,
+            revision,
+        };
+        let header = DatablockHeader {
+            uuid: "obj".into(),
+            type_id: "Object".into(),
+            owner: "COMMON".into(),
+            deps: deps.to_vec(),
+            revision,
+        };
+        (fields, header)
+    }
+
     #[test]
     fn datablock_headers_are_written_as_serde_writes_them() {
         let deps = ["mat".to_owned(), "mesh-ü".to_owned()];
         for (deps, revision) in [(&deps[..], 7), (&[][..], u64::MAX), (&deps[..1], 0)] {
-            let block = DatablockRef {
-                uuid: "obj",
-                type_id: "Object",
-                owner: "COMMON",
-                deps,
-                revision,
-            };
+            let (block, header) = object(deps, revision);
             let mut written = Vec::new();
             block.write_header(&mut written);
             assert!(written.len() <= block.header_bound());
             let via_serde = encode(&ServerMessage::Datablock {
-                header: DatablockHeader {
-                    uuid: "obj".into(),
-                    type_id: "Object".into(),
-                    owner: "COMMON".into(),
-                    deps: deps.to_vec(),
-                    revision,
-                },
+                header,
                 id: None,
                 chunk: ChunkFields::default(),
             });
@@ -254,24 +261,12 @@ mod tests {
             (&deps[..1], 0, "bö", true),
         ];
         for (deps, revision, sender, patch) in cases {
-            let block = DatablockRef {
-                uuid: "obj",
-                type_id: "Object",
-                owner: "COMMON",
-                deps,
-                revision,
-            };
+            let (block, header) = object(deps, revision);
             let mut written = Vec::new();
             block.write_update_header(sender, patch, &mut written);
             assert!(written.len() <= block.update_header_bound(sender));
             let via_serde = encode(&ServerMessage::Update {
-                header: DatablockHeader {
-                    uuid: "obj".into(),
-                    type_id: "Object".into(),
-                    owner: "COMMON".into(),
-                    deps: deps.to_vec(),
-                    revision,
-                },
+                header,
                 sender: sender.into(),
                 patch,
                 chunk: ChunkFields::default(),
