@@ -16,7 +16,7 @@ use crate::protocol::{
     SubscriberRequest, UploadStep, Wire, batch, check_name, encode,
 };
 use crate::room::{ClientId, Effects, RoomError, StreamOptions};
-use crate::transport::{ClientMessage, Command, Identity, Inbound};
+use crate::transport::{ClientMessage, Command, Identity, Inbound, Recipients};
 
 impl Core {
     pub(super) async fn inbound(&mut self, event: Inbound) {
@@ -284,7 +284,7 @@ impl Core {
                 joined
             }
             Err(e) => {
-                self.sessions.remove(&client);
+                self.remove_session(client);
                 if e.code == ErrorCode::WrongRoomPassword {
                     self.room_logins.failed(&guard, now.into_std());
                 }
@@ -587,7 +587,7 @@ impl Core {
             HeartbeatMessage::Ping { seq } => {
                 self.send(Command::Deliver {
                     channel: Channel::Heartbeat,
-                    to: vec![identity],
+                    to: Recipients::One(identity),
                     wire: Wire {
                         header: encode(&HeartbeatMessage::Pong { seq }),
                         payload: None,

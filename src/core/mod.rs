@@ -31,7 +31,7 @@ use crate::room::{ClientId, Effects, RoomError};
 use crate::store::Change;
 use crate::store::db::StoreError;
 use crate::store::file::FileSummary;
-use crate::transport::{Command, Identity, Transport};
+use crate::transport::{Command, Identity, Recipients, Transport};
 
 use auth::LoginThrottle;
 use rooms::Rooms;
@@ -127,6 +127,12 @@ pub struct Core {
     sessions: HashMap<ClientId, Session>,
     by_identity: HashMap<Identity, ClientId>,
     by_token: HashMap<Bytes, ClientId>,
+    /// The last list of several clients delivered to, and their sessions'
+    /// identities: every update of a busy room goes to the same clients,
+    /// and sharing the list saves looking up and copying each identity per
+    /// update. Forgotten whenever a session ends (client ids are never
+    /// reused, so a new session cannot be on an old list).
+    audience: Option<(Vec<ClientId>, Recipients)>,
     next_client: u64,
     next_ping: u64,
     logins: LoginThrottle,
@@ -164,6 +170,7 @@ impl Core {
             sessions: HashMap::new(),
             by_identity: HashMap::new(),
             by_token: HashMap::new(),
+            audience: None,
             next_client: 1,
             next_ping: 1,
             logins: LoginThrottle::default(),
@@ -293,7 +300,7 @@ impl Core {
         };
         let mut out = Vec::with_capacity(commands.len());
         let mut run = Batcher::new(limits);
-        let mut run_to: Vec<Identity> = Vec::new();
+        let mut run_to = Recipients::default();
         for command in commands {
             match command {
                 Command::Deliver {
@@ -320,7 +327,7 @@ impl Core {
         out
     }
 
-    fn end_run(&self, run: &mut Batcher, to: &[Identity], out: &mut Vec<Command>) {
+    fn end_run(&self, run: &mut Batcher, to: &Recipients, out: &mut Vec<Command>) {
         let wires = run.take();
         if wires.is_empty() {
             return;
@@ -331,10 +338,14 @@ impl Core {
                 .and_then(|id| self.sessions.get(id))
                 .is_some_and(|s| s.batches)
         };
-        let (batched, single): (Vec<Identity>, Vec<Identity>) = if wires.len() > 1 {
-            to.iter().cloned().partition(reads_batches)
+        let (batched, single) = if wires.len() == 1 {
+            (Recipients::default(), to.clone())
+        } else if to.iter().all(reads_batches) {
+            (to.clone(), Recipients::default())
         } else {
-            (Vec::new(), to.to_vec())
+            let (batched, single): (Vec<Identity>, Vec<Identity>) =
+                to.iter().cloned().partition(reads_batches);
+            (batched.into(), single.into())
         };
         if !batched.is_empty() {
             out.push(Command::Deliver {
@@ -425,7 +436,7 @@ impl Core {
         }
         self.send(Command::Deliver {
             channel: Channel::Heartbeat,
-            to,
+            to: to.into(),
             wire,
         })
         .await;
@@ -522,13 +533,35 @@ impl Core {
     }
 
     async fn deliver(&mut self, to: Vec<ClientId>, channel: Channel, wire: Wire) {
-        let to: Vec<Identity> = to
-            .iter()
-            .filter_map(|id| self.sessions.get(id).map(|s| s.identity.clone()))
-            .collect();
+        let to = self.recipients(to);
         if !to.is_empty() {
             self.send(Command::Deliver { channel, to, wire }).await;
         }
+    }
+
+    /// The identities of the sessions of `ids` (those that still exist).
+    fn recipients(&mut self, ids: Vec<ClientId>) -> Recipients {
+        if let Some((last, shared)) = &self.audience
+            && *last == ids
+        {
+            return shared.clone();
+        }
+        let identities: Vec<Identity> = ids
+            .iter()
+            .filter_map(|id| self.sessions.get(id).map(|s| s.identity.clone()))
+            .collect();
+        let to = Recipients::from(identities);
+        if ids.len() > 1 {
+            self.audience = Some((ids, to.clone()));
+        }
+        to
+    }
+
+    /// Ends a session's record (not the client's connection).
+    fn remove_session(&mut self, id: ClientId) -> Option<Session> {
+        // The shared recipient list may name it.
+        self.audience = None;
+        self.sessions.remove(&id)
     }
 
     /// Sends a message on the command channel to any identity, authenticated
@@ -536,7 +569,7 @@ impl Core {
     async fn reply_to(&mut self, identity: &Identity, msg: &ServerMessage) {
         self.send(Command::Deliver {
             channel: Channel::Commands,
-            to: vec![identity.clone()],
+            to: Recipients::One(identity.clone()),
             wire: Wire::message(msg),
         })
         .await;
@@ -557,7 +590,7 @@ impl Core {
     async fn disconnect(&mut self, id: ClientId, reason: &str) {
         // Leaving the room first: its other users are told, locks freed.
         self.leave_room(id).await;
-        let Some(session) = self.sessions.remove(&id) else {
+        let Some(session) = self.remove_session(id) else {
             return;
         };
         self.by_identity.remove(&session.identity);

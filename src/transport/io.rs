@@ -65,8 +65,8 @@ impl Io {
                 } else {
                     SharedWire::large_payload(&wire)
                 };
-                for identity in to {
-                    self.enqueue(channel, identity, wire.clone(), shared.as_mut());
+                for identity in to.iter() {
+                    self.enqueue(channel, identity.clone(), wire.clone(), shared.as_mut());
                 }
             }
             Command::Disconnect { identity, last } => {

@@ -20,6 +20,7 @@ mod shared;
 mod sockets;
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,6 +37,51 @@ pub use sockets::{BindError, Sockets};
 
 /// A client's routing identity, the same on its three DEALER sockets.
 pub type Identity = Bytes;
+
+/// Whom a message goes to: one client, or a list that several messages
+/// share. A busy room addresses the same clients with every update, so the
+/// core builds that list once and hands out clones of it.
+#[derive(Debug, Clone)]
+pub enum Recipients {
+    One(Identity),
+    Many(Arc<[Identity]>),
+}
+
+impl std::ops::Deref for Recipients {
+    type Target = [Identity];
+
+    fn deref(&self) -> &[Identity] {
+        match self {
+            Self::One(identity) => std::slice::from_ref(identity),
+            Self::Many(list) => list,
+        }
+    }
+}
+
+impl Default for Recipients {
+    /// Nobody.
+    fn default() -> Self {
+        Self::Many(Arc::default())
+    }
+}
+
+impl PartialEq for Recipients {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Many(a), Self::Many(b)) if Arc::ptr_eq(a, b) => true,
+            _ => **self == **other,
+        }
+    }
+}
+
+impl From<Vec<Identity>> for Recipients {
+    fn from(mut list: Vec<Identity>) -> Self {
+        match list.len() {
+            1 => Self::One(list.swap_remove(0)),
+            _ => Self::Many(list.into()),
+        }
+    }
+}
 
 /// A decoded message from a client.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,7 +123,7 @@ pub enum Command {
     /// Queue `wire` for each identity on `channel`.
     Deliver {
         channel: Channel,
-        to: Vec<Identity>,
+        to: Recipients,
         wire: Wire,
     },
     /// Drop everything queued for `identity`, send it `last` on the command
