@@ -171,20 +171,26 @@ pub fn validate_value(bytes: &[u8]) -> Result<(), ProtocolError> {
 
 /// Walks one value starting at `start`, with at most `max_depth` levels of
 /// containers, and returns the offset just after it.
+#[inline]
 pub(super) fn skip_value(
     bytes: &[u8],
     start: usize,
     max_depth: usize,
 ) -> Result<usize, ProtocolError> {
     // Single-byte values and short strings, which most keys and header
-    // values are, need none of the bookkeeping below.
+    // values are, need none of the bookkeeping of `skip_other`, nor a call.
     match bytes.get(start) {
-        Some(0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3) => return Ok(start + 1),
+        Some(0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3) => Ok(start + 1),
         Some(&m @ 0xa0..=0xbf) if start + 1 + usize::from(m & 0x1f) <= bytes.len() => {
-            return Ok(start + 1 + usize::from(m & 0x1f));
+            Ok(start + 1 + usize::from(m & 0x1f))
         }
-        _ => {}
+        _ => skip_other(bytes, start, max_depth),
     }
+}
+
+/// [`skip_value`] for everything but single-byte values and short strings.
+#[inline(never)]
+fn skip_other(bytes: &[u8], start: usize, max_depth: usize) -> Result<usize, ProtocolError> {
     // Headers and most data nest only a few levels: their stack of open
     // containers fits on this one, and only deeper values are walked again
     // with a stack on the heap.
@@ -342,6 +348,7 @@ fn read_len(bytes: &[u8], pos: &mut usize, width: usize) -> Result<u64, Protocol
     Ok(raw.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
 }
 
+#[cold]
 fn truncated(offset: usize, what: &str) -> ProtocolError {
     ProtocolError::Malformed(format!(
         "truncated MessagePack: expected {what} at offset {offset}"

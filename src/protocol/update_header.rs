@@ -63,6 +63,11 @@ pub(super) fn read_update(bytes: &[u8]) -> Result<PublisherMessage, ProtocolErro
     })
 }
 
+#[cold]
+fn duplicate(name: &str) -> ProtocolError {
+    ProtocolError::Invalid(format!("duplicate field `{name}`"))
+}
+
 /// A known key's value, once it has been read.
 struct Field<T> {
     name: &'static str,
@@ -74,12 +79,10 @@ impl<T> Field<T> {
         Self { name, value: None }
     }
 
+    #[inline]
     fn set(&mut self, value: T) -> Result<(), ProtocolError> {
         if self.value.is_some() {
-            return Err(ProtocolError::Invalid(format!(
-                "duplicate field `{}`",
-                self.name
-            )));
+            return Err(duplicate(self.name));
         }
         self.value = Some(value);
         Ok(())
@@ -92,12 +95,14 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    #[inline]
     fn marker(&mut self) -> Result<u8, ProtocolError> {
         let m = *self.bytes.get(self.pos).ok_or_else(truncated)?;
         self.pos += 1;
         Ok(m)
     }
 
+    #[inline]
     fn peek(&self) -> Result<u8, ProtocolError> {
         self.bytes.get(self.pos).copied().ok_or_else(truncated)
     }
@@ -113,6 +118,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next `len` bytes.
+    #[inline]
     fn take(&mut self, len: u64) -> Result<&'a [u8], ProtocolError> {
         let len = usize::try_from(len).map_err(|_| truncated())?;
         let end = self.pos.checked_add(len).ok_or_else(truncated)?;
@@ -132,6 +138,7 @@ impl<'a> Reader<'a> {
 
     /// A map key: a `str`, as `walk_header` checked. Its bytes are compared
     /// with the known names, so a key that is not UTF-8 is simply unknown.
+    #[inline]
     fn key(&mut self) -> Result<&'a [u8], ProtocolError> {
         match self.str_len()? {
             Some(len) => self.take(len),
@@ -141,6 +148,7 @@ impl<'a> Reader<'a> {
 
     /// The length of a `str` whose marker is next, or None (nothing read)
     /// for any other marker.
+    #[inline]
     fn str_len(&mut self) -> Result<Option<u64>, ProtocolError> {
         let len = match self.peek()? {
             m @ 0xa0..=0xbf => {
@@ -162,6 +170,7 @@ impl<'a> Reader<'a> {
     }
 
     /// `nil` as None, anything else read by `read`.
+    #[inline]
     fn optional<T>(
         &mut self,
         read: impl FnOnce(&mut Self) -> Result<T, ProtocolError>,
@@ -242,10 +251,12 @@ impl<'a> Reader<'a> {
     }
 }
 
+#[cold]
 fn wrong_type(expected: &str) -> ProtocolError {
     ProtocolError::Invalid(format!("invalid type, expected {expected}"))
 }
 
+#[cold]
 fn truncated() -> ProtocolError {
     ProtocolError::Malformed("truncated MessagePack".into())
 }
