@@ -171,12 +171,6 @@ impl DatablockRef<'_> {
         let deps: usize = self.deps.iter().map(|d| d.len() + 5).sum();
         64 + self.uuid.len() + self.type_id.len() + self.owner.len() + deps
     }
-
-    /// The encoded UPDATE header's size, at most (for reserving).
-    pub fn update_header_bound(&self, sender: &str) -> usize {
-        // "sender" and "patch", with the sender's length and the flag.
-        self.header_bound() + 24 + sender.len()
-    }
 }
 
 /// A snapshot CATALOGUE page listing `entries` (uuid, type, revision,
@@ -264,7 +258,6 @@ mod tests {
             let (block, header) = object(deps, revision);
             let mut written = Vec::new();
             block.write_update_header(sender, patch, &mut written);
-            assert!(written.len() <= block.update_header_bound(sender));
             let via_serde = encode(&ServerMessage::Update {
                 header,
                 sender: sender.into(),

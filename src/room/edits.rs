@@ -172,11 +172,12 @@ impl Room {
             return Ok(fx);
         };
         if payload.len() <= self.limits.chunk_bytes {
-            let fields = block.fields(uuid);
-            let mut header = Vec::with_capacity(fields.update_header_bound(sender));
-            fields.write_update_header(sender, patch, &mut header);
+            self.scratch.clear();
+            block
+                .fields(uuid)
+                .write_update_header(sender, patch, &mut self.scratch);
             let wire = Wire {
-                header: Bytes::from(header),
+                header: Bytes::copy_from_slice(&self.scratch),
                 payload: Some(payload),
                 batchable: true,
             };

@@ -118,6 +118,10 @@ pub struct Room {
     next_transfer: u64,
     /// Whether accepted changes are returned in [`Effects::changes`].
     recording: bool,
+    /// Where forwarded UPDATE headers are written before they are copied
+    /// out at their exact size (a `Bytes` made from a `Vec` with spare
+    /// capacity costs a second allocation).
+    scratch: Vec<u8>,
 }
 
 impl Room {
@@ -130,6 +134,7 @@ impl Room {
             limits,
             next_transfer: 1,
             recording: false,
+            scratch: Vec::new(),
         }
     }
 
