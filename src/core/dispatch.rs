@@ -42,7 +42,7 @@ impl Core {
             } => {
                 let sender = match (&identity, &token) {
                     (Some(identity), _) => self.by_identity.get(identity).copied(),
-                    (None, Some(token)) => self.by_token.get(token).copied(),
+                    (None, Some(token)) => self.by_token.get(&token[..]).copied(),
                     (None, None) => None,
                 };
                 if let Some(id) = sender

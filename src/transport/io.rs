@@ -10,7 +10,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::outbox::Outbox;
 use super::shared::{INLINE_MAX, SharedFrame};
-use super::{ClientMessage, Command, Identity, Inbound, Sockets, TransportLimits};
+use super::{ClientMessage, Command, Identity, Inbound, Sockets, Token, TransportLimits};
 use crate::protocol::{Channel, ProtocolError, Wire, decode_header, decode_publisher};
 
 /// Reads retried on one socket, per call, after a read found nothing that
@@ -394,10 +394,9 @@ fn read_message(
         (Channel::Commands, Some(header)) => header.gets("Peer-Address").map(str::to_owned),
         _ => None,
     };
-    let route = Bytes::copy_from_slice(&first);
     let (identity, token) = match channel {
-        Channel::Publisher => (None, Some(route)),
-        _ => (Some(route), None),
+        Channel::Publisher => (None, Some(Token(first))),
+        _ => (Some(Bytes::copy_from_slice(&first)), None),
     };
     // A copy, not a reference into libzmq's receive buffer: stored data
     // would otherwise pin whole batches of that buffer (measured: 30.7

@@ -38,6 +38,26 @@ pub use sockets::{BindError, Sockets};
 /// A client's routing identity, the same on its three DEALER sockets.
 pub type Identity = Bytes;
 
+/// The session token frame of a publisher message, as libzmq received it:
+/// it is only looked up, so it is not copied (tokens fit in libzmq's
+/// message itself).
+pub struct Token(zmq::Message);
+
+impl std::ops::Deref for Token {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    /// A token is a credential: logs show only its length.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token({} bytes)", self.0.len())
+    }
+}
+
 /// Whom a message goes to: one client, or a list that several messages
 /// share. A busy room addresses the same clients with every update, so the
 /// core builds that list once and hands out clones of it.
@@ -104,7 +124,7 @@ pub enum Inbound {
         /// Routing identity (commands, subscriber, heartbeat channels).
         identity: Option<Identity>,
         /// Session token frame (publisher channel).
-        token: Option<Bytes>,
+        token: Option<Token>,
         /// The remote address, where libzmq knows it (used to slow down
         /// repeated failed logins from one place).
         peer_address: Option<String>,
