@@ -16,7 +16,7 @@ use crate::protocol::{
     SubscriberRequest, UploadStep, Wire, batch, check_name, encode,
 };
 use crate::room::{ClientId, Effects, RoomError, StreamOptions};
-use crate::transport::{ClientMessage, Command, Identity, Inbound, Recipients};
+use crate::transport::{ClientMessage, Command, Frame, Identity, Inbound, Recipients};
 
 impl Core {
     pub(super) async fn inbound(&mut self, event: Inbound) {
@@ -56,6 +56,7 @@ impl Core {
                 };
                 match (message, identity, sender) {
                     (ClientMessage::Command(request), Some(identity), _) => {
+                        let payload = payload.as_deref().map(owned);
                         self.command(identity, sender, peer_address, request, payload)
                             .await;
                     }
@@ -462,14 +463,17 @@ impl Core {
         Ok(())
     }
 
-    async fn publisher(&mut self, id: ClientId, msg: PublisherMessage, payload: Option<Bytes>) {
+    async fn publisher(&mut self, id: ClientId, msg: PublisherMessage, payload: Option<Frame>) {
+        let payload = payload.as_deref();
         match msg {
             PublisherMessage::Updates { updates, lengths } => {
                 let max_data = self.config.limits.chunk_bytes;
                 match batch::split(updates, lengths, payload, max_data) {
                     Ok(items) => {
+                        // Each its own copy: one stored datablock must not
+                        // keep the whole batch's data alive.
                         for (update, data) in items {
-                            self.update(id, update, Some(data)).await;
+                            self.update(id, update, Some(owned(data))).await;
                         }
                     }
                     Err(e) => {
@@ -481,8 +485,11 @@ impl Core {
                     }
                 }
             }
-            update @ PublisherMessage::Update { .. } => self.update(id, update, payload).await,
+            update @ PublisherMessage::Update { .. } => {
+                self.update(id, update, payload.map(owned)).await;
+            }
             PublisherMessage::Chunk { transfer, index } => {
+                let payload = payload.map(owned);
                 self.chunk_message(id, Channel::Publisher, transfer, index, payload)
                     .await;
             }
@@ -782,4 +789,15 @@ fn new_token() -> Bytes {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The data a message carried, copied out of libzmq's receive buffer.
+/// Not a reference into it: stored data would pin whole batches of that
+/// buffer (measured: 30.7 instead of 24 MiB for 10,000 datablocks of 1 KB).
+/// The copy is made when the message is handled, not when it is read, so
+/// that it comes just before the data it replaces is freed and the
+/// allocator hands the same block out again, instead of a turn's worth of
+/// copies being made before any is freed.
+fn owned(data: &[u8]) -> Bytes {
+    Bytes::copy_from_slice(data)
 }

@@ -32,14 +32,14 @@ const ENVELOPE_BYTES: usize = 64;
 const LENGTH_BYTES: usize = 9;
 
 /// Checks an UPDATES from a client as a whole and cuts its data frame into
-/// each update's payload (shared, not copied). Any problem refuses the
-/// whole batch, so that none of it is applied.
+/// each update's payload, in order. Any problem refuses the whole batch, so
+/// that none of it is applied.
 pub fn split(
     updates: Vec<PublisherMessage>,
     lengths: Vec<u64>,
-    payload: Option<Bytes>,
+    payload: Option<&[u8]>,
     max_data: usize,
-) -> Result<Vec<(PublisherMessage, Bytes)>, ProtocolError> {
+) -> Result<impl Iterator<Item = (PublisherMessage, &[u8])>, ProtocolError> {
     let invalid = |why: String| Err(ProtocolError::Invalid(why));
     let Some(data) = payload else {
         return invalid("UPDATES needs a data frame holding the updates' data".into());
@@ -91,14 +91,13 @@ pub fn split(
     Ok(updates
         .into_iter()
         .zip(lengths)
-        .map(|(update, length)| {
+        .map(move |(update, length)| {
             // The lengths add up to the frame's size, so each fits in usize.
             let end = offset + length as usize;
-            let slice = data.slice(offset..end);
+            let slice = &data[offset..end];
             offset = end;
             (update, slice)
-        })
-        .collect())
+        }))
 }
 
 /// Gathers forwarded UPDATEs (each an encoded header and an inline data
@@ -322,22 +321,23 @@ mod tests {
 
     #[test]
     fn split_cuts_the_data_frame_in_order() {
-        let data = Bytes::from_static(b"\x01\xa2hi\xc0");
-        let parts = split(
+        let data = b"\x01\xa2hi\xc0";
+        let parts: Vec<_> = split(
             vec![update("a"), update("b"), update("c")],
             vec![1, 3, 1],
             Some(data),
             1024,
         )
-        .unwrap();
-        let slices: Vec<&[u8]> = parts.iter().map(|(_, d)| &d[..]).collect();
+        .unwrap()
+        .collect();
+        let slices: Vec<&[u8]> = parts.iter().map(|(_, d)| *d).collect();
         assert_eq!(slices, [&b"\x01"[..], b"\xa2hi", b"\xc0"]);
         assert!(matches!(&parts[1].0, PublisherMessage::Update { uuid, .. } if uuid == "b"));
     }
 
     #[test]
     fn split_refuses_every_malformed_batch() {
-        let data = || Some(Bytes::from_static(b"\x01\x02"));
+        let data = || Some(&b"\x01\x02"[..]);
         let chunked = update_with(
             "a",
             ChunkFields {
@@ -350,7 +350,12 @@ mod tests {
             updates: vec![update("a")],
             lengths: vec![1],
         };
-        type Case = (Vec<PublisherMessage>, Vec<u64>, Option<Bytes>, &'static str);
+        type Case = (
+            Vec<PublisherMessage>,
+            Vec<u64>,
+            Option<&'static [u8]>,
+            &'static str,
+        );
         let cases: Vec<Case> = vec![
             (vec![update("a")], vec![2], None, "needs a data frame"),
             (vec![], vec![], data(), "1 to 1024"),
@@ -388,11 +393,15 @@ mod tests {
             (vec![nested], vec![2], data(), "not an UPDATE header"),
         ];
         for (updates, lengths, payload, expected) in cases {
-            let err = split(updates, lengths, payload, 1024).unwrap_err();
+            let Err(err) = split(updates, lengths, payload, 1024) else {
+                panic!("{expected}: accepted");
+            };
             assert_eq!(err.code(), crate::protocol::ErrorCode::InvalidMessage);
             assert!(err.to_string().contains(expected), "{err} lacks {expected}");
         }
-        let err = split(vec![update("a")], vec![2], data(), 1).unwrap_err();
+        let Err(err) = split(vec![update("a")], vec![2], data(), 1) else {
+            panic!("a batch over the limit was accepted");
+        };
         assert_eq!(err.code(), crate::protocol::ErrorCode::TooLarge);
     }
 

@@ -38,12 +38,13 @@ pub use sockets::{BindError, Sockets};
 /// A client's routing identity, the same on its three DEALER sockets.
 pub type Identity = Bytes;
 
-/// The session token frame of a publisher message, as libzmq received it:
-/// it is only looked up, so it is not copied (tokens fit in libzmq's
-/// message itself).
-pub struct Token(zmq::Message);
+/// A frame as libzmq received it, not copied: a session token, which is
+/// only looked up (tokens fit in libzmq's message itself), or a data frame,
+/// which the core copies what it keeps out of when it handles the message.
+/// Its `Debug` shows only its length (a token is a credential).
+pub struct Frame(zmq::Message);
 
-impl std::ops::Deref for Token {
+impl std::ops::Deref for Frame {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
@@ -51,10 +52,9 @@ impl std::ops::Deref for Token {
     }
 }
 
-impl std::fmt::Debug for Token {
-    /// A token is a credential: logs show only its length.
+impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Token({} bytes)", self.0.len())
+        write!(f, "Frame({} bytes)", self.0.len())
     }
 }
 
@@ -124,14 +124,14 @@ pub enum Inbound {
         /// Routing identity (commands, subscriber, heartbeat channels).
         identity: Option<Identity>,
         /// Session token frame (publisher channel).
-        token: Option<Token>,
+        token: Option<Frame>,
         /// The remote address, where libzmq knows it (used to slow down
         /// repeated failed logins from one place).
         peer_address: Option<String>,
         /// The decoded header, or why it could not be decoded.
         message: Result<ClientMessage, ProtocolError>,
         /// The data frame, if any.
-        payload: Option<Bytes>,
+        payload: Option<Frame>,
     },
     /// A client's outbox overflowed or stayed blocked too long.
     TooSlow { identity: Identity },
