@@ -13,9 +13,6 @@ use super::shared::{INLINE_MAX, SharedFrame};
 use super::{ClientMessage, Command, Frame, Identity, Inbound, Sockets, TransportLimits};
 use crate::protocol::{Channel, ProtocolError, Wire, decode_header, decode_publisher};
 
-/// Reads retried on one socket, per call, after a read found nothing that
-/// `ZMQ_EVENTS` said was there.
-const MAX_RECHECKS: usize = 8;
 /// Frames a client message may have after the identity or token frame.
 const MAX_FRAMES: usize = 2;
 /// Longest pause between retries to a blocked connection.
@@ -240,33 +237,16 @@ impl Io {
     /// then read again before waiting for the socket to signal.
     pub(super) fn read(&mut self, channel: Channel, out: &mut Vec<Inbound>, limit: usize) -> bool {
         let socket = &self.sockets.sockets[channel as usize];
-        let mut taken = 0;
-        // Times the socket reported a message that a read then did not find;
-        // bounded, so that libzmq contradicting itself cannot spin the core.
-        let mut recheck = 0;
-        while taken < limit {
+        for _ in 0..limit {
             match read_message(socket, channel, self.limits.max_header_bytes) {
-                Ok(Some(msg)) => {
-                    out.push(msg);
-                    taken += 1;
-                }
-                Ok(None) => {
-                    // libzmq signals the socket's descriptor only for
-                    // changes it has not reported yet: ask once more, so
-                    // that a message that came in meanwhile is not left
-                    // waiting for a signal that will not come.
-                    match socket.get_events() {
-                        Ok(events) if events.contains(zmq::POLLIN) && recheck < MAX_RECHECKS => {
-                            recheck += 1;
-                            continue;
-                        }
-                        Ok(_) => return false,
-                        Err(e) => {
-                            tracing::warn!(channel = channel.name(), error = %e, "polling failed");
-                            return false;
-                        }
-                    }
-                }
+                Ok(Some(msg)) => out.push(msg),
+                // Nothing left. A read that finds nothing has libzmq take
+                // in every command waiting for the socket first (pipes that
+                // became readable included) and then look again, so the
+                // socket is empty now and its descriptor will signal the
+                // next message: asking ZMQ_EVENTS again would only repeat
+                // that work (a system call each time).
+                Ok(None) => return false,
                 Err(e) => {
                     tracing::warn!(channel = channel.name(), error = %e, "receive failed");
                     return false;
