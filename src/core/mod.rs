@@ -151,6 +151,10 @@ pub struct Core {
     /// before it is recorded), and with forwarded updates ready together
     /// gathered into UPDATES for clients that read batches.
     deferred: Vec<Command>,
+    /// What `flush` hands the transport, and the run of updates it is
+    /// gathering: kept between turns, with their capacity.
+    outgoing: Vec<Command>,
+    run: Batcher,
     /// Set while an autosave is being written, so they never overlap.
     autosaving: Arc<AtomicBool>,
     /// Recording failed: the server stops rather than forward what it could
@@ -164,6 +168,10 @@ impl Core {
         for (_, entry) in rooms.iter_mut() {
             entry.room.set_recording(entry.store.is_some());
         }
+        let limits = BatchLimits {
+            max_data: config.limits.chunk_bytes.min(SERVER_BATCH_DATA),
+            max_header: config.limits.max_header_bytes,
+        };
         Self {
             rooms,
             config,
@@ -180,6 +188,8 @@ impl Core {
             presence_due: None,
             recording_open: false,
             deferred: Vec::new(),
+            outgoing: Vec::new(),
+            run: Batcher::new(limits),
             autosaving: Arc::new(AtomicBool::new(false)),
             failure: None,
         }
@@ -271,10 +281,16 @@ impl Core {
             self.deferred.clear();
             return;
         }
-        let commands = std::mem::take(&mut self.deferred);
-        for command in self.gather_batches(commands) {
+        // The turn's buffers are taken out and put back, not reallocated.
+        let mut commands = std::mem::take(&mut self.deferred);
+        let mut out = std::mem::take(&mut self.outgoing);
+        let limits = self.run.limits();
+        let mut run = std::mem::replace(&mut self.run, Batcher::new(limits));
+        self.gather_batches(&mut commands, &mut run, &mut out);
+        for command in out.drain(..) {
             self.transport.send(command);
         }
+        (self.deferred, self.outgoing, self.run) = (commands, out, run);
     }
 
     /// Turns each run of forwarded updates that go to the same clients, one
@@ -283,7 +299,13 @@ impl Core {
     /// Commands on other channels may pass a run: there is no order between
     /// channels. Anything else on the subscriber channel, and every
     /// disconnection, ends the run first.
-    fn gather_batches(&self, commands: Vec<Command>) -> Vec<Command> {
+    /// Empties `commands` into `out` (which is empty), through `run`.
+    fn gather_batches(
+        &self,
+        commands: &mut Vec<Command>,
+        run: &mut Batcher,
+        out: &mut Vec<Command>,
+    ) {
         // Most turns hold at most one update: nothing to gather, and no need
         // to look at the sessions.
         let updates = commands
@@ -292,16 +314,11 @@ impl Core {
             .take(2)
             .count();
         if updates < 2 || !self.sessions.values().any(|s| s.batches) {
-            return commands;
+            std::mem::swap(commands, out);
+            return;
         }
-        let limits = BatchLimits {
-            max_data: self.config.limits.chunk_bytes.min(SERVER_BATCH_DATA),
-            max_header: self.config.limits.max_header_bytes,
-        };
-        let mut out = Vec::with_capacity(commands.len());
-        let mut run = Batcher::new(limits);
         let mut run_to = Recipients::default();
-        for command in commands {
+        for command in commands.drain(..) {
             match command {
                 Command::Deliver {
                     channel: Channel::Subscriber,
@@ -309,7 +326,7 @@ impl Core {
                     wire,
                 } if wire.batchable => {
                     if !run.is_empty() && (run_to != to || !run.fits(&wire)) {
-                        self.end_run(&mut run, &run_to, &mut out);
+                        self.end_run(run, &run_to, out);
                     }
                     run_to = to;
                     run.push(wire);
@@ -318,18 +335,17 @@ impl Core {
                     out.push(command);
                 }
                 other => {
-                    self.end_run(&mut run, &run_to, &mut out);
+                    self.end_run(run, &run_to, out);
                     out.push(other);
                 }
             }
         }
-        self.end_run(&mut run, &run_to, &mut out);
-        out
+        self.end_run(run, &run_to, out);
     }
 
     fn end_run(&self, run: &mut Batcher, to: &Recipients, out: &mut Vec<Command>) {
-        let wires = run.take();
-        if wires.is_empty() {
+        let count = run.items().len();
+        if count == 0 {
             return;
         }
         let reads_batches = |identity: &Identity| {
@@ -338,7 +354,7 @@ impl Core {
                 .and_then(|id| self.sessions.get(id))
                 .is_some_and(|s| s.batches)
         };
-        let (batched, single) = if wires.len() == 1 {
+        let (batched, single) = if count == 1 {
             (Recipients::default(), to.clone())
         } else if to.iter().all(reads_batches) {
             (to.clone(), Recipients::default())
@@ -351,11 +367,11 @@ impl Core {
             out.push(Command::Deliver {
                 channel: Channel::Subscriber,
                 to: batched,
-                wire: updates_message(&wires),
+                wire: updates_message(run.items()),
             });
         }
-        if !single.is_empty() {
-            for wire in wires {
+        for wire in run.drain() {
+            if !single.is_empty() {
                 out.push(Command::Deliver {
                     channel: Channel::Subscriber,
                     to: single.clone(),

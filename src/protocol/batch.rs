@@ -121,6 +121,10 @@ impl Batcher {
         }
     }
 
+    pub fn limits(&self) -> BatchLimits {
+        self.limits
+    }
+
     /// True when `wire` may join the batch without passing a limit.
     pub fn fits(&self, wire: &Wire) -> bool {
         let data = wire.payload.as_ref().map_or(0, Bytes::len);
@@ -141,11 +145,17 @@ impl Batcher {
         self.items.is_empty()
     }
 
-    /// The updates gathered so far, emptying the batcher.
-    pub fn take(&mut self) -> Vec<Wire> {
+    /// The updates gathered so far.
+    pub fn items(&self) -> &[Wire] {
+        &self.items
+    }
+
+    /// Empties the batcher, handing out its updates; it keeps its capacity
+    /// for the next batch.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Wire> {
         self.header_bytes = ENVELOPE_BYTES;
         self.data_bytes = 0;
-        std::mem::take(&mut self.items)
+        self.items.drain(..)
     }
 }
 
@@ -509,7 +519,7 @@ mod tests {
         batcher.push(wire.clone());
         batcher.push(wire.clone());
         assert!(!batcher.fits(&wire), "300 bytes of data passes 250");
-        assert_eq!(batcher.take().len(), 2);
+        assert_eq!(batcher.drain().len(), 2);
         assert!(batcher.is_empty());
         // An item alone always fits, whatever its size.
         let mut tiny = Batcher::new(BatchLimits {
@@ -528,7 +538,7 @@ mod tests {
         assert!(narrow.fits(&wire));
         narrow.push(wire.clone());
         assert!(!narrow.fits(&wire));
-        let built = updates_message(&narrow.take());
+        let built = updates_message(narrow.items());
         assert!(built.header.len() <= ENVELOPE_BYTES + 2 * (wire.header.len() + LENGTH_BYTES));
         // The count limit.
         let mut many = Batcher::new(BatchLimits {
