@@ -39,6 +39,18 @@ use transfers::Transfers;
 
 /// Delay that gathers presence changes into one CLIENTS_STATE broadcast.
 const PRESENCE_DELAY: Duration = Duration::from_millis(30);
+/// Most messages the core reads in one turn of its loop.
+const TURN_MESSAGES: usize = 256;
+/// A turn that read at least this many messages, but not as many as it
+/// could take, means they come faster than the core handles them one by
+/// one, and that it has caught up with them...
+const GATHER_AFTER: usize = 16;
+/// ...so it pauses this long after sending the turn's messages, for the
+/// next turn to gather more: larger batches, and fewer messages, each of
+/// which costs libzmq, the kernel and every reader a fixed amount of work.
+/// Under light load turns hold a message or two and never pause; a full
+/// turn means more is waiting already, and does not pause either.
+const GATHER_PAUSE: Duration = Duration::from_micros(100);
 /// An unfinished chunked transfer that receives nothing for this long is
 /// dropped: long enough for a 1 MiB chunk over a very slow link.
 const TRANSFER_IDLE: Duration = Duration::from_secs(120);
@@ -210,7 +222,7 @@ impl Core {
             autosave_every.0.max(Duration::from_millis(1)),
         );
         autosave.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch = Vec::with_capacity(256);
+        let mut batch = Vec::with_capacity(TURN_MESSAGES);
         loop {
             self.flush().await;
             if self.failure.is_some() {
@@ -220,13 +232,19 @@ impl Core {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                n = self.transport.recv_many(&mut batch, 256) => {
+                n = self.transport.recv_many(&mut batch, TURN_MESSAGES) => {
                     if n == 0 {
                         tracing::error!("transport stopped unexpectedly");
                         break;
                     }
                     for event in batch.drain(..) {
                         self.inbound(event).await;
+                    }
+                    if (GATHER_AFTER..TURN_MESSAGES).contains(&n) {
+                        self.flush().await;
+                        // The core's own thread pauses, on purpose: a tokio
+                        // timer would wait a whole millisecond.
+                        std::thread::sleep(GATHER_PAUSE);
                     }
                 }
                 Some(request) = console.recv() => self.console(request).await,
