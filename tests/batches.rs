@@ -166,6 +166,41 @@ fn a_lone_update_still_travels_alone() {
 }
 
 #[test]
+fn one_thread_reads_the_updates_of_several_clients() {
+    let (server, mut host) = hosted(&scene());
+    let (batching, _) = joined(&server, "batching");
+    let single = single_reader(&server, "single");
+    let mut readers = [batching, single];
+    let blocks: Vec<Block> = (0..4)
+        .map(|i| block(&format!("obj-{i}"), "Object", Value::from(i)))
+        .collect();
+    send_updates(&mut host, &blocks[..2]);
+    for b in &blocks[2..] {
+        host.update(b).unwrap();
+    }
+    let expected: Vec<(String, u64)> = (0..4).map(|i| (format!("obj-{i}"), 2)).collect();
+
+    let mut seen: [Vec<(String, u64)>; 2] = Default::default();
+    let mut next = 0;
+    while seen.iter().any(|s| s.len() < expected.len()) {
+        let (i, frames) = Client::next_subscriber_frames_of(&mut readers, next, T)
+            .unwrap()
+            .expect("a subscriber message before the deadline");
+        next = i + 1;
+        match decode_header(&frames[0], usize::MAX).unwrap() {
+            ServerMessage::Updates { updates, .. } => {
+                seen[i].extend(updates.iter().map(revision_of));
+            }
+            m @ ServerMessage::Update { .. } => seen[i].push(revision_of(&m)),
+            _ => {}
+        }
+    }
+    // Each client's updates came to its own index, all of them, in order.
+    assert_eq!(seen[0], expected);
+    assert_eq!(seen[1], expected);
+}
+
+#[test]
 fn refused_updates_in_a_batch_do_not_stop_the_others() {
     let (server, host) = hosted(&scene());
     let mut host = host;

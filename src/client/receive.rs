@@ -56,21 +56,28 @@ impl Client {
         &mut self,
         timeout: Duration,
     ) -> Result<Option<Vec<zmq::Message>>, ClientError> {
+        let found = Self::next_subscriber_frames_of(std::slice::from_mut(self), 0, timeout)?;
+        Ok(found.map(|(_, frames)| frames))
+    }
+
+    /// Like [`Client::next_subscriber_frames`] for several clients watched
+    /// from one thread: the next subscriber message of any of them, with
+    /// the index of the client it came to. The clients are tried in turn
+    /// from `first` (wrapping), so a caller that passes the index after the
+    /// last one served reads them all fairly.
+    pub fn next_subscriber_frames_of(
+        clients: &mut [Client],
+        first: usize,
+        timeout: Duration,
+    ) -> Result<Option<(usize, Vec<zmq::Message>)>, ClientError> {
         let deadline = Instant::now() + timeout;
+        let count = clients.len();
         loop {
-            match self.subscriber.recv_msg(zmq::DONTWAIT) {
-                Ok(first) => {
-                    let mut more = first.get_more();
-                    let mut frames = vec![first];
-                    while more {
-                        let part = self.subscriber.recv_msg(0)?;
-                        more = part.get_more();
-                        frames.push(part);
-                    }
-                    return Ok(Some(frames));
+            for k in 0..count {
+                let i = (first + k) % count;
+                if let Some(frames) = clients[i].try_subscriber_frames()? {
+                    return Ok(Some((i, frames)));
                 }
-                Err(zmq::Error::EAGAIN) => {}
-                Err(e) => return Err(e.into()),
             }
             let now = Instant::now();
             if now >= deadline {
@@ -79,24 +86,52 @@ impl Client {
             let wait = i64::try_from((deadline - now).as_millis())
                 .unwrap_or(i64::MAX)
                 .max(1);
-            let mut items = [
-                self.commands.as_poll_item(zmq::POLLIN),
-                self.subscriber.as_poll_item(zmq::POLLIN),
-                self.heartbeat.as_poll_item(zmq::POLLIN),
-            ];
+            let mut items: Vec<zmq::PollItem<'_>> = clients
+                .iter()
+                .flat_map(|c| {
+                    [
+                        c.commands.as_poll_item(zmq::POLLIN),
+                        c.subscriber.as_poll_item(zmq::POLLIN),
+                        c.heartbeat.as_poll_item(zmq::POLLIN),
+                    ]
+                })
+                .collect();
             zmq::poll(&mut items, wait)?;
-            let (commands, heartbeat) = (items[0].is_readable(), items[2].is_readable());
-            if heartbeat {
-                while let Ok(frames) = self.heartbeat.recv_multipart(zmq::DONTWAIT) {
-                    self.on_heartbeat(&frames)?;
+            let ready: Vec<(bool, bool)> = items
+                .chunks(3)
+                .map(|c| (c[0].is_readable(), c[2].is_readable()))
+                .collect();
+            drop(items);
+            for (client, (commands, heartbeat)) in clients.iter_mut().zip(ready) {
+                if heartbeat {
+                    while let Ok(frames) = client.heartbeat.recv_multipart(zmq::DONTWAIT) {
+                        client.on_heartbeat(&frames)?;
+                    }
                 }
-            }
-            if commands {
-                while let Ok(frames) = self.commands.recv_multipart(zmq::DONTWAIT) {
-                    self.on_message(Channel::Commands, frames)?;
+                if commands {
+                    while let Ok(frames) = client.commands.recv_multipart(zmq::DONTWAIT) {
+                        client.on_message(Channel::Commands, frames)?;
+                    }
                 }
             }
         }
+    }
+
+    /// One whole subscriber message if one is waiting, without blocking.
+    fn try_subscriber_frames(&mut self) -> Result<Option<Vec<zmq::Message>>, ClientError> {
+        let first = match self.subscriber.recv_msg(zmq::DONTWAIT) {
+            Ok(first) => first,
+            Err(zmq::Error::EAGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut more = first.get_more();
+        let mut frames = vec![first];
+        while more {
+            let part = self.subscriber.recv_msg(0)?;
+            more = part.get_more();
+            frames.push(part);
+        }
+        Ok(Some(frames))
     }
 
     /// Polls the sockets once and queues whatever arrived.

@@ -76,34 +76,54 @@ pub fn measure(
         .context("cannot start the forwarder")?;
     let child = KillOnDrop(child);
     let ctx = zmq::Context::new();
-    let ready = Arc::new(Barrier::new(readers + 1));
-    let handles: Vec<_> = (0..readers)
-        .map(|_| {
-            let (ctx, ready) = (ctx.clone(), ready.clone());
-            std::thread::spawn(move || -> anyhow::Result<(u64, u64, Vec<u64>)> {
-                let dealer = ctx.socket(zmq::DEALER)?;
-                dealer.connect(&format!("tcp://127.0.0.1:{}", base + 1))?;
-                dealer.send("hello", 0)?;
-                dealer.recv_msg(0)?;
-                ready.wait();
-                dealer.set_rcvtimeo(10_000)?;
-                let (mut count, mut last) = (0u64, 0u64);
-                let mut latencies =
-                    Vec::with_capacity(usize::try_from(updates).unwrap_or(0).min(1 << 22));
-                while count < updates {
-                    let Ok(frames) = dealer.recv_multipart(0) else {
-                        break;
+    let ready = Arc::new(Barrier::new(2));
+    // One thread watches every reader, as the scenarios' readers are watched.
+    let watcher = {
+        let (ctx, ready) = (ctx.clone(), ready.clone());
+        std::thread::spawn(move || -> anyhow::Result<Vec<(u64, u64, Vec<u64>)>> {
+            let dealers = (0..readers)
+                .map(|_| -> anyhow::Result<zmq::Socket> {
+                    let dealer = ctx.socket(zmq::DEALER)?;
+                    dealer.connect(&format!("tcp://127.0.0.1:{}", base + 1))?;
+                    dealer.send("hello", 0)?;
+                    dealer.recv_msg(0)?;
+                    Ok(dealer)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            ready.wait();
+            let capacity = usize::try_from(updates).unwrap_or(0).min(1 << 22);
+            let mut seen: Vec<(u64, u64, Vec<u64>)> = (0..readers)
+                .map(|_| (0, 0, Vec::with_capacity(capacity)))
+                .collect();
+            // Like the scenarios' readers: one message from each reader in
+            // turn, and a poll only when none has one waiting.
+            while seen.iter().any(|(count, _, _)| *count < updates) {
+                let mut any = false;
+                for (dealer, (count, last, latencies)) in dealers.iter().zip(&mut seen) {
+                    let Ok(frames) = dealer.recv_multipart(zmq::DONTWAIT) else {
+                        continue;
                     };
+                    any = true;
                     if let Some(sent) = frames.get(1).and_then(|p| TimedPayload::sent_at(p)) {
-                        count += 1;
-                        last = now_ns();
+                        *count += 1;
+                        *last = now_ns();
                         latencies.push(last.saturating_sub(sent));
                     }
                 }
-                Ok((count, last, latencies))
-            })
+                if any {
+                    continue;
+                }
+                let mut items: Vec<zmq::PollItem<'_>> = dealers
+                    .iter()
+                    .map(|d| d.as_poll_item(zmq::POLLIN))
+                    .collect();
+                if zmq::poll(&mut items, 10_000)? == 0 {
+                    break;
+                }
+            }
+            Ok(seen)
         })
-        .collect();
+    };
     ready.wait();
     let meter = CpuMeter::start(child.0.id());
     let push = ctx.socket(zmq::PUSH)?;
@@ -126,8 +146,10 @@ pub fn measure(
     }
     let mut last = start;
     let mut latencies = Vec::new();
-    for h in handles {
-        let (count, at, seen) = h.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    let seen = watcher
+        .join()
+        .map_err(|_| anyhow::anyhow!("the readers' thread panicked"))??;
+    for (count, at, seen) in seen {
         if count < updates {
             bail!("the forwarder lost {} updates", updates - count);
         }
