@@ -17,12 +17,14 @@
 //!   a bounded outbox per client.
 //! - [`console`]: the admin console on stdin.
 //! - [`health`]: the health check (`--health-check`).
+//! - [`memory`]: how the allocator gives freed memory back to the kernel.
 //! - [`client`]: a blocking Rust client, used by the tests and tools.
 //! - [`store`]: durable sessions: the data directory and session files.
 //! - [`server`]: wires the pieces together: `run(config, shutdown)`.
-// Two audited exceptions, both in the transport: registering a socket's
-// descriptor with tokio's reactor (`Transport::new`), and frames that libzmq
-// sends to several clients from one buffer (`transport::shared`).
+// Three audited exceptions: registering a socket's descriptor with tokio's
+// reactor (`Transport::new`), frames that libzmq sends to several clients
+// from one buffer (`transport::shared`), and setting the allocator's
+// thresholds (`memory`).
 #![deny(unsafe_code)]
 
 pub mod cli;
@@ -32,6 +34,7 @@ pub mod console;
 pub mod core;
 pub mod health;
 pub mod logging;
+pub mod memory;
 pub mod protocol;
 pub mod room;
 pub mod server;

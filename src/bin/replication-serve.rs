@@ -40,6 +40,7 @@ fn serve(config: Config) -> ExitCode {
         eprintln!("replication-serve: error: {e}");
         return ExitCode::FAILURE;
     }
+    replication_serve::memory::keep_freed_memory();
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
