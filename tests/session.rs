@@ -11,6 +11,7 @@ use replication_serve::protocol::{
     codec::encode_value, encode,
 };
 use rmpv::Value;
+use std::time::{Duration, Instant};
 
 fn refused(result: Result<impl std::fmt::Debug, ClientError>, code: &str) -> String {
     match result {
@@ -447,6 +448,38 @@ fn silent_clients_time_out_and_their_locks_are_freed() {
     });
     assert!(
         matches!(ev.message, ServerMessage::Disconnect { ref reason } if reason == "timed out")
+    );
+}
+
+#[test]
+fn a_client_reading_only_subscriber_messages_still_answers_pings() {
+    let server = TestServer::start_with(|c| {
+        c.timeout_ms = 1500;
+        c.heartbeat_interval_ms = 250;
+    });
+    let mut host = admin(&server, "host");
+    host.upload(&[block("cube", "Object", object("Cube", [0.0; 3]))], T)
+        .unwrap();
+    let (bob, _) = joined(&server, "bob");
+    // Both wait on their subscriber sockets alone, for twice the timeout.
+    let mut watched = [host, bob];
+    let until = Instant::now() + Duration::from_secs(3);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        Client::next_subscriber_frames_of(&mut watched, 0, left).unwrap();
+    }
+    let [mut host, mut bob] = watched;
+    host.update(&block("cube", "Object", object("Cube", [1.0; 3])))
+        .unwrap();
+    let ev = wait(&mut bob, "the update, or a DISCONNECT", |e| {
+        matches!(
+            &e.message,
+            ServerMessage::Disconnect { .. } | ServerMessage::Update { .. }
+        )
+    });
+    assert!(
+        matches!(ev.message, ServerMessage::Update { .. }),
+        "bob was dropped: {:?}",
+        ev.message
     );
 }
 

@@ -27,6 +27,9 @@ use crate::protocol::{
 
 /// Largest header the client accepts from a server.
 const MAX_HEADER: usize = 64 << 20;
+/// While a tool reads only subscriber messages, the other sockets (pings to
+/// answer, command replies to queue) are read at least this often.
+const SERVICE_EVERY: Duration = Duration::from_millis(100);
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +164,10 @@ pub struct Client {
     snapshot: Option<SnapshotProgress>,
     /// Answer pings while polling (tests turn this off to play dead).
     pub answer_pings: bool,
+    /// When the heartbeat and command sockets were last read by
+    /// [`Client::next_subscriber_frames_of`], which waits on the subscriber
+    /// socket alone.
+    serviced: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -216,6 +223,7 @@ impl Client {
             partial: HashMap::new(),
             snapshot: None,
             answer_pings: true,
+            serviced: Instant::now(),
         })
     }
 
