@@ -33,6 +33,7 @@ fn every_benchmark_scenario_runs() {
         "stalled",
         "recorded, normal",
         "recorded, strict",
+        "took from this machine",
     ] {
         assert!(stdout.contains(measure), "no {measure:?} row:\n{stdout}");
     }

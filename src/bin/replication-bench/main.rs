@@ -147,6 +147,8 @@ fn main() -> anyhow::Result<()> {
     };
     let wanted = |s: Scenario| cli.only.is_empty() || cli.only.contains(&s);
     let mut table = Table::default();
+    let started = std::time::Instant::now();
+    let stolen_before = server::stolen();
 
     if wanted(Scenario::LateJoin) || wanted(Scenario::LateJoinDelay) {
         let mut single = Vec::new();
@@ -507,6 +509,19 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    // On a virtual machine the host may take the cores away for a while:
+    // figures measured then say more about the host than the server.
+    if let (Some(before), Some(after)) = (stolen_before, server::stolen()) {
+        table.row(
+            &format!(
+                "CPU time the host took from this machine in these {:.0} s (steal)",
+                started.elapsed().as_secs_f64()
+            ),
+            "s",
+            "",
+            format!("{:.2}", after.saturating_sub(before).as_secs_f64()),
+        );
+    }
     print!("{}", table.render(runs));
     Ok(())
 }

@@ -118,6 +118,20 @@ pub fn process_cpu(pid: u32) -> Duration {
     Duration::from_nanos(total)
 }
 
+/// CPU time the hypervisor has taken from this virtual machine since it
+/// booted, all CPUs together: the `steal` column of /proc/stat's `cpu`
+/// line, in clock ticks. `None` where the kernel does not report it.
+pub fn stolen() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    #[allow(unsafe_code)]
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_second = u64::try_from(per_second).ok().filter(|&t| t > 0)?;
+    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
 /// Resident set size of a process, from /proc/PID/status.
 pub fn process_rss(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
