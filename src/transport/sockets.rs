@@ -14,6 +14,12 @@ const HANDSHAKE_MS: i32 = 10_000;
 /// Idle time before TCP keepalive probes start, to notice dead peers behind
 /// NATs.
 const KEEPALIVE_IDLE_S: i32 = 60;
+/// How much libzmq reads from a client's publisher connection per call:
+/// its default, 8 KiB, is eight updates of 1 KB, and every read costs a
+/// system call, a wake-up and often an acknowledgement.
+const PUBLISHER_READ_BYTES: i32 = 64 * 1024;
+/// `ZMQ_IN_BATCH_SIZE`, from libzmq's draft API (zmq.h, libzmq 4.3).
+const ZMQ_IN_BATCH_SIZE: i32 = 101;
 
 /// The four bound sockets. Each keeps its libzmq context alive, so the
 /// context ends when the last socket closes.
@@ -71,7 +77,7 @@ impl Sockets {
                 Channel::Publisher => zmq::PULL,
                 _ => zmq::ROUTER,
             };
-            let socket = context.socket(kind).map_err(err)?;
+            let mut socket = context.socket(kind).map_err(err)?;
             if kind == zmq::ROUTER {
                 // Fail (EHOSTUNREACH / EAGAIN) instead of silently dropping
                 // messages to unknown or full peers.
@@ -88,6 +94,9 @@ impl Sockets {
                 .set_tcp_keepalive_idle(KEEPALIVE_IDLE_S)
                 .map_err(err)?;
             socket.set_linger(0).map_err(err)?;
+            if channel == Channel::Publisher {
+                set_read_batch(&mut socket, PUBLISHER_READ_BYTES);
+            }
             if config.bind.is_ipv6() {
                 socket.set_ipv6(true).map_err(err)?;
             }
@@ -118,5 +127,85 @@ impl Sockets {
             make(Channel::Heartbeat)?,
         ];
         Ok(Self { sockets })
+    }
+}
+
+/// Sets how many bytes libzmq reads per call on the socket's connections.
+/// A libzmq built without its draft API does not know the option; it then
+/// keeps its default, which only costs speed.
+#[allow(unsafe_code)]
+fn set_read_batch(socket: &mut zmq::Socket, bytes: i32) {
+    // SAFETY: the socket is open for as long as the borrow, and libzmq
+    // reads exactly `size_of::<i32>()` bytes from a live local.
+    let rc = unsafe {
+        zmq_sys::zmq_setsockopt(
+            socket.as_mut_ptr(),
+            ZMQ_IN_BATCH_SIZE,
+            (&raw const bytes).cast(),
+            std::mem::size_of::<i32>(),
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            "libzmq was built without its draft API: the publisher socket reads 8 KiB at a time"
+        );
+    }
+}
+
+/// How many bytes libzmq reads per call on the socket's connections, when
+/// the library can say.
+#[cfg(test)]
+#[allow(unsafe_code)]
+fn read_batch(socket: &mut zmq::Socket) -> Option<i32> {
+    let mut value: i32 = 0;
+    let mut size = std::mem::size_of::<i32>();
+    // SAFETY: libzmq writes at most `size` bytes into the live local and
+    // updates `size`; the socket is open for as long as the borrow.
+    let rc = unsafe {
+        zmq_sys::zmq_getsockopt(
+            socket.as_mut_ptr(),
+            ZMQ_IN_BATCH_SIZE,
+            (&raw mut value).cast(),
+            &raw mut size,
+        )
+    };
+    (rc == 0 && size == std::mem::size_of::<i32>()).then_some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Binds on a random base port, trying others while another process
+    /// holds one of the four.
+    fn bind_anywhere() -> Sockets {
+        for _ in 0..100 {
+            let config = Config {
+                bind: "127.0.0.1".parse().unwrap(),
+                port: rand::random_range(20_000u16..60_000),
+                ..Config::default()
+            };
+            match Sockets::bind(&config) {
+                Ok(sockets) => return sockets,
+                Err(BindError::InUse { .. }) => continue,
+                Err(e) => panic!("cannot bind: {e}"),
+            }
+        }
+        panic!("no four free ports in 100 tries")
+    }
+
+    /// The build must keep libzmq's draft API (.cargo/config.toml): without
+    /// it the publisher socket silently falls back to 8 KiB reads.
+    #[test]
+    fn the_publisher_socket_reads_64_kib_at_a_time() {
+        let mut bound = bind_anywhere();
+        let [commands, _, publisher, _] = &mut bound.sockets;
+        assert_eq!(
+            read_batch(publisher),
+            Some(PUBLISHER_READ_BYTES),
+            "libzmq was built without its draft API: is CXXFLAGS set in the \
+             environment? It replaces the one in .cargo/config.toml"
+        );
+        assert_eq!(read_batch(commands), Some(8192));
     }
 }
