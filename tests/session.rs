@@ -423,8 +423,9 @@ fn admins_kick_and_locks_are_released() {
     assert_eq!(state_of(&mut carol).1, 2);
 }
 
-#[test]
-fn silent_clients_time_out_and_their_locks_are_freed() {
+/// A server that drops clients silent for 1.5 s (pinging every 250 ms),
+/// and its host, who uploaded a cube.
+fn quick_timeout_session() -> (TestServer, Client) {
     let server = TestServer::start_with(|c| {
         c.timeout_ms = 1500;
         c.heartbeat_interval_ms = 250;
@@ -432,6 +433,12 @@ fn silent_clients_time_out_and_their_locks_are_freed() {
     let mut host = admin(&server, "host");
     host.upload(&[block("cube", "Object", object("Cube", [0.0; 3]))], T)
         .unwrap();
+    (server, host)
+}
+
+#[test]
+fn silent_clients_time_out_and_their_locks_are_freed() {
+    let (server, mut host) = quick_timeout_session();
     let (mut bob, _) = joined(&server, "bob");
     bob.lock(&["cube"], T).unwrap();
     bob.answer_pings = false;
@@ -453,13 +460,7 @@ fn silent_clients_time_out_and_their_locks_are_freed() {
 
 #[test]
 fn a_client_reading_only_subscriber_messages_still_answers_pings() {
-    let server = TestServer::start_with(|c| {
-        c.timeout_ms = 1500;
-        c.heartbeat_interval_ms = 250;
-    });
-    let mut host = admin(&server, "host");
-    host.upload(&[block("cube", "Object", object("Cube", [0.0; 3]))], T)
-        .unwrap();
+    let (server, host) = quick_timeout_session();
     let (bob, _) = joined(&server, "bob");
     // Both wait on their subscriber sockets alone, for twice the timeout.
     let mut watched = [host, bob];
