@@ -21,10 +21,11 @@
 //! - [`client`]: a blocking Rust client, used by the tests and tools.
 //! - [`store`]: durable sessions: the data directory and session files.
 //! - [`server`]: wires the pieces together: `run(config, shutdown)`.
-// Three audited exceptions: registering a socket's descriptor with tokio's
+// Four audited exceptions: registering a socket's descriptor with tokio's
 // reactor (`Transport::new`), frames that libzmq sends to several clients
-// from one buffer (`transport::shared`), and setting the allocator's
-// thresholds (`memory`).
+// from one buffer (`transport::shared`), a libzmq option the zmq crate does
+// not expose (`transport::sockets`), and setting the allocator's thresholds
+// (`memory`).
 #![deny(unsafe_code)]
 
 pub mod cli;
