@@ -198,6 +198,12 @@ fn one_thread_reads_the_updates_of_several_clients() {
     // Each client's updates came to its own index, all of them, in order.
     assert_eq!(seen[0], expected);
     assert_eq!(seen[1], expected);
+    // Nothing to watch: no message, at once, and no panic.
+    assert!(
+        Client::next_subscriber_frames_of(&mut [], 5, T)
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[test]

@@ -64,7 +64,8 @@ impl Client {
     /// from one thread: the next subscriber message of any of them, with
     /// the index of the client it came to. The clients are tried in turn
     /// from `first` (wrapping), so a caller that passes the index after the
-    /// last one served reads them all fairly.
+    /// last one served reads them all fairly. No clients, no message: it
+    /// returns `None` at once.
     ///
     /// It waits on the subscriber sockets alone: with libzmq every socket a
     /// wait includes costs a system call each time it wakes, which would
@@ -78,6 +79,10 @@ impl Client {
     ) -> Result<Option<(usize, Vec<zmq::Message>)>, ClientError> {
         let deadline = Instant::now() + timeout;
         let count = clients.len();
+        if count == 0 {
+            return Ok(None);
+        }
+        let first = first % count;
         loop {
             let now = Instant::now();
             for client in clients.iter_mut() {
@@ -148,15 +153,8 @@ impl Client {
             items[1].is_readable(),
             items[2].is_readable(),
         ];
-        if ready[2] {
-            while let Ok(frames) = self.heartbeat.recv_multipart(zmq::DONTWAIT) {
-                self.on_heartbeat(&frames)?;
-            }
-        }
-        if ready[0] {
-            while let Ok(frames) = self.commands.recv_multipart(zmq::DONTWAIT) {
-                self.on_message(Channel::Commands, frames)?;
-            }
+        if ready[0] || ready[2] {
+            self.service()?;
         }
         if ready[1] {
             while let Ok(frames) = self.subscriber.recv_multipart(zmq::DONTWAIT) {
