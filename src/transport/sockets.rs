@@ -208,4 +208,88 @@ mod tests {
         );
         assert_eq!(read_batch(commands), Some(8192));
     }
+
+    /// For each port, the kernel's timer on the server's end of the one
+    /// established TCP connection to it, from /proc/net/tcp: 0 none, 1
+    /// retransmission, 2 keepalive, 4 zero-window probe. None until libzmq
+    /// has accepted the connection.
+    fn server_side_timers(ports: &[u16]) -> Vec<Option<u8>> {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        let entries: Vec<(u16, u8)> = table
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if fields.get(3) != Some(&"01") {
+                    return None;
+                }
+                let (_, port) = fields.get(1)?.split_once(':')?;
+                let (timer, _) = fields.get(5)?.split_once(':')?;
+                Some((
+                    u16::from_str_radix(port, 16).ok()?,
+                    u8::from_str_radix(timer, 16).ok()?,
+                ))
+            })
+            .collect();
+        ports
+            .iter()
+            .map(|port| {
+                let mut timers = entries.iter().filter(|(p, _)| p == port);
+                match (timers.next(), timers.next()) {
+                    (Some(&(_, timer)), None) => Some(timer),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Every accepted connection carries TCP keepalive, so a peer that
+    /// vanished behind a NAT is noticed. libzmq built without the platform
+    /// flags in .cargo/config.toml accepts the option and ignores it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn accepted_connections_carry_tcp_keepalive() {
+        let bound = bind_anywhere();
+        let base = bound.sockets[0]
+            .get_last_endpoint()
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|endpoint| endpoint.rsplit(':').next()?.parse::<u16>().ok())
+            .expect("the commands socket's port");
+        let ports = [base, base + 1, base + 2, base + 3];
+        // Peers that complete the handshake, so that libzmq keeps the
+        // connections open for as long as the test looks at them.
+        let context = zmq::Context::new();
+        let _peers: Vec<zmq::Socket> = Channel::ALL
+            .into_iter()
+            .zip(ports)
+            .map(|(channel, port)| {
+                let kind = match channel {
+                    Channel::Publisher => zmq::PUSH,
+                    _ => zmq::DEALER,
+                };
+                let peer = context.socket(kind).expect("socket");
+                peer.set_linger(0).expect("linger");
+                peer.connect(&format!("tcp://127.0.0.1:{port}"))
+                    .expect("connect");
+                peer
+            })
+            .collect();
+        // libzmq connects and accepts on its own threads; wait for all
+        // four, with a deadline far beyond what that takes.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let timers = server_side_timers(&ports);
+            if timers.iter().all(|t| *t == Some(2)) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server's ends of the connections have timers {timers:?}, not keepalive \
+                 (2): was libzmq built without the flags in .cargo/config.toml? A CXXFLAGS \
+                 set in the environment replaces them"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }
