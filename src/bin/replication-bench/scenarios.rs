@@ -2,6 +2,7 @@
 //! it with the library's client, and returns what it measured.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
@@ -173,7 +174,8 @@ struct Seen {
 
 /// Starts one thread that joins every reader in `options`, waits at
 /// `ready`, then counts each reader's forwarded updates until each has
-/// `expect` or 10 s pass without any. One thread watches them all, as the
+/// `expect` or 10 s pass without any, keeping in `slowest` the count of the
+/// reader that has the fewest. One thread watches them all, as the
 /// ceiling's readers are watched, so that the harness's own wake-ups on this
 /// small machine (one per reader per message, with a thread each) weigh as
 /// little as they can on what is measured.
@@ -182,6 +184,7 @@ fn start_readers(
     options: Vec<ClientOptions>,
     expect: u64,
     ready: Arc<Barrier>,
+    slowest: Arc<AtomicU64>,
 ) -> JoinHandle<anyhow::Result<Vec<Seen>>> {
     let ctx = ctx.clone();
     std::thread::spawn(move || {
@@ -207,6 +210,8 @@ fn start_readers(
                 break;
             };
             record(&mut seen[i], &frames);
+            let fewest = seen.iter().map(|s| s.count).min().unwrap_or(0);
+            slowest.store(fewest, Ordering::Relaxed);
             next = i + 1;
         }
         Ok(seen)
@@ -280,8 +285,17 @@ impl Batching {
     };
 }
 
+/// Updates the writer may be ahead of the slowest reader. Without a bound,
+/// a tool whose readers fall behind (one thread reads for all eight, on two
+/// cores shared with the server) would let the server's outboxes grow until
+/// it disconnects a reader as too slow, which is its slow-consumer policy at
+/// work, not a loss; the crowd scenario measures that policy. 10,000 updates
+/// of 1 KB is a tenth of an outbox's message limit.
+const WRITER_LEAD: u64 = 10_000;
+
 /// Sends `updates` updates of `size` bytes, as fast as the server takes
-/// them (`rate` None) or paced at `rate` per second.
+/// them and the readers keep up (`rate` None; see [`WRITER_LEAD`]) or
+/// paced at `rate` per second.
 pub fn fanout(
     setup: &Setup,
     updates: u64,
@@ -301,7 +315,8 @@ pub fn fanout(
             ..ClientOptions::new(server.port, &format!("reader-{i}"))
         })
         .collect();
-    let watcher = start_readers(&ctx, options, updates, ready.clone());
+    let slowest = Arc::new(AtomicU64::new(0));
+    let watcher = start_readers(&ctx, options, updates, ready.clone(), slowest.clone());
     ready.wait();
     let meter = CpuMeter::start(server.pid());
     let group = batching.writer.max(1) as u64;
@@ -317,6 +332,9 @@ pub fn fanout(
             if due > now {
                 std::thread::sleep(due - now);
             }
+        }
+        while i >= slowest.load(Ordering::Relaxed) + WRITER_LEAD && !watcher.is_finished() {
+            std::thread::sleep(Duration::from_micros(100));
         }
         let n = group.min(updates - i);
         if n == 1 {
