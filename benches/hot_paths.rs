@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the server's hot paths: decoding an UPDATE header,
-//! validating a data frame, applying a one-value patch to a large value,
+//! a late joiner's client decoding a DATABLOCKS header, validating a data
+//! frame, applying a one-value patch to a large value,
 //! a room forwarding an update to eight clients, and batches of updates.
 
 use std::hint::black_box;
@@ -12,7 +13,7 @@ use replication_serve::protocol::patch::{Patch, PatchOp, PathStep};
 use replication_serve::protocol::wire::DatablockRef;
 use replication_serve::protocol::{
     BlockSpec, ChunkFields, DatablockHeader, PublisherMessage, ServerMessage, UploadStep, Wire,
-    batch, decode_header, decode_publisher, encode, validate_value,
+    batch, decode_header, decode_publisher, decode_server, encode, validate_value,
 };
 use replication_serve::room::{ClientId, Room, StreamOptions};
 use rmpv::Value;
@@ -68,6 +69,29 @@ fn decode(c: &mut Criterion) {
     });
     c.bench_function("decode UPDATE header (the server's reader)", |b| {
         b.iter(|| decode_publisher(black_box(&header), 1 << 20).unwrap())
+    });
+    // What the server sends a late joiner: a thousand datablocks at a time.
+    let datablocks = encode(&ServerMessage::Datablocks {
+        datablocks: (0..1000)
+            .map(|i| ServerMessage::Datablock {
+                header: DatablockHeader {
+                    uuid: format!("6f1c2a4e-0d51-4b8e-9b43-{i:012}"),
+                    type_id: "Mesh".into(),
+                    owner: "COMMON".into(),
+                    deps: vec!["a1".into()],
+                    revision: 1,
+                },
+                id: None,
+                chunk: ChunkFields::default(),
+            })
+            .collect(),
+        lengths: vec![1000; 1000],
+    });
+    c.bench_function("decode DATABLOCKS of 1,000 (serde's tagged enum)", |b| {
+        b.iter(|| decode_header::<ServerMessage>(black_box(&datablocks), 1 << 24).unwrap())
+    });
+    c.bench_function("decode DATABLOCKS of 1,000 (the client's reader)", |b| {
+        b.iter(|| decode_server(black_box(&datablocks), 1 << 24).unwrap())
     });
     let data = encode_value(&Value::Map(vec![
         (Value::from("name"), Value::from("Cube")),

@@ -41,7 +41,7 @@ use replication_serve::protocol::{
     AuthStatus, CatalogueEntry, ChunkFields, CommandRequest, DatablockHeader, ErrorCode,
     HeartbeatMessage, MAX_DEPTH, PayloadSpec, PublisherMessage, RefersTo, Role, RoomInfo,
     ServerMessage, SessionState, SnapshotStep, SubscriberRequest, UploadStatus, UploadStep,
-    UserState, UserStatus, decode_header, decode_publisher, encode, validate_value,
+    UserState, UserStatus, decode_header, decode_publisher, decode_server, encode, validate_value,
 };
 use rmpv::Value;
 use serde::Serialize;
@@ -890,6 +890,7 @@ fn check_field_edits<T: PartialEq + std::fmt::Debug>(
         Value::from(5),
         Value::from(1.5),
         Value::from("x"),
+        Value::Binary(vec![]),
         Value::Binary(vec![1]),
         Value::Array(vec![]),
         Value::Array(vec![Value::from("a")]),
@@ -1048,7 +1049,13 @@ fn feed_everything(bytes: &[u8]) {
     );
     let _ = decode_header::<SubscriberRequest>(bytes, usize::MAX);
     let _ = decode_header::<HeartbeatMessage>(bytes, usize::MAX);
-    let _ = decode_header::<ServerMessage>(bytes, usize::MAX);
+    // The client's reader, which takes DATABLOCKS through plain structs,
+    // must agree with the enum the same way.
+    assert_eq!(
+        decode_server(bytes, usize::MAX).ok(),
+        decode_header::<ServerMessage>(bytes, usize::MAX).ok(),
+        "decode_server and the enum disagree on {bytes:02x?}"
+    );
     let _ = decode_header::<Value>(bytes, 64);
     let decoded = decode_value(bytes);
     if validated.is_err() {
@@ -1269,6 +1276,38 @@ proptest! {
             &entries,
             |f| decode_publisher(f, usize::MAX).ok(),
             |f| decode_header::<PublisherMessage>(f, usize::MAX).ok(),
+        )?;
+    }
+
+    #[test]
+    fn the_datablocks_reader_agrees_with_the_enum_field_by_field(
+        header in datablock_header(),
+        id in opt(any::<u64>()),
+        chunk in chunk_fields(),
+        lengths in vec(any::<u64>(), 0..3),
+    ) {
+        let item = ServerMessage::Datablock { header, id, chunk };
+        let item_entries = check_shape(&item, "DATABLOCK")?;
+        let lengths_value = Value::Array(lengths.iter().map(|&l| Value::from(l)).collect());
+        let in_batch = |item: &[u8]| {
+            encode_map(vec![
+                (Value::from("type"), Value::from("DATABLOCKS")),
+                (Value::from("datablocks"), Value::Array(vec![read_whole(item)])),
+                (Value::from("lengths"), lengths_value.clone()),
+            ])
+        };
+        // Each field of an item, then each field of the batch itself.
+        check_field_edits(
+            &item_entries,
+            |f| decode_server(&in_batch(f), usize::MAX).ok(),
+            |f| decode_header::<ServerMessage>(&in_batch(f), usize::MAX).ok(),
+        )?;
+        let batch = ServerMessage::Datablocks { datablocks: vec![item], lengths };
+        let entries = check_shape(&batch, "DATABLOCKS")?;
+        check_field_edits(
+            &entries,
+            |f| decode_server(f, usize::MAX).ok(),
+            |f| decode_header::<ServerMessage>(f, usize::MAX).ok(),
         )?;
     }
 

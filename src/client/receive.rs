@@ -180,7 +180,7 @@ impl Client {
         let mut frames = frames.into_iter();
         let header = frames.next().unwrap_or_default();
         let payload = frames.next().map(Bytes::from);
-        let message: ServerMessage = decode_header(&header, MAX_HEADER)?;
+        let message = decode_server(&header, MAX_HEADER)?;
         if let ServerMessage::Updates { updates, lengths } = message {
             return self.on_batch(channel, Batch::Updates, updates, &lengths, payload);
         }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::message::PublisherMessage;
+use super::message::{DatablocksFrame, PublisherMessage, ServerMessage};
 use super::update_header::read_update;
 use super::{MAX_DEPTH, ProtocolError};
 
@@ -39,6 +39,25 @@ pub fn decode_publisher(frame: &[u8], limit: usize) -> Result<PublisherMessage, 
     } else {
         deserialize(frame)
     }
+}
+
+/// Decodes a header frame from the server, like [`decode_header`].
+///
+/// A DATABLOCKS, which carries a late joiner's scene a thousand datablocks
+/// at a time, is read through plain structs first (`DatablocksFrame`): serde
+/// reads the tagged enum by copying the message and each datablock into
+/// buffers of its own, about 1 us per datablock. Whatever that reading does
+/// not take goes through the general one, so the result, or the error, is
+/// the same either way.
+pub fn decode_server(frame: &[u8], limit: usize) -> Result<ServerMessage, ProtocolError> {
+    if check_header(frame, limit)? == Some(b"DATABLOCKS".as_slice())
+        && let Some(message) = deserialize::<DatablocksFrame>(frame)
+            .ok()
+            .and_then(DatablocksFrame::into_message)
+    {
+        return Ok(message);
+    }
+    deserialize(frame)
 }
 
 fn deserialize<T: DeserializeOwned>(frame: &[u8]) -> Result<T, ProtocolError> {

@@ -465,6 +465,100 @@ pub struct DatablockHeader {
     pub revision: u64,
 }
 
+/// A DATABLOCKS header read through plain structs ([`codec::decode_server`]):
+/// serde reads a struct in one pass, where the internally tagged
+/// [`ServerMessage`] first copies the message, and each of its datablocks,
+/// into buffers of its own.
+///
+/// [`codec::decode_server`]: super::codec::decode_server
+#[derive(Deserialize)]
+pub(super) struct DatablocksFrame {
+    datablocks: Array<DatablockItem>,
+    lengths: Array<u64>,
+}
+
+/// A MessagePack array, and only an array: rmp-serde also reads a `bin` as
+/// a sequence of bytes, which the tagged enum refuses.
+struct Array<T>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Array<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = Array<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Array<T>, A::Error> {
+                // The header's size is bounded before decoding; the hint
+                // is still not trusted beyond that.
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Array(items))
+            }
+        }
+        deserializer.deserialize_any(Visitor(std::marker::PhantomData))
+    }
+}
+
+/// One item of a [`DatablocksFrame`]: the fields of
+/// [`ServerMessage::Datablock`], flattened.
+#[derive(Deserialize)]
+struct DatablockItem {
+    #[serde(rename = "type")]
+    kind: String,
+    uuid: String,
+    type_id: String,
+    owner: String,
+    deps: Array<String>,
+    revision: u64,
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    transfer: Option<u64>,
+    #[serde(default)]
+    chunks: Option<u32>,
+    #[serde(default)]
+    size: Option<u64>,
+}
+
+impl DatablocksFrame {
+    /// The message, or None if an item is not a DATABLOCK.
+    pub(super) fn into_message(self) -> Option<ServerMessage> {
+        let datablocks = self
+            .datablocks
+            .0
+            .into_iter()
+            .map(|item| {
+                (item.kind == "DATABLOCK").then_some(ServerMessage::Datablock {
+                    header: DatablockHeader {
+                        uuid: item.uuid,
+                        type_id: item.type_id,
+                        owner: item.owner,
+                        deps: item.deps.0,
+                        revision: item.revision,
+                    },
+                    id: item.id,
+                    chunk: ChunkFields {
+                        transfer: item.transfer,
+                        chunks: item.chunks,
+                        size: item.size,
+                    },
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(ServerMessage::Datablocks {
+            datablocks,
+            lengths: self.lengths.0,
+        })
+    }
+}
+
 /// One room, as SERVER_INFO lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoomInfo {

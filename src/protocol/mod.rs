@@ -16,7 +16,7 @@ pub mod patch;
 mod update_header;
 pub mod wire;
 
-pub use codec::{decode_header, decode_publisher, encode, validate_value};
+pub use codec::{decode_header, decode_publisher, decode_server, encode, validate_value};
 pub use message::*;
 pub use wire::{Channel, Wire};
 
