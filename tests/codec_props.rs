@@ -7,7 +7,9 @@
 //!    keys and a `"type"` naming the variant in SCREAMING_SNAKE_CASE (and what
 //!    a Python client sends — optional keys left out, keys in any order,
 //!    unknown keys — decodes the same).
-//! 3. No decoder panics, on random bytes or on mutated valid frames.
+//! 3. No decoder panics, on random bytes or on mutated valid frames, and
+//!    the readers that skip serde's buffering (UPDATE on the server,
+//!    DATABLOCKS in the client) agree with the enums on all of them.
 //! 4. `validate_value` agrees with rmpv.
 //! 5. `wire::with_payload` slices payloads into chunks correctly.
 //!
@@ -875,9 +877,10 @@ where
     Ok(())
 }
 
-/// A message read without serde's buffering (the server's reader of UPDATE)
-/// must be read exactly as the enum reads it: with each field left out, or replaced by a value of each
-/// other kind, both readers give the same message or both refuse.
+/// A message read without serde's buffering (the server's reader of UPDATE,
+/// the client's of DATABLOCKS) must be read exactly as the enum reads it:
+/// with each field left out, or replaced by a value of each other kind,
+/// both readers give the same message or both refuse.
 fn check_field_edits<T: PartialEq + std::fmt::Debug>(
     entries: &[(Value, Value)],
     fast: impl Fn(&[u8]) -> Option<T>,
