@@ -21,8 +21,8 @@ use crate::protocol::patch::Patch;
 use crate::protocol::{
     AuthStatus, Channel, ChunkFields, CommandRequest, DatablockHeader, HeartbeatMessage,
     PROTOCOL_VERSION, PayloadSpec, ProtocolError, PublisherMessage, Role, ServerMessage,
-    SnapshotStep, SubscriberRequest, UploadStatus, UploadStep, codec::decode_server,
-    codec::encode_value, decode_header, encode,
+    SnapshotStep, SubscriberRequest, UploadStatus, UploadStep, codec::encode_value, decode_header,
+    decode_server, encode,
 };
 
 /// Largest header the client accepts from a server.
