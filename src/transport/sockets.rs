@@ -177,8 +177,8 @@ mod tests {
     use super::*;
 
     /// Binds on a random base port, trying others while another process
-    /// holds one of the four.
-    fn bind_anywhere() -> Sockets {
+    /// holds one of the four; returns the sockets and the base port.
+    fn bind_anywhere() -> (Sockets, u16) {
         for _ in 0..100 {
             let config = Config {
                 bind: "127.0.0.1".parse().unwrap(),
@@ -186,7 +186,7 @@ mod tests {
                 ..Config::default()
             };
             match Sockets::bind(&config) {
-                Ok(sockets) => return sockets,
+                Ok(sockets) => return (sockets, config.port),
                 Err(BindError::InUse { .. }) => continue,
                 Err(e) => panic!("cannot bind: {e}"),
             }
@@ -198,7 +198,7 @@ mod tests {
     /// it the publisher socket silently falls back to 8 KiB reads.
     #[test]
     fn the_publisher_socket_reads_64_kib_at_a_time() {
-        let mut bound = bind_anywhere();
+        let (mut bound, _) = bind_anywhere();
         let [commands, _, publisher, _] = &mut bound.sockets;
         assert_eq!(
             read_batch(publisher),
@@ -250,13 +250,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn accepted_connections_carry_tcp_keepalive() {
-        let bound = bind_anywhere();
-        let base = bound.sockets[0]
-            .get_last_endpoint()
-            .ok()
-            .and_then(Result::ok)
-            .and_then(|endpoint| endpoint.rsplit(':').next()?.parse::<u16>().ok())
-            .expect("the commands socket's port");
+        let (_bound, base) = bind_anywhere();
         let ports = [base, base + 1, base + 2, base + 3];
         // Peers that complete the handshake, so that libzmq keeps the
         // connections open for as long as the test looks at them.
