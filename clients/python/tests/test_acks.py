@@ -14,9 +14,13 @@ from replication_client import (
     Reply,
     RequestRefused,
     ServerError,
+    Session,
     Updated,
+    pack,
+    unpack,
 )
 from replication_client import patch as P
+from replication_client.protocol import Channel
 
 
 def replies(events, kind="update"):
@@ -139,3 +143,69 @@ def test_lock_push_wait_applied_unlock_keeps_its_order(connect):
     updates = [e for e in host_updates if isinstance(e, Updated) and e.uuid == "img"]
     assert [(e.source, e.sender) for e in updates] == [("update", "alice")] * 20
     alice.wait_until(lambda: alice.blocks["img"].owner == COMMON, T)
+
+
+def test_a_fetch_answered_before_the_ack_of_a_newer_push_is_fetched_again():
+    """The subscriber and commands channels have no order with each other:
+    a FETCH's answer can come before the ACK of an own push sent after the
+    FETCH. The replica then holds the answer, not the push, and must fetch
+    once the ACK shows the answer was older."""
+    s = Session("127.0.0.1", 1, "me")
+    sent = []
+    s._send = lambda channel, msgs: sent.extend(unpack(frames[0]) for frames in msgs)
+
+    def command(header):
+        s._on_wire(Channel.COMMANDS, [pack(header)])
+        s._dispatch(None)
+
+    def sub(header, data=None):
+        s._on_wire(Channel.SUBSCRIBER, [pack(header)] + ([] if data is None else [pack(data)]))
+        s._dispatch(None)
+
+    command({"type": "AUTH", "status": "RUNNING", "state": "ACTIVE", "token": "t"})
+    sub(
+        {
+            "type": "SNAPSHOT",
+            "step": "BEGIN",
+            "datablocks": 1,
+            "window": 99,
+            "window_bytes": 1 << 30,
+        }
+    )
+    cube = {"type": "DATABLOCK", "uuid": "cube", "type_id": "Object", "owner": COMMON, "deps": []}
+    sub(dict(cube, revision=1), {"v": 0})
+    sub({"type": "SNAPSHOT", "step": "END", "datablocks": 1})
+
+    patched = s.push_patch("cube", [P.set_op(["v"], 1)])
+    # Someone else's update came first: the replica fetches the datablock.
+    sub(
+        {
+            "type": "UPDATE",
+            "uuid": "cube",
+            "type_id": "Object",
+            "revision": 2,
+            "patch": True,
+            "sender": "other",
+            "owner": COMMON,
+            "deps": [],
+        },
+        [P.set_op(["v"], 5)],
+    )
+    fetch = sent[-1]
+    assert fetch["type"] == "FETCH"
+    command(
+        {
+            "type": "ERROR",
+            "code": "stale_revision",
+            "message": "stale",
+            "refers_to": {"type": "UPDATE", "id": patched, "uuid": "cube"},
+        }
+    )
+    full = s.push("cube", {"v": 1})  # last writer wins: the whole data
+    sub(dict(cube, revision=2, id=fetch["id"]), {"v": 5})  # before the server applied `full`
+    command({"type": "ACK", "id": full, "uuid": "cube", "revision": 3})
+    again = sent[-1]
+    assert again["type"] == "FETCH" and again["id"] != fetch["id"]
+    sub(dict(cube, revision=3, id=again["id"]), {"v": 1})
+    assert (s.blocks["cube"].revision, s.blocks["cube"].data) == (3, {"v": 1})
+    s.close()

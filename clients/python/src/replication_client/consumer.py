@@ -72,6 +72,7 @@ class ConsumerHalf:
     _internal_fetches: dict[int, str]
     _pushes: dict[int, Push]
     _fetch_floor: dict[str, int]
+    _answered_before_acks: dict[str, int]
     _subscribed: bool
     _synced: bool
     _snapshot_total: int
@@ -159,6 +160,7 @@ class ConsumerHalf:
         self._internal_fetches.clear()
         self._pushes.clear()
         self._fetch_floor.clear()
+        self._answered_before_acks.clear()
         ended = SessionEnded(item.reason, item.by_server)
         self.ended = ended
         events: list[Event] = [
@@ -193,6 +195,10 @@ class ConsumerHalf:
                 uuid = self._internal_fetches.pop(rid, None)
                 if uuid is not None:
                     self._replica.fetching.discard(uuid)
+                    if any(p.uuid == uuid and p.mirrored for p in self._pushes.values()):
+                        # Our own updates still unanswered may or may not be
+                        # in this answer; their ACKs tell (_acknowledged).
+                        self._answered_before_acks[uuid] = int(h.get("revision", 0))
                 events.append(self._replica.stored(h, msg.data(), "fetch"))
                 if uuid is not None and h.get("revision", 0) < self._fetch_floor.pop(uuid, 0):
                     self._refetch(uuid)  # answered before one of our updates was applied
@@ -283,6 +289,7 @@ class ConsumerHalf:
         self._snapshot_done = 0
         self._internal_fetches.clear()
         self._fetch_floor.clear()
+        self._answered_before_acks.clear()
         self.users = ()
         self.room = h.get("room")
         if self.room is None:
@@ -321,6 +328,19 @@ class ConsumerHalf:
             # The FETCH under way may be answered with a state older than
             # this update; its answer is checked against the revision.
             self._fetch_floor[uuid] = max(self._fetch_floor.get(uuid, 0), revision)
+            return
+        answered = self._answered_before_acks.get(uuid)
+        if answered is not None:
+            # A FETCH was answered while this update was unanswered: the
+            # replica holds that answer, not this update, if the answer is
+            # older. Once every such update is answered, fetch again if any
+            # of them was newer than the answer.
+            if revision > answered:
+                self._answered_before_acks[uuid] = answered = -1
+            if not any(p.uuid == uuid for p in self._pushes.values()):
+                del self._answered_before_acks[uuid]
+                if answered < 0:
+                    self._refetch(uuid)
             return
         local = self._replica.blocks.get(uuid)
         if local is None:

@@ -194,6 +194,9 @@ class Session(WireHalf, ConsumerHalf):
         self._pushes: dict[int, Push] = {}
         # uuid -> revision a FETCH under way must reach (see _acknowledged).
         self._fetch_floor: dict[str, int] = {}
+        # uuid -> revision of a FETCH answer that came while own updates of
+        # it were unanswered (-1 once one of them proved newer).
+        self._answered_before_acks: dict[str, int] = {}
         self._subscribed = False
         self._synced = False
         self._snapshot_total = 0
