@@ -37,8 +37,9 @@ class _TooMany(Exception):
 
 
 def same(a: Any, b: Any) -> bool:
-    """Equality as MessagePack sees it: ``1``, ``1.0`` and ``True`` differ,
-    and a NaN equals a NaN (or a scene with one would always look changed)."""
+    """Equality as MessagePack sees it: ``1``, ``1.0`` and ``True`` differ
+    (Python's ``==`` calls them equal), a NaN equals a NaN (or a scene with
+    one would always look changed), and map order does not matter."""
     if a is b:
         return True
     kind = type(a)
@@ -46,18 +47,11 @@ def same(a: Any, b: Any) -> bool:
         return False
     if kind is float:
         return a == b or (a != a and b != b)
-    if kind is dict or kind is list:
-        return a == b or _same_deep(a, b)
+    if kind is dict:
+        return len(a) == len(b) and all(k in b and same(v, b[k]) for k, v in a.items())
+    if kind is list:
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
-
-
-def _same_deep(a: Any, b: Any) -> bool:
-    # Python's == calls 1 and 1.0 equal but NaN unequal to itself; only the
-    # latter can make equal containers compare unequal, so only an unequal
-    # pair needs this walk.
-    if type(a) is dict:
-        return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
-    return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
 
 
 def diff(old: Any, new: Any) -> list[dict[str, Any]] | None:
