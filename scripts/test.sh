@@ -2,8 +2,9 @@
 # Runs the whole test suite: unit, property and integration tests of the
 # server (against the real server on free local ports), then the Python
 # client's tests (clients/python) against the built binary, including a
-# session shared by the Rust and Python clients and, when Blender is
-# installed, an end-to-end test in real Blender.
+# session shared by the Rust and Python clients, and the Multi-User
+# compatibility package's (clients/multiuser), including the unmodified
+# Multi-User add-on in two real Blenders.
 set -euo pipefail
 
 usage() {
@@ -41,7 +42,8 @@ if ! "$venv/bin/python" -c "" 2>/dev/null; then
     }
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    --editable "$root/clients/python[test]"
+    --editable "$root/clients/python[test]" \
+    --editable "$root/clients/multiuser[test]"
 
 export REPLICATION_SERVE_BIN=$root/target/debug/replication-serve
 export REPLICATION_PYTHON=$venv/bin/python
@@ -49,10 +51,18 @@ export REPLICATION_BLENDER_SITE=$venv/blender-site
 
 cargo test --all-targets --locked
 
+# Each package's tests run on their own: both have a conftest.py, which
+# pytest imports under the same module name.
 status=0
-"$venv/bin/python" -m pytest -q -rs "$root/clients/python/tests" || status=$?
-if [ "$status" -eq 5 ]; then
-    echo "error: pytest collected no tests" >&2
-    exit 1
-fi
+for tests in "$root/clients/python/tests" "$root/clients/multiuser/tests"; do
+    code=0
+    "$venv/bin/python" -m pytest -q -rs "$tests" || code=$?
+    if [ "$code" -eq 5 ]; then
+        echo "error: pytest collected no tests in $tests" >&2
+        code=1
+    fi
+    if [ "$code" -ne 0 ]; then
+        status=$code
+    fi
+done
 exit "$status"
