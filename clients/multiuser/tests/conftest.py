@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Server
+from blender_harness import blender_python
+from support import Server, library, package, reference_package, release
 
 
 @pytest.fixture
@@ -16,3 +17,14 @@ def servers(tmp_path: Path) -> Iterator[list[Server]]:
     yield started
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def addon_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Multi-User 0.5.8 as an artist installs it: with this project's
+    library (or the add-on's own, with MULTIUSER_LIBRARY=reference)."""
+    out = tmp_path_factory.mktemp("addon") / "multi_user-0.5.8.zip"
+    python = blender_python()
+    if library() == "reference":
+        return reference_package(release("0.5.8"), out, python)
+    return package(release("0.5.8"), out, "--python", python)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -139,3 +140,77 @@ def package(source: Path, output: Path, *options: str) -> Path:
     )
     assert done.returncode == 0, f"packaging failed:\n{done.stdout}\n{done.stderr}"
     return output
+
+
+REFERENCE = "replication==0.9.9"
+"""The library the Multi-User 0.5.8 release was made with (GPL-3, from PyPI),
+run as the baseline the same scenarios can be compared against; nothing of
+it is part of this project."""
+
+
+def reference_package(source: Path, output: Path, python: str) -> Path:
+    """The unmodified add-on with its own library, installed as the add-on
+    would install it (pip into its ``libs`` folder)."""
+    work = output.parent / "reference-build"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(source / "multi_user", work / "multi_user")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+            str(work / "multi_user" / "libs"),
+            "--python-version",
+            python,
+            "--only-binary=:all:",
+            "--no-deps",
+            REFERENCE,
+            "pyzmq",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+            str(work / "multi_user" / "libs"),
+            "--no-deps",
+            "deepdiff==5.7.0",
+            "ordered-set==4.0.2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    shutil.make_archive(str(output.with_suffix("")), "zip", work)
+    return output
+
+
+def library() -> str:
+    """Which ``replication`` the Blender tests run: this project's drop-in
+    ("ours", the default) or the add-on's own ("reference", the baseline:
+    MULTIUSER_LIBRARY=reference)."""
+    chosen = os.environ.get("MULTIUSER_LIBRARY", "ours")
+    if chosen not in ("ours", "reference"):
+        pytest.fail(f"MULTIUSER_LIBRARY must be 'ours' or 'reference', not {chosen!r}")
+    return chosen
+
+
+ENFORCED = pytest.mark.xfail(
+    library() == "reference",
+    reason="the reference server leaves ownership to the clients and refuses nothing",
+)
+"""Marks a test whose expectations only hold where the server enforces."""

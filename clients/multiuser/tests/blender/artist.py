@@ -149,3 +149,8 @@ def revisions():
     if any(node.state != 4 for node in graph.values()):  # all UP
         return None
     return {uuid: block.revision for uuid, block in link.client.blocks.items()}
+
+
+def reconnect():
+    """ "Connect" again on the server preset last used."""
+    return bpy.ops.session.connect()
