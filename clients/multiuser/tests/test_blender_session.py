@@ -222,7 +222,8 @@ def test_each_sees_the_other_and_where_they_look(pair):
     alice.run("artist.select('Cube')")
     cube = alice.eval("bpy.data.objects['Cube'].uuid")
     bob.wait_until(
-        f"{alice_as_bob_sees('selected_objects')} == [{cube!r}]", what="Alice's selection"
+        f"sorted({alice_as_bob_sees('selected_objects')} or []) == [{cube!r}]",
+        what="Alice's selection",
     )
 
     corners = bob.eval(alice_as_bob_sees("view_corners"))

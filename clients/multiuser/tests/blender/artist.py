@@ -139,14 +139,20 @@ def view3d():
 
 
 def revisions():
-    """uuid -> the revision this Blender has of it, when nothing of its own
-    is on its way and nothing received waits to be applied; else None."""
+    """uuid -> what this Blender has of it (the revision; with the add-on's
+    own library, which has none, a digest of the data), when nothing of its
+    own is on its way and nothing received waits to be applied; else None."""
     s = session()
-    link = s.remote.link if s.remote is not None else None
-    if link is None or link.pending():
-        return None
     graph = s.repository.graph
     if any(node.state != 4 for node in graph.values()):  # all UP
+        return None
+    link = getattr(s.remote, "link", None) if s.remote is not None else None
+    if link is None:
+        return {
+            uuid: hashlib.sha256(repr(canonical(node.data)).encode()).hexdigest()
+            for uuid, node in graph.items()
+        }
+    if link.pending():
         return None
     return {uuid: block.revision for uuid, block in link.client.blocks.items()}
 
