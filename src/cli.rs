@@ -24,12 +24,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use clap::builder::{PossibleValue, StringValueParser, TypedValueParser};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Args, Command, CommandFactory, FromArgMatches, Parser};
 
 use crate::config::file::{ConfigFile, ConfigFileError};
 use crate::config::{
-    Config, ConfigError, DEFAULT_PORT, DEFAULT_TIMEOUT_MS, Durability, Interval, LogLevel, render,
+    Config, ConfigError, DEFAULT_PORT, DEFAULT_TIMEOUT_MS, Durability, Interval, LogLevel,
+    MetricsAddress, render,
 };
 use legacy::{LONG_ADMIN_PASSWORD, LONG_LOG_FILE, LONG_SERVER_PASSWORD};
 
@@ -228,6 +230,24 @@ struct Settings {
     )]
     keep_rooms: bool,
 
+    /// Start with empty rooms, after saving every recorded scene to the backup directory (at every start it is given)
+    #[arg(
+        long = "fresh",
+        env = "REPLICATION_FRESH",
+        help_heading = "Sessions and backups",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    fresh: bool,
+
+    /// Serve Prometheus metrics at /metrics and a JSON status at /status on ADDRESS:PORT (a port alone: this machine only) [default: off]
+    #[arg(
+        long = "metrics",
+        env = "REPLICATION_METRICS",
+        value_name = "ADDRESS:PORT",
+        help_heading = "Monitoring"
+    )]
+    metrics: Option<MetricsAddress>,
+
     /// Where `save` and autosave write session files [default: DATA_DIR/backups]
     #[arg(
         long = "backup-dir",
@@ -239,8 +259,9 @@ struct Settings {
 }
 
 pub enum Action {
-    /// Run the server with this configuration.
-    Serve(Box<Config>),
+    /// Run the server with this configuration; the sources say where the
+    /// settings that can fail at start-up were given.
+    Serve(Box<Config>, Sources),
     /// Print this text (the effective configuration) and exit.
     PrintConfig(String),
     /// Ask the server at this address whether it is serving.
@@ -281,6 +302,34 @@ impl fmt::Display for Origin {
     }
 }
 
+/// Where the settings that can still fail once the server starts (a file to
+/// load, a directory, a port) were given, so that such an error names what
+/// the person typed: `(set by environment REPLICATION_LOAD)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sources {
+    origins: BTreeMap<&'static str, Origin>,
+}
+
+/// The keys [`Sources`] keeps.
+const START_KEYS: [&str; 9] = [
+    "port",
+    "bind",
+    "data_dir",
+    "backup_dir",
+    "load",
+    "log_file",
+    "metrics",
+    "fresh",
+    "admin_password",
+];
+
+impl Sources {
+    /// ` (set by ...)` for `key`, or nothing when it has its default.
+    pub fn note(&self, key: &str) -> String {
+        self.origins.get(key).map(set_by).unwrap_or_default()
+    }
+}
+
 /// Why the command line did not produce an action.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -289,6 +338,10 @@ pub enum CliError {
     /// prints to the right stream with the right exit code.
     #[error(transparent)]
     Clap(#[from] clap::Error),
+    /// clap rejected the arguments; its message, as one line that names the
+    /// option or environment variable at fault.
+    #[error("{0}")]
+    Usage(String),
     /// The config file cannot be read or has a mistake.
     #[error(transparent)]
     File(#[from] ConfigFileError),
@@ -319,7 +372,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Clap(e) => e.exit_code(),
-            Self::File(_) | Self::Config { .. } | Self::Print(_) => 2,
+            Self::Usage(_) | Self::File(_) | Self::Config { .. } | Self::Print(_) => 2,
         }
     }
 
@@ -349,7 +402,12 @@ where
     T: Into<OsString>,
 {
     let command = Cli::command();
-    let matches = command.clone().try_get_matches_from(normalize_args(args))?;
+    let args = normalize_args(args);
+    let matches = match command.clone().try_get_matches_from(&args) {
+        Ok(matches) => matches,
+        Err(e) if !e.use_stderr() => return Err(CliError::Clap(e)),
+        Err(e) => return Err(CliError::Usage(usage_line(&e, &command, &args))),
+    };
     let cli = Cli::from_arg_matches(&matches)?;
     let file = cli.config.as_deref().map(ConfigFile::load).transpose()?;
     let mut origins = Origins {
@@ -389,7 +447,71 @@ where
             .unwrap_or_else(|| reachable(config.bind).to_string());
         return Ok(Action::HealthCheck(HealthTarget { host, ports }));
     }
-    Ok(Action::Serve(Box::new(config)))
+    let sources = Sources {
+        origins: START_KEYS
+            .into_iter()
+            .filter_map(|key| match origins.of(key) {
+                Origin::Default => None,
+                origin => Some((key, origin)),
+            })
+            .collect(),
+    };
+    Ok(Action::Serve(Box::new(config), sources))
+}
+
+/// clap's message for a rejected command line, as one line. A value that
+/// came from the environment is blamed on its variable, not on the option
+/// the person never typed.
+fn usage_line(error: &clap::Error, command: &Command, args: &[OsString]) -> String {
+    let rendered = error.render().to_string();
+    let mut line = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more"))
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if let Some((shown, variable)) = from_environment(error, command, args) {
+        line = line.replace(
+            &format!("'{shown}'"),
+            &format!("environment variable {variable}"),
+        );
+    }
+    line.push_str(" (replication-serve --help lists the options)");
+    line
+}
+
+/// For an invalid value: the option as clap shows it (`--port <PORT>`) and
+/// the environment variable the value came from, when it was not on the
+/// command line.
+fn from_environment(
+    error: &clap::Error,
+    command: &Command,
+    args: &[OsString],
+) -> Option<(String, String)> {
+    if !matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation | ErrorKind::InvalidUtf8
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(shown)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = shown.strip_prefix("--")?.split([' ', '=']).next()?;
+    let arg = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))?;
+    let typed = args.iter().skip(1).any(|a| {
+        let a = a.to_string_lossy();
+        a == format!("--{long}")
+            || a.starts_with(&format!("--{long}="))
+            || arg
+                .get_short()
+                .is_some_and(|s| a.starts_with(&format!("-{s}")) && !a.starts_with("--"))
+    });
+    let variable = arg.get_env()?.to_string_lossy().into_owned();
+    (!typed && std::env::var_os(&variable).is_some()).then(|| (shown.clone(), variable))
 }
 
 /// The address to reach a server bound to `bind` from this machine: a
@@ -498,6 +620,13 @@ impl Settings {
         }
         if origins.record("keep_rooms", given) {
             config.keep_rooms = self.keep_rooms;
+        }
+        if origins.record("fresh", given) {
+            config.fresh = self.fresh;
+        }
+        if let Some(address) = self.metrics {
+            origins.record("metrics", given);
+            config.metrics = Some(address);
         }
         if origins.record("durability", given) {
             config.durability = self.durability;
