@@ -327,12 +327,13 @@ fn reset(
         None => return SHUTTING_DOWN.into(),
     };
     let question = format!(
-        "reset room {}? It is {} with {} datablocks ({}) and {} users: its scene is saved to the backup directory first, then its users are disconnected and it starts empty. Type yes to go ahead: ",
+        "reset room {}? It is {} with {} datablocks ({}) and {} users: its scene is saved to the backup directory first, then its users are disconnected and it starts empty.\nType yes to reset room {}: ",
         report.room,
         report.state,
         report.datablocks,
         human_bytes(report.bytes),
-        report.users
+        report.users,
+        report.room
     );
     if !confirm(&question) {
         return "reset cancelled; nothing changed\n".into();
@@ -565,10 +566,14 @@ fn run_terminal(server: &mpsc::Sender<ConsoleRequest>, shutdown: &CancellationTo
                 if !line.trim().is_empty() {
                     let _ = editor.add_history_entry(line.as_str());
                 }
+                // The explanation above, the question itself as the prompt.
                 let mut confirm = |question: &str| {
-                    editor
-                        .readline(question)
-                        .is_ok_and(|answer| is_yes(&answer))
+                    let (explanation, prompt) =
+                        question.rsplit_once('\n').unwrap_or(("", question));
+                    if !explanation.is_empty() {
+                        println!("{explanation}");
+                    }
+                    editor.readline(prompt).is_ok_and(|answer| is_yes(&answer))
                 };
                 let output = match parse(&line) {
                     Ok(command) => execute(command, server, shutdown, &mut confirm),
