@@ -311,7 +311,7 @@ pub struct Sources {
 }
 
 /// The keys [`Sources`] keeps.
-const START_KEYS: [&str; 9] = [
+const START_KEYS: [&str; 8] = [
     "port",
     "bind",
     "data_dir",
@@ -320,7 +320,6 @@ const START_KEYS: [&str; 9] = [
     "log_file",
     "metrics",
     "fresh",
-    "admin_password",
 ];
 
 impl Sources {

@@ -147,6 +147,18 @@ fn reset_asks_keeps_a_backup_and_starts_a_new_session() {
     server.stdout.expect_from(mark, "the new scene", |l| {
         l.starts_with("room default: state ACTIVE, 1 datablocks")
     });
+
+    // The reset was recorded: a restart comes back with the new scene.
+    server.signal("TERM");
+    assert!(server.wait_exit().success());
+    let mut again = start(dir.path(), &[], &[], true);
+    let mark = again.stdout.len();
+    again.console("status");
+    again
+        .stdout
+        .expect_from(mark, "the new scene after a restart", |l| {
+            l.starts_with("room default: state ACTIVE, 1 datablocks")
+        });
 }
 
 #[test]
@@ -451,6 +463,15 @@ fn metrics_are_prometheus_text_and_status_is_json() {
 
     let (status, _, _) = get(&addr, "/nothing");
     assert!(status.contains("404"), "{status}");
+
+    // A scraper's open connection does not hold the server's exit.
+    let mut idle = TcpStream::connect(&addr).expect("connect");
+    idle.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .expect("half a request");
+    let mut server = server;
+    server.signal("TERM");
+    let status = server.wait_exit();
+    assert!(status.success(), "{status:?}: {}", server.stderr.text());
 }
 
 #[test]

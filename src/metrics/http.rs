@@ -85,11 +85,17 @@ pub fn spawn(
                         return;
                     }
                 };
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!("the metrics listener stopped: {e}");
+                // Not a graceful shutdown: that would wait for a scraper's
+                // kept-alive connection to close, and hold the server's
+                // exit with it. Leaving `block_on` drops every connection.
+                let serving = std::future::IntoFuture::into_future(axum::serve(listener, app));
+                tokio::select! {
+                    served = serving => {
+                        if let Err(e) = served {
+                            tracing::error!("the metrics listener stopped: {e}");
+                        }
+                    }
+                    () = shutdown.cancelled() => {}
                 }
             });
         })?;
