@@ -14,6 +14,7 @@
 //! (`-pwd`, `-lf`, ...) are rewritten by [`normalize_args`] before clap parses.
 
 mod legacy;
+mod usage;
 
 pub use legacy::normalize_args;
 
@@ -24,7 +25,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use clap::builder::{PossibleValue, StringValueParser, TypedValueParser};
-use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Args, Command, CommandFactory, FromArgMatches, Parser};
 
@@ -405,7 +405,7 @@ where
     let matches = match command.clone().try_get_matches_from(&args) {
         Ok(matches) => matches,
         Err(e) if !e.use_stderr() => return Err(CliError::Clap(e)),
-        Err(e) => return Err(CliError::Usage(usage_line(&e, &command, &args))),
+        Err(e) => return Err(CliError::Usage(usage::one_line(&e, &command, &args))),
     };
     let cli = Cli::from_arg_matches(&matches)?;
     let file = cli.config.as_deref().map(ConfigFile::load).transpose()?;
@@ -456,61 +456,6 @@ where
             .collect(),
     };
     Ok(Action::Serve(Box::new(config), sources))
-}
-
-/// clap's message for a rejected command line, as one line. A value that
-/// came from the environment is blamed on its variable, not on the option
-/// the person never typed.
-fn usage_line(error: &clap::Error, command: &Command, args: &[OsString]) -> String {
-    let rendered = error.render().to_string();
-    let mut line = rendered
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more"))
-        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
-        .collect::<Vec<_>>()
-        .join("; ");
-    if let Some((shown, variable)) = from_environment(error, command, args) {
-        line = line.replace(
-            &format!("'{shown}'"),
-            &format!("environment variable {variable}"),
-        );
-    }
-    line.push_str(" (replication-serve --help lists the options)");
-    line
-}
-
-/// For an invalid value: the option as clap shows it (`--port <PORT>`) and
-/// the environment variable the value came from, when it was not on the
-/// command line.
-fn from_environment(
-    error: &clap::Error,
-    command: &Command,
-    args: &[OsString],
-) -> Option<(String, String)> {
-    if !matches!(
-        error.kind(),
-        ErrorKind::InvalidValue | ErrorKind::ValueValidation | ErrorKind::InvalidUtf8
-    ) {
-        return None;
-    }
-    let Some(ContextValue::String(shown)) = error.get(ContextKind::InvalidArg) else {
-        return None;
-    };
-    let long = shown.strip_prefix("--")?.split([' ', '=']).next()?;
-    let arg = command
-        .get_arguments()
-        .find(|a| a.get_long() == Some(long))?;
-    let typed = args.iter().skip(1).any(|a| {
-        let a = a.to_string_lossy();
-        a == format!("--{long}")
-            || a.starts_with(&format!("--{long}="))
-            || arg
-                .get_short()
-                .is_some_and(|s| a.starts_with(&format!("-{s}")) && !a.starts_with("--"))
-    });
-    let variable = arg.get_env()?.to_string_lossy().into_owned();
-    (!typed && std::env::var_os(&variable).is_some()).then(|| (shown.clone(), variable))
 }
 
 /// The address to reach a server bound to `bind` from this machine: a
