@@ -5,9 +5,16 @@
 #   docker build -t replication-serve .
 #   docker run -d -p 5555-5558:5555-5558 -e password=CHANGE-ME replication-serve
 #
+# Building needs BuildKit (for the cache mounts below): it is Docker's
+# builder since Docker Engine 23 and in Docker Desktop. On an older engine,
+# build with `DOCKER_BUILDKIT=1 docker build ...`, or with `docker buildx
+# build`; the legacy builder stops at `RUN --mount` with "the --mount option
+# requires BuildKit".
+#
 # Settings: port, password, server_password, timeout, log_level (lower or
 # upper case, as with the reference server's image), the REPLICATION_*
-# variables, or server options after the image name.
+# variables, or server options after the image name. Passwords reach the
+# server through its environment, never its command line.
 
 # --- Build ------------------------------------------------------------------
 # The Rust image has the C++ compiler that the bundled libzmq needs; nothing

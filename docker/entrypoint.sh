@@ -4,9 +4,11 @@
 #
 #   port, log_level, password, server_password, timeout
 #
-# each also in upper case (PORT, LOG_LEVEL, ...). They become the matching
-# command-line options; the server's own REPLICATION_* variables work as
-# well, since the server reads those itself. Arguments given after the image
+# each also in upper case (PORT, LOG_LEVEL, ...). They become the server's
+# own REPLICATION_* variables, never command-line options, so that no
+# password shows in the process list (ps, /proc/PID/cmdline); a mistake in
+# one is reported under the name that was set. The REPLICATION_* variables
+# work as well. Arguments given after the image
 # name are server options and win over the environment; they may start with
 # the reference program name (`replication.serve -p 5555 -pwd admin`), as
 # pasted into a cloud console. Any other first argument is run as a command
@@ -33,15 +35,15 @@ fail() {
     exit 2
 }
 
-flags=()
+# "REPLICATION_X=name" for each variable set under a reference name, to
+# name it in the server's messages.
 mapped=()
 
-# take OPTION NAME...: the value of whichever of the variables NAME... is
-# set becomes OPTION's value. Variables set to different values are refused,
-# since it cannot be known which one was meant. REPLICATION_* variables take
-# part in that check but are left for the server to read.
+# take TARGET NAME...: the value of whichever of the variables NAME... is
+# set becomes the server's variable TARGET. Variables set to different
+# values are refused, since it cannot be known which one was meant.
 take() {
-    local option=$1 name value="" source=""
+    local target=$1 name value="" source=""
     shift
     for name in "$@"; do
         [[ -n ${!name+set} ]] || continue
@@ -51,20 +53,17 @@ take() {
         value=${!name}
         source=$name
     done
-    case $source in
-        "" | REPLICATION_*) ;;
-        *)
-            flags+=("$option" "$value")
-            mapped+=("$source as $option")
-            ;;
-    esac
+    if [[ -n $source && $source != "$target" ]]; then
+        export "$target=$value"
+        mapped+=("$target=$source")
+    fi
 }
 
-take --port port PORT REPLICATION_PORT
-take --admin-password password PASSWORD REPLICATION_ADMIN_PASSWORD
-take --server-password server_password SERVER_PASSWORD REPLICATION_SERVER_PASSWORD
-take --timeout timeout TIMEOUT REPLICATION_TIMEOUT
-take --log-level log_level LOG_LEVEL REPLICATION_LOG_LEVEL
+take REPLICATION_PORT port PORT REPLICATION_PORT
+take REPLICATION_ADMIN_PASSWORD password PASSWORD REPLICATION_ADMIN_PASSWORD
+take REPLICATION_SERVER_PASSWORD server_password SERVER_PASSWORD REPLICATION_SERVER_PASSWORD
+take REPLICATION_TIMEOUT timeout TIMEOUT REPLICATION_TIMEOUT
+take REPLICATION_LOG_LEVEL log_level LOG_LEVEL REPLICATION_LOG_LEVEL
 
 case ${1:-} in
     replication.serve | replication.server | "$program") shift ;;
@@ -95,29 +94,31 @@ if $health_check; then
         [[ -z ${noted_bind:-} ]] || noted+=(--bind "$noted_bind")
     fi
     # Later options win, so the noted port and address come last.
-    exec "$program" ${flags[@]+"${flags[@]}"} "$@" ${noted[@]+"${noted[@]}"}
+    exec "$program" "$@" ${noted[@]+"${noted[@]}"}
 fi
 
-args=(${flags[@]+"${flags[@]}"} "$@")
 if $informational; then
-    exec "$program" ${args[@]+"${args[@]}"}
+    exec "$program" "$@"
 fi
 
 # Checks every value before starting, and learns the port: the server
 # prints its effective configuration and exits. A mistake is reported by the
-# server itself; the line after it says which variables were turned into
-# options, since the server only sees the options.
+# server itself, in one line; the variables set here are named there as
+# they were set (timeout, not REPLICATION_TIMEOUT).
 status=0
-effective=$("$program" ${args[@]+"${args[@]}"} --print-config) || status=$?
-if [[ $status -ne 0 ]]; then
-    if [[ ${#mapped[@]} -gt 0 ]]; then
-        list=""
-        for item in "${mapped[@]}"; do
-            list+="${list:+, }$item"
+if errors=$(mktemp 2>/dev/null); then
+    effective=$("$program" "$@" --print-config 2>"$errors") || status=$?
+    message=$(<"$errors")
+    rm -f "$errors"
+    if [[ $status -ne 0 ]]; then
+        for item in ${mapped[@]+"${mapped[@]}"}; do
+            message=${message//"${item%%=*}"/"${item#*=}"}
         done
-        printf '%s: from the environment: %s\n' "$program" "$list" >&2
+        printf '%s\n' "$message" >&2
+        exit "$status"
     fi
-    exit "$status"
+else
+    effective=$("$program" "$@" --print-config) || exit $?
 fi
 
 # Local names differ from the variables read above (port is one of them),
@@ -133,4 +134,4 @@ if [[ -n $base ]]; then
     fi
 fi
 
-exec "$program" ${args[@]+"${args[@]}"}
+exec "$program" "$@"

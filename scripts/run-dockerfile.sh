@@ -18,6 +18,9 @@ Options (the defaults are the server's):
   -l, --log-level LEVEL         ERROR, WARNING, INFO or DEBUG [INFO]
   -d, --detach                  run in the background, restarted with the
                                 machine; manage it with docker attach
+      --fresh                   start with an empty session, after saving the
+                                recorded scene to the volume's backups/
+                                (not with --detach: see below)
       --name NAME               container name [replication-serve]
       --image TAG               image name [replication-serve]
       --volume NAME             volume for the data directory [replication-data]
@@ -30,8 +33,19 @@ What it runs, for the defaults:
   docker run -it -p 5555-5558:5555-5558 -e port=5555 -e password \
       -e timeout=5000 -e log_level=INFO -v replication-data:/data replication-serve
 
-The passwords go to docker through its environment, not its command line,
-so other users of the machine cannot read them in the process list.
+The passwords go to docker, and from it to the server, through the
+environment, not the command line, so other users of the machine cannot
+read them in the process list. Every value is checked before anything is
+built.
+
+The scene is kept in the volume: a restart (docker restart, a reboot, the
+server stopped with exit) comes back with it. To start a new scene, type
+reset at the server's console (docker attach NAME), or run this script in
+the foreground with --fresh. A detached container keeps its settings for
+every restart, so --fresh there would empty the session again each time.
+
+The image is built with BuildKit (Docker Engine 23 or later, or Docker
+Desktop); this script asks for it with DOCKER_BUILDKIT=1.
 USAGE
 }
 
@@ -50,6 +64,7 @@ name=replication-serve
 image=replication-serve
 volume=replication-data
 build=true
+fresh=false
 
 while [[ $# -gt 0 ]]; do
     option=$1
@@ -60,6 +75,7 @@ while [[ $# -gt 0 ]]; do
             ;;
         -d | --detach) detach=true ;;
         --no-build) build=false ;;
+        --fresh) fresh=true ;;
         -p | --port | -pwd | --password | -spwd | --server-password | -t | --timeout | \
             -l | --log-level | --name | --image | --volume)
             [[ $# -ge 2 ]] || fail "$option needs a value"
@@ -81,10 +97,31 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 
-if [[ ! $port =~ ^[0-9]+$ ]] || ((port < 1 || port > 65532)); then
-    fail "--port must be a number from 1 to 65532 (the server uses it and the next three)"
+# Every value is checked here, before a build that takes minutes.
+if [[ ! $port =~ ^[0-9]{1,5}$ ]] || ((10#$port < 1 || 10#$port > 65532)); then
+    fail "--port $port: give a number from 1 to 65532 (the server uses it and the next three)"
 fi
+port=$((10#$port))
 last=$((port + 3))
+if [[ ! $timeout =~ ^[0-9]{1,9}$ ]] || ((10#$timeout < 100)); then
+    fail "--timeout $timeout: give a number of milliseconds, at least 100 (the default is 5000)"
+fi
+timeout=$((10#$timeout))
+case $(printf '%s' "$log_level" | tr '[:lower:]' '[:upper:]') in
+    ERROR | WARNING | WARN | INFO | DEBUG) ;;
+    *) fail "--log-level $log_level: give ERROR, WARNING, INFO or DEBUG" ;;
+esac
+for pair in "--name:$name" "--volume:$volume"; do
+    if [[ ! ${pair#*:} =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]]; then
+        fail "${pair%%:*} ${pair#*:}: use letters, digits, _ . and - (starting with a letter or digit)"
+    fi
+done
+if [[ ! $image =~ ^[a-z0-9]+([._/-][a-z0-9]+)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$ ]]; then
+    fail "--image $image: use lower-case letters, digits and . _ - /, with an optional :TAG"
+fi
+if $fresh && $detach; then
+    fail "--fresh with --detach would start an empty session again at every restart: start detached without it, then type reset at the console (docker attach $name)"
+fi
 
 command -v docker >/dev/null || fail "docker not found: install Docker first"
 docker info >/dev/null 2>&1 ||
@@ -92,7 +129,9 @@ docker info >/dev/null 2>&1 ||
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 if $build; then
-    docker build -t "$image" "$root"
+    # The Dockerfile's cache mounts need BuildKit; older engines build with
+    # it only when asked.
+    DOCKER_BUILDKIT=1 docker build -t "$image" "$root"
 fi
 
 if docker container inspect "$name" >/dev/null 2>&1; then
@@ -110,6 +149,9 @@ else
 fi
 if [[ -n $server_password ]]; then
     run+=(-e server_password)
+fi
+if $fresh; then
+    run+=(-e REPLICATION_FRESH=1)
 fi
 if $detach; then
     # -i and -t keep the console open for a later `docker attach`.
@@ -133,6 +175,7 @@ The server runs in the background as '$name'.
   status:   docker ps              (shows "healthy" once the server answers)
   stop:     docker stop $name
 Docker restarts it when it ends otherwise ('exit' at the console, Ctrl+C
-while attached, a reboot), with a fresh, empty session.
+while attached, a reboot), with the scene as it was: it is kept in the
+volume $volume. To start a new scene, type 'reset' at the console.
 EOF
 fi

@@ -14,6 +14,7 @@
 //! (`-pwd`, `-lf`, ...) are rewritten by [`normalize_args`] before clap parses.
 
 mod legacy;
+mod usage;
 
 pub use legacy::normalize_args;
 
@@ -29,7 +30,8 @@ use clap::{Arg, ArgMatches, Args, Command, CommandFactory, FromArgMatches, Parse
 
 use crate::config::file::{ConfigFile, ConfigFileError};
 use crate::config::{
-    Config, ConfigError, DEFAULT_PORT, DEFAULT_TIMEOUT_MS, Durability, Interval, LogLevel, render,
+    Config, ConfigError, DEFAULT_PORT, DEFAULT_TIMEOUT_MS, Durability, Interval, LogLevel,
+    MetricsAddress, render,
 };
 use legacy::{LONG_ADMIN_PASSWORD, LONG_LOG_FILE, LONG_SERVER_PASSWORD};
 
@@ -228,6 +230,24 @@ struct Settings {
     )]
     keep_rooms: bool,
 
+    /// Start with empty rooms, after saving every recorded scene to the backup directory (at every start it is given)
+    #[arg(
+        long = "fresh",
+        env = "REPLICATION_FRESH",
+        help_heading = "Sessions and backups",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    fresh: bool,
+
+    /// Serve Prometheus metrics at /metrics and a JSON status at /status on ADDRESS:PORT (a port alone: this machine only) [default: off]
+    #[arg(
+        long = "metrics",
+        env = "REPLICATION_METRICS",
+        value_name = "ADDRESS:PORT",
+        help_heading = "Monitoring"
+    )]
+    metrics: Option<MetricsAddress>,
+
     /// Where `save` and autosave write session files [default: DATA_DIR/backups]
     #[arg(
         long = "backup-dir",
@@ -239,8 +259,9 @@ struct Settings {
 }
 
 pub enum Action {
-    /// Run the server with this configuration.
-    Serve(Box<Config>),
+    /// Run the server with this configuration; the sources say where the
+    /// settings that can fail at start-up were given.
+    Serve(Box<Config>, Sources),
     /// Print this text (the effective configuration) and exit.
     PrintConfig(String),
     /// Ask the server at this address whether it is serving.
@@ -281,6 +302,33 @@ impl fmt::Display for Origin {
     }
 }
 
+/// Where the settings that can still fail once the server starts (a file to
+/// load, a directory, a port) were given, so that such an error names what
+/// the person typed: `(set by environment REPLICATION_LOAD)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sources {
+    origins: BTreeMap<&'static str, Origin>,
+}
+
+/// The keys [`Sources`] keeps.
+const START_KEYS: [&str; 8] = [
+    "port",
+    "bind",
+    "data_dir",
+    "backup_dir",
+    "load",
+    "log_file",
+    "metrics",
+    "fresh",
+];
+
+impl Sources {
+    /// ` (set by ...)` for `key`, or nothing when it has its default.
+    pub fn note(&self, key: &str) -> String {
+        self.origins.get(key).map(set_by).unwrap_or_default()
+    }
+}
+
 /// Why the command line did not produce an action.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -289,6 +337,10 @@ pub enum CliError {
     /// prints to the right stream with the right exit code.
     #[error(transparent)]
     Clap(#[from] clap::Error),
+    /// clap rejected the arguments; its message, as one line that names the
+    /// option or environment variable at fault.
+    #[error("{0}")]
+    Usage(String),
     /// The config file cannot be read or has a mistake.
     #[error(transparent)]
     File(#[from] ConfigFileError),
@@ -319,7 +371,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Clap(e) => e.exit_code(),
-            Self::File(_) | Self::Config { .. } | Self::Print(_) => 2,
+            Self::Usage(_) | Self::File(_) | Self::Config { .. } | Self::Print(_) => 2,
         }
     }
 
@@ -349,7 +401,12 @@ where
     T: Into<OsString>,
 {
     let command = Cli::command();
-    let matches = command.clone().try_get_matches_from(normalize_args(args))?;
+    let args = normalize_args(args);
+    let matches = match command.clone().try_get_matches_from(&args) {
+        Ok(matches) => matches,
+        Err(e) if !e.use_stderr() => return Err(CliError::Clap(e)),
+        Err(e) => return Err(CliError::Usage(usage::one_line(&e, &command, &args))),
+    };
     let cli = Cli::from_arg_matches(&matches)?;
     let file = cli.config.as_deref().map(ConfigFile::load).transpose()?;
     let mut origins = Origins {
@@ -389,7 +446,16 @@ where
             .unwrap_or_else(|| reachable(config.bind).to_string());
         return Ok(Action::HealthCheck(HealthTarget { host, ports }));
     }
-    Ok(Action::Serve(Box::new(config)))
+    let sources = Sources {
+        origins: START_KEYS
+            .into_iter()
+            .filter_map(|key| match origins.of(key) {
+                Origin::Default => None,
+                origin => Some((key, origin)),
+            })
+            .collect(),
+    };
+    Ok(Action::Serve(Box::new(config), sources))
 }
 
 /// The address to reach a server bound to `bind` from this machine: a
@@ -498,6 +564,13 @@ impl Settings {
         }
         if origins.record("keep_rooms", given) {
             config.keep_rooms = self.keep_rooms;
+        }
+        if origins.record("fresh", given) {
+            config.fresh = self.fresh;
+        }
+        if let Some(address) = self.metrics {
+            origins.record("metrics", given);
+            config.metrics = Some(address);
         }
         if origins.record("durability", given) {
             config.durability = self.durability;

@@ -11,7 +11,7 @@
 pub mod file;
 pub mod render;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -69,6 +69,12 @@ pub struct Config {
     /// Rooms stay when their last user leaves (otherwise a room is closed
     /// and its data removed then, unless it is kept open).
     pub keep_rooms: bool,
+    /// Start with empty rooms: every recorded scene is first saved to the
+    /// backup directory. Acts at every start it is given.
+    pub fresh: bool,
+    /// Where the HTTP listener for `/metrics` and `/status` listens; `None`
+    /// turns it off.
+    pub metrics: Option<MetricsAddress>,
     /// Resource limits that protect the server from clients.
     pub limits: Limits,
 }
@@ -93,6 +99,8 @@ impl Default for Config {
             backup_dir: None,
             open_rooms: false,
             keep_rooms: false,
+            fresh: false,
+            metrics: None,
             limits: Limits::default(),
         }
     }
@@ -251,6 +259,12 @@ impl Config {
                 reason: "must not be empty".into(),
             });
         }
+        if self.fresh && self.load.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "fresh",
+                reason: "--load already replaces the recorded session (saving it first); give --fresh or --load, not both".into(),
+            });
+        }
         let l = &self.limits;
         if l.chunk_bytes < 1024 {
             return Err(ConfigError::Invalid {
@@ -322,6 +336,55 @@ pub fn default_data_dir() -> PathBuf {
         return PathBuf::from(home).join(".local/share/replication-serve");
     }
     PathBuf::from("replication-data")
+}
+
+/// Where the metrics listener listens: `ADDRESS:PORT`, or a port alone for
+/// this machine only (127.0.0.1). Port 0 takes any free port (the log says
+/// which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MetricsAddress(pub SocketAddr);
+
+impl FromStr for MetricsAddress {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.trim();
+        let invalid = || ConfigError::Invalid {
+            key: "metrics",
+            reason: format!(
+                "{s:?}: write ADDRESS:PORT (127.0.0.1:9100, 0.0.0.0:9100, [::1]:9100) or a port alone for this machine only"
+            ),
+        };
+        if let Ok(port) = text.parse::<u16>() {
+            return Ok(Self(SocketAddr::from((Ipv4Addr::LOCALHOST, port))));
+        }
+        if let Some(port) = text.strip_prefix("localhost:") {
+            let port = port.parse::<u16>().map_err(|_| invalid())?;
+            return Ok(Self(SocketAddr::from((Ipv4Addr::LOCALHOST, port))));
+        }
+        text.parse::<SocketAddr>().map(Self).map_err(|_| invalid())
+    }
+}
+
+impl TryFrom<String> for MetricsAddress {
+    type Error = ConfigError;
+
+    fn try_from(s: String) -> Result<Self, ConfigError> {
+        s.parse()
+    }
+}
+
+impl From<MetricsAddress> for String {
+    fn from(a: MetricsAddress) -> String {
+        a.0.to_string()
+    }
+}
+
+impl std::fmt::Display for MetricsAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// How far a recorded change is flushed before it is forwarded.
@@ -536,6 +599,33 @@ mod tests {
         assert_eq!("debug".parse::<LogLevel>(), Ok(LogLevel::Debug));
         assert_eq!("Warning".parse::<LogLevel>(), Ok(LogLevel::Warning));
         assert!("LOUD".parse::<LogLevel>().is_err());
+    }
+
+    #[test]
+    fn metrics_address_defaults_to_this_machine() {
+        let local = |port: u16| MetricsAddress(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+        assert_eq!("9100".parse(), Ok(local(9100)));
+        assert_eq!("localhost:9100".parse(), Ok(local(9100)));
+        assert_eq!(
+            "0.0.0.0:9100"
+                .parse::<MetricsAddress>()
+                .map(|a| a.0.ip().is_unspecified()),
+            Ok(true)
+        );
+        assert!("[::1]:9100".parse::<MetricsAddress>().is_ok());
+        let e = "abc".parse::<MetricsAddress>().unwrap_err();
+        assert_eq!(e.key(), "metrics");
+        assert!("9100:0.0.0.0".parse::<MetricsAddress>().is_err());
+    }
+
+    #[test]
+    fn fresh_and_load_do_not_go_together() {
+        let config = Config {
+            fresh: true,
+            load: Some("x.rsession".into()),
+            ..Config::default()
+        };
+        assert_eq!(config.validate().map_err(|e| e.key()), Err("fresh"));
     }
 
     #[test]

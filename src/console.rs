@@ -1,20 +1,26 @@
-//! The admin console on stdin: `help`, `users`, `rooms`, `kick`, `close`,
-//! `status`, `save`, `exit`.
+//! The admin console on stdin: `help`, `users`, `rooms`, `locks`, `kick`,
+//! `close`, `status`, `save`, `reset`, `exit`.
 //!
 //! On a terminal it uses rustyline (history, line editing) and routes log
-//! lines above the prompt so they never garble what the admin is typing. On a
-//! pipe (`docker attach`, scripts) it reads plain lines. When stdin ends
-//! (`docker run -d`, systemd) the server keeps running headless.
+//! lines above the prompt so they never garble what the admin is typing;
+//! Ctrl-D there is answered with a hint, since closing a terminal's input by
+//! mistake must not leave the admin without a console. On a pipe (scripts)
+//! it reads plain lines. When stdin ends (`docker run -d`, systemd, a pipe
+//! closed) the server keeps running headless.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{ConsoleRequest, StatusReport};
-use crate::protocol::{RoomInfo, UserState};
+use crate::core::ConsoleRequest;
+use crate::core::rooms::DEFAULT_ROOM;
+
+mod format;
+use format::human_bytes;
+pub use format::{format_locks, format_rooms, format_status, format_users};
 
 /// The commands, with their one-line help, in the order `help` lists them.
 const COMMANDS: &[(&str, &str, &str)] = &[
@@ -32,6 +38,11 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "rooms",
         "rooms",
         "list the rooms, one line each: users, state, datablocks, size, keep-open",
+    ),
+    (
+        "locks",
+        "locks [ROOM] [USER]",
+        "who holds which datablock, and since when (in one room, of one user)",
     ),
     (
         "kick",
@@ -54,6 +65,11 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "write a room (default: the default room) to a session file while everyone keeps working; without FILE or with -, a new file in the backup directory",
     ),
     (
+        "reset",
+        "reset [ROOM]",
+        "after asking: save a room's scene (default: the default room) to the backup directory, disconnect its users and start it empty, waiting for a new upload",
+    ),
+    (
         "exit",
         "exit",
         "disconnect everyone and stop the server (also: quit, Ctrl+C)",
@@ -67,6 +83,13 @@ pub enum ConsoleCommand {
     Help(Option<String>),
     Users(Option<String>),
     Rooms,
+    /// `locks [ROOM] [USER]`: with one word, the server tells whether it is
+    /// a room or a user.
+    Locks {
+        first: Option<String>,
+        user: Option<String>,
+    },
+    Reset(Option<String>),
     /// `rest`: a room and/or a reason; the server tells which.
     Kick {
         user: String,
@@ -105,6 +128,25 @@ pub fn parse(line: &str) -> Result<ConsoleCommand, String> {
         )),
         "users" => one_optional(rest, "users [ROOM]").map(ConsoleCommand::Users),
         "rooms" => no_args(ConsoleCommand::Rooms),
+        "locks" => {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            match words.as_slice() {
+                [] => Ok(ConsoleCommand::Locks {
+                    first: None,
+                    user: None,
+                }),
+                [first] => Ok(ConsoleCommand::Locks {
+                    first: Some((*first).to_owned()),
+                    user: None,
+                }),
+                [room, user] => Ok(ConsoleCommand::Locks {
+                    first: Some((*room).to_owned()),
+                    user: Some((*user).to_owned()),
+                }),
+                _ => Err("usage: locks [ROOM] [USER]".into()),
+            }
+        }
+        "reset" => one_optional(rest, "reset [ROOM]").map(ConsoleCommand::Reset),
         "status" => one_optional(rest, "status [ROOM]").map(ConsoleCommand::Status),
         "close" => {
             let (room, reason) = match rest.split_once(char::is_whitespace) {
@@ -187,11 +229,13 @@ pub fn help(topic: Option<&str>) -> String {
 }
 
 /// Runs one command against the server and returns what to print. `None`
-/// means the console should stop reading (exit).
+/// means the console should stop reading (exit). `confirm` shows a question
+/// and tells whether the admin answered yes.
 pub fn execute(
     command: ConsoleCommand,
     server: &mpsc::Sender<ConsoleRequest>,
     shutdown: &CancellationToken,
+    confirm: &mut dyn FnMut(&str) -> bool,
 ) -> Option<String> {
     let out = match command {
         ConsoleCommand::Empty => String::new(),
@@ -207,6 +251,14 @@ pub fn execute(
                 None => SHUTTING_DOWN.into(),
             }
         }
+        ConsoleCommand::Locks { first, user } => {
+            match ask(server, |reply| ConsoleRequest::Locks { first, user, reply }) {
+                Some(Ok(locks)) => format_locks(&locks, SystemTime::now()),
+                Some(Err(e)) => format!("{e}\n"),
+                None => SHUTTING_DOWN.into(),
+            }
+        }
+        ConsoleCommand::Reset(room) => reset(room, server, confirm),
         ConsoleCommand::Rooms => match ask(server, ConsoleRequest::Rooms) {
             Some(rooms) => format_rooms(&rooms),
             None => SHUTTING_DOWN.into(),
@@ -260,6 +312,56 @@ pub fn execute(
     Some(out)
 }
 
+/// `reset [ROOM]`: says what will happen, asks, and resets.
+fn reset(
+    room: Option<String>,
+    server: &mpsc::Sender<ConsoleRequest>,
+    confirm: &mut dyn FnMut(&str) -> bool,
+) -> String {
+    let status = ask(server, |reply| ConsoleRequest::Status {
+        room: Some(room.clone().unwrap_or_else(|| DEFAULT_ROOM.to_owned())),
+        reply,
+    });
+    let report = match status {
+        Some(Ok(reports)) => match reports.into_iter().next() {
+            Some(report) => report,
+            None => return "no such room\n".into(),
+        },
+        Some(Err(e)) => return format!("cannot reset: {e}\n"),
+        None => return SHUTTING_DOWN.into(),
+    };
+    let question = format!(
+        "reset room {}? It is {} with {} datablocks ({}) and {} users: its scene is saved to the backup directory first, then its users are disconnected and it starts empty.\nType yes to reset room {}: ",
+        report.room,
+        report.state,
+        report.datablocks,
+        human_bytes(report.bytes),
+        report.users,
+        report.room
+    );
+    if !confirm(&question) {
+        return "reset cancelled; nothing changed\n".into();
+    }
+    let name = report.room;
+    match ask(server, |reply| ConsoleRequest::Reset {
+        room: Some(name.clone()),
+        reply,
+    }) {
+        Some(Ok(done)) => {
+            let saved = match &done.backup {
+                Some(path) => format!("its scene was saved to {}", path.display()),
+                None => "it had no complete scene to save".to_owned(),
+            };
+            format!(
+                "room {name} reset: {saved}; {} users disconnected; it waits for a new upload\n",
+                done.users
+            )
+        }
+        Some(Err(e)) => format!("cannot reset room {name}: {e}\n"),
+        None => SHUTTING_DOWN.into(),
+    }
+}
+
 fn ask<T>(
     server: &mpsc::Sender<ConsoleRequest>,
     request: impl FnOnce(oneshot::Sender<T>) -> ConsoleRequest,
@@ -270,98 +372,6 @@ fn ask<T>(
 }
 
 const SHUTTING_DOWN: &str = "the server is shutting down\n";
-
-/// One line per user, with their room.
-pub fn format_users(users: &[(String, UserState)]) -> String {
-    if users.is_empty() {
-        return "no users connected\n".into();
-    }
-    let mut out = format!(
-        "{:<16} {:<24} {:<6} {:<10} {:>10}\n",
-        "ROOM", "NAME", "ROLE", "STATUS", "LATENCY"
-    );
-    for (room, u) in users {
-        let latency = u
-            .latency_ms
-            .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1} ms"));
-        let role = if u.admin { "admin" } else { "user" };
-        out.push_str(&format!(
-            "{room:<16} {:<24} {role:<6} {:<10} {latency:>10}\n",
-            u.name,
-            u.status.to_string()
-        ));
-    }
-    out
-}
-
-/// One line per room.
-pub fn format_rooms(rooms: &[RoomInfo]) -> String {
-    let mut out = format!(
-        "{:<16} {:>5} {:<9} {:>10} {:>10} {}\n",
-        "ROOM", "USERS", "STATE", "DATABLOCKS", "SIZE", "FLAGS"
-    );
-    for r in rooms {
-        let mut flags = Vec::new();
-        if r.keep_open {
-            flags.push("keep-open");
-        }
-        if r.private {
-            flags.push("password");
-        }
-        out.push_str(&format!(
-            "{:<16} {:>5} {:<9} {:>10} {:>10} {}\n",
-            r.name,
-            r.users_online,
-            r.state.to_string(),
-            r.datablocks,
-            human_bytes(usize::try_from(r.bytes).unwrap_or(usize::MAX)),
-            flags.join(",")
-        ));
-    }
-    out
-}
-
-/// The `status` report: one line per room, then the uptime.
-pub fn format_status(reports: &[StatusReport]) -> String {
-    let mut out = String::new();
-    for s in reports {
-        out.push_str(&format!(
-            "room {}: state {}, {} datablocks ({}), {} users{}\n",
-            s.room,
-            s.state,
-            s.datablocks,
-            human_bytes(s.bytes),
-            s.users,
-            if s.keep_open { ", kept open" } else { "" }
-        ));
-    }
-    if let Some(first) = reports.first() {
-        out.push_str(&format!("up {}\n", human_duration(first.uptime)));
-    }
-    out
-}
-
-fn human_bytes(bytes: usize) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64;
-    let mut unit = "B";
-    for u in UNITS {
-        if value < 1024.0 {
-            break;
-        }
-        value /= 1024.0;
-        unit = u;
-    }
-    format!("{value:.1} {unit}")
-}
-
-fn human_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    format!("{}h {:02}m {:02}s", s / 3600, s / 60 % 60, s % 60)
-}
 
 /// Starts the console on its own thread (stdin reads block).
 pub fn spawn(
@@ -379,13 +389,21 @@ pub fn spawn(
         })
 }
 
-/// Plain lines from a pipe; replies on stdout.
+/// Plain lines from a pipe; replies on stdout. A question is answered by
+/// the next line.
 fn run_plain(server: &mpsc::Sender<ConsoleRequest>, shutdown: &CancellationToken) {
     let stdin = std::io::stdin();
     let mut line = String::new();
+    let mut confirm = |question: &str| {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{question}");
+        let _ = stdout.flush();
+        let mut answer = String::new();
+        matches!(stdin.lock().read_line(&mut answer), Ok(n) if n > 0) && is_yes(&answer)
+    };
     loop {
         line.clear();
-        match stdin.lock().read_line(&mut line) {
+        match std::io::stdin().lock().read_line(&mut line) {
             Ok(0) => {
                 tracing::info!("console input closed; running without a console");
                 return;
@@ -397,7 +415,7 @@ fn run_plain(server: &mpsc::Sender<ConsoleRequest>, shutdown: &CancellationToken
             }
         }
         let output = match parse(&line) {
-            Ok(command) => execute(command, server, shutdown),
+            Ok(command) => execute(command, server, shutdown, &mut confirm),
             Err(e) => Some(format!("{e}\n")),
         };
         let mut stdout = std::io::stdout().lock();
@@ -429,14 +447,24 @@ fn run_terminal(server: &mpsc::Sender<ConsoleRequest>, shutdown: &CancellationTo
         }));
     }
     println!("replication-serve console: type 'help' for the commands");
+    let mut eofs = EofGuard::default();
     loop {
         match editor.readline("> ") {
             Ok(line) => {
                 if !line.trim().is_empty() {
                     let _ = editor.add_history_entry(line.as_str());
                 }
+                // The explanation above, the question itself as the prompt.
+                let mut confirm = |question: &str| {
+                    let (explanation, prompt) =
+                        question.rsplit_once('\n').unwrap_or(("", question));
+                    if !explanation.is_empty() {
+                        println!("{explanation}");
+                    }
+                    editor.readline(prompt).is_ok_and(|answer| is_yes(&answer))
+                };
                 let output = match parse(&line) {
-                    Ok(command) => execute(command, server, shutdown),
+                    Ok(command) => execute(command, server, shutdown, &mut confirm),
                     Err(e) => Some(format!("{e}\n")),
                 };
                 match output {
@@ -449,8 +477,11 @@ fn run_terminal(server: &mpsc::Sender<ConsoleRequest>, shutdown: &CancellationTo
                 break;
             }
             Err(ReadlineError::Eof) => {
-                tracing::info!("console input closed; running without a console");
-                break;
+                if eofs.closed(Instant::now()) {
+                    tracing::info!("the terminal closed; running without a console");
+                    break;
+                }
+                println!("Ctrl-D does not stop the server: type exit to stop the server");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "console error; running without a console");
@@ -459,6 +490,35 @@ fn run_terminal(server: &mpsc::Sender<ConsoleRequest>, shutdown: &CancellationTo
         }
     }
     crate::logging::clear_console_printer();
+}
+
+fn is_yes(answer: &str) -> bool {
+    answer.trim().eq_ignore_ascii_case("yes")
+}
+
+/// Tells a person's Ctrl-D from a terminal that is gone: a terminal that
+/// hung up answers every read at once with end of input, far faster than
+/// anyone types.
+#[derive(Default)]
+struct EofGuard {
+    /// When the current run of end-of-input answers began, and its length.
+    run: Option<(Instant, u32)>,
+}
+
+impl EofGuard {
+    /// This many in a row within [`Self::WITHIN`] mean the terminal closed.
+    const BURST: u32 = 20;
+    const WITHIN: Duration = Duration::from_secs(1);
+
+    /// Counts one end of input; true when the terminal seems closed.
+    fn closed(&mut self, now: Instant) -> bool {
+        let (since, count) = match self.run {
+            Some((since, count)) if now.duration_since(since) < Self::WITHIN => (since, count + 1),
+            _ => (now, 1),
+        };
+        self.run = Some((since, count));
+        count >= Self::BURST
+    }
 }
 
 #[cfg(test)]
@@ -551,10 +611,43 @@ mod tests {
     }
 
     #[test]
-    fn formats_sizes_and_durations() {
-        assert_eq!(human_bytes(10), "10 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
-        assert_eq!(human_duration(Duration::from_secs(3723)), "1h 02m 03s");
+    fn parses_locks_and_reset() {
+        assert_eq!(
+            parse("locks"),
+            Ok(ConsoleCommand::Locks {
+                first: None,
+                user: None
+            })
+        );
+        assert_eq!(
+            parse("locks b alice"),
+            Ok(ConsoleCommand::Locks {
+                first: Some("b".into()),
+                user: Some("alice".into())
+            })
+        );
+        assert!(parse("locks a b c").unwrap_err().contains("usage"));
+        assert_eq!(parse("reset"), Ok(ConsoleCommand::Reset(None)));
+        assert_eq!(
+            parse("reset b"),
+            Ok(ConsoleCommand::Reset(Some("b".into())))
+        );
+        assert!(parse("reset a b").unwrap_err().contains("usage"));
+        assert!(is_yes(" YES\n") && !is_yes("y") && !is_yes(""));
+    }
+
+    #[test]
+    fn a_burst_of_end_of_input_means_the_terminal_closed() {
+        let start = Instant::now();
+        let mut guard = EofGuard::default();
+        assert!(!guard.closed(start));
+        // A person pressing Ctrl-D now and then never trips it.
+        let mut guard = EofGuard::default();
+        for i in 1..100 {
+            assert!(!guard.closed(start + Duration::from_secs(2 * i)));
+        }
+        let mut guard = EofGuard::default();
+        let tripped = (0..EofGuard::BURST).map(|_| guard.closed(start)).last();
+        assert_eq!(tripped, Some(true));
     }
 }

@@ -17,7 +17,10 @@
 //!   a bounded outbox per client.
 //! - [`console`]: the admin console on stdin.
 //! - [`health`]: the health check (`--health-check`).
+//! - [`report`]: errors as one line for a person, each cause once.
 //! - [`memory`]: how the allocator gives freed memory back to the kernel.
+//! - [`metrics`]: counters for Prometheus, and the optional HTTP listener
+//!   for `/metrics` and `/status`.
 //! - [`client`]: a blocking Rust client, used by the tests and tools.
 //! - [`store`]: durable sessions: the data directory and session files.
 //! - [`server`]: wires the pieces together: `run(config, shutdown)`.
@@ -36,7 +39,9 @@ pub mod core;
 pub mod health;
 pub mod logging;
 pub mod memory;
+pub mod metrics;
 pub mod protocol;
+pub mod report;
 pub mod room;
 pub mod server;
 pub mod store;

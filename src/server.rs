@@ -1,12 +1,19 @@
-//! Wires the transport, the core and the console together.
+//! Wires the transport, the core, the console and the metrics listener
+//! together.
+
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError};
-use crate::core::rooms::{self, DEFAULT_ROOM, RoomEntry, Rooms};
+use crate::config::{Config, ConfigError, DEFAULT_ADMIN_PASSWORD};
+use crate::core::rooms::{self, DEFAULT_ROOM, RoomEntry, Rooms, dir_name};
 use crate::core::{ConsoleRequest, Core, backups};
+use crate::metrics::http::{self, HttpError};
+use crate::metrics::{Metrics, MetricsError};
+use crate::protocol::SessionState;
 use crate::room::Room;
+use crate::store::Change;
 use crate::store::SessionImage;
 use crate::store::db::{Store, StoreError};
 use crate::store::file::{FileError, SaveInfo, read_session, write_session};
@@ -34,6 +41,31 @@ pub enum ServerError {
         "cannot keep a backup of the recorded session before replacing it with --load, so nothing was replaced: {0}"
     )]
     Backup(String),
+    #[error(
+        "cannot keep a backup of the recorded sessions before starting --fresh, so nothing was replaced: {0}"
+    )]
+    FreshBackup(String),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+}
+
+impl ServerError {
+    /// The configuration key whose value the error is about (as a config
+    /// file spells it), so the message can say where it was given.
+    pub fn key(&self) -> Option<&'static str> {
+        match self {
+            Self::Config(e) => Some(e.key()),
+            Self::Bind(BindError::Config(e)) => Some(e.key()),
+            Self::Bind(_) => Some("port"),
+            Self::Store(_) => Some("data_dir"),
+            Self::Load(_) | Self::TooBig { .. } => Some("load"),
+            Self::Backup(_) | Self::FreshBackup(_) => Some("backup_dir"),
+            Self::Http(_) => Some("metrics"),
+            Self::Thread(_) | Self::Metrics(_) => None,
+        }
+    }
 }
 
 /// A server whose sockets are bound, ready to run.
@@ -44,6 +76,9 @@ pub struct Server {
     console_tx: mpsc::Sender<ConsoleRequest>,
     console_rx: mpsc::Receiver<ConsoleRequest>,
     rooms: Rooms,
+    metrics: Arc<Metrics>,
+    /// The metrics listener, bound, when `--metrics` asks for one.
+    metrics_listener: Option<std::net::TcpListener>,
 }
 
 impl Server {
@@ -52,8 +87,10 @@ impl Server {
     pub fn bind(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
         let ports = config.ports()?;
-        let rooms = open_rooms(&config)?;
+        let metrics = Arc::new(Metrics::new()?);
         let sockets = Sockets::bind(&config)?;
+        let metrics_listener = config.metrics.map(|a| http::bind(a.0)).transpose()?;
+        let rooms = open_rooms(&config)?;
         let (console_tx, console_rx) = mpsc::channel(16);
         Ok(Self {
             config,
@@ -62,7 +99,17 @@ impl Server {
             console_tx,
             console_rx,
             rooms,
+            metrics,
+            metrics_listener,
         })
+    }
+
+    /// Where the metrics listener listens, if there is one (with the port
+    /// chosen when `--metrics` asked for port 0).
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The four ports: commands, subscriber, publisher, heartbeat.
@@ -80,6 +127,7 @@ impl Server {
     /// must belong to a tokio runtime with I/O and time enabled (the sockets
     /// are registered with its reactor).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
+        let metrics_address = self.metrics_address();
         let Self {
             config,
             sockets,
@@ -87,10 +135,28 @@ impl Server {
             console_tx,
             console_rx,
             rooms,
+            metrics,
+            metrics_listener,
         } = self;
-        // Only the console's own senders should keep the channel open.
+        let transport = Transport::new(
+            sockets,
+            TransportLimits::from_config(&config),
+            metrics.traffic.clone(),
+        )?;
+        // The listener stops with the core, whatever stops it.
+        let listening = shutdown.child_token();
+        let listener = match metrics_listener {
+            Some(listener) => Some(http::spawn(
+                listener,
+                metrics.clone(),
+                console_tx.clone(),
+                listening.clone(),
+            )?),
+            None => None,
+        };
+        // Only the console's own senders (and the listener's) should keep
+        // the channel open.
         drop(console_tx);
-        let transport = Transport::new(sockets, TransportLimits::from_config(&config))?;
         tracing::info!(
             bind = %config.bind,
             commands = ports[0],
@@ -102,11 +168,35 @@ impl Server {
             "replication-serve {} listening",
             env!("CARGO_PKG_VERSION")
         );
-        Core::new(config, transport, rooms)
+        if exposes_default_password(&config) {
+            tracing::warn!(
+                bind = %config.bind,
+                "the admin password is the well-known default \"admin\" and the server is reachable from other machines: anyone who reaches it can log in as admin; set your own with -pwd, REPLICATION_ADMIN_PASSWORD or admin_password in the config file"
+            );
+        }
+        if let Some(address) = metrics_address {
+            tracing::info!(
+                metrics = %format!("http://{address}/metrics"),
+                status = %format!("http://{address}/status"),
+                "metrics listening"
+            );
+        }
+        let result = Core::new(config, transport, rooms, metrics)
             .run(console_rx, shutdown)
-            .await?;
+            .await;
+        listening.cancel();
+        if let Some(thread) = listener {
+            // It stops at once once cancelled; nothing to report if not.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        result?;
         Ok(())
     }
+}
+
+/// The default admin password on an address other machines can reach.
+fn exposes_default_password(config: &Config) -> bool {
+    config.admin_password == DEFAULT_ADMIN_PASSWORD && !config.bind.is_loopback()
 }
 
 /// The rooms to serve: the default room (from `--load`, else recovered from
@@ -123,8 +213,64 @@ fn open_rooms(config: &Config) -> Result<Rooms, ServerError> {
             }
             rooms.insert(&name, entry);
         }
+        if config.fresh {
+            start_fresh(config, &mut rooms)?;
+        }
     }
     Ok(rooms)
+}
+
+/// `--fresh`: saves every recorded scene to the backup directory, then
+/// empties the default room and removes the others. Nothing is removed
+/// unless every backup was written.
+fn start_fresh(config: &Config, rooms: &mut Rooms) -> Result<(), ServerError> {
+    let dir = config.backup_dir();
+    let mut saved = Vec::new();
+    for (name, entry) in rooms.iter_mut() {
+        let Some(image) = entry.room.image().filter(|i| !i.blocks.is_empty()) else {
+            continue;
+        };
+        let path = backups::new_path(&dir, &format!("before-fresh-{}", dir_name(name)));
+        let file = backups::save_to(&image, &backups::Target::InBackups(path))
+            .map_err(ServerError::FreshBackup)?;
+        saved.push((name.to_string(), file));
+    }
+    for name in rooms.names() {
+        if &*name == DEFAULT_ROOM {
+            continue;
+        }
+        if let Some(mut entry) = rooms.remove(&name)
+            && let Some(store) = entry.store.take()
+        {
+            let room_dir = store.dir().to_owned();
+            drop(store);
+            std::fs::remove_dir_all(&room_dir).map_err(|e| StoreError::Directory {
+                dir: room_dir.clone(),
+                source: e,
+            })?;
+        }
+    }
+    if let Some(entry) = rooms.get_mut(DEFAULT_ROOM) {
+        entry.room = Room::new(config.limits.clone());
+        entry.room.set_name(DEFAULT_ROOM);
+        if let Some(store) = &mut entry.store {
+            store.record(&[Change::Clear, Change::State(SessionState::Waiting)])?;
+            store.commit()?;
+        }
+    }
+    for (room, file) in &saved {
+        tracing::warn!(
+            room,
+            backup = %file.path.display(),
+            datablocks = file.summary.datablocks,
+            "--fresh: the recorded scene was saved, and the room starts empty"
+        );
+    }
+    tracing::info!(
+        rooms_saved = saved.len(),
+        "started fresh: the default room waits for its first upload"
+    );
+    Ok(())
 }
 
 /// The default room: loaded from `--load`, else recovered from the data

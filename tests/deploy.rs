@@ -151,7 +151,56 @@ fn reference_variables_configure_the_server() {
     assert_eq!(config.timeout_ms, 8000);
     assert_eq!(config.server_password.as_deref(), Some("********"));
     assert!(!finished.stdout.contains("secret") && !finished.stdout.contains("friends"));
-    assert!(line_of(&finished.stdout, "port").ends_with("# command line --port"));
+    // Handed over as the server's own variables, never as options.
+    assert!(line_of(&finished.stdout, "port").ends_with("# environment REPLICATION_PORT"));
+    assert!(
+        line_of(&finished.stdout, "admin_password")
+            .ends_with("# environment REPLICATION_ADMIN_PASSWORD")
+    );
+}
+
+/// What `ps` shows of a process: its command line, from /proc.
+fn command_line(pid: &str) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).expect("read /proc/PID/cmdline");
+    raw.split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+#[test]
+fn passwords_never_reach_the_command_line() {
+    let bin = bin_dir();
+    let server = start_entrypoint(
+        &bin,
+        false,
+        &[
+            ("password", "boss-pw-1"),
+            ("server_password", "friends-pw-2"),
+        ],
+        &[],
+        false,
+    );
+    // The entrypoint became the server: this is the server's own.
+    let argv = command_line(&server.pid());
+    assert!(
+        argv.first()
+            .is_some_and(|a| a.ends_with("replication-serve")),
+        "{argv:?}"
+    );
+    for word in [
+        "boss-pw-1",
+        "friends-pw-2",
+        "--admin-password",
+        "--server-password",
+    ] {
+        assert!(!argv.iter().any(|a| a.contains(word)), "{word} in {argv:?}");
+    }
+    let mut admin = server.client(|p| ClientOptions {
+        server_password: Some("friends-pw-2".into()),
+        ..ClientOptions::admin(p, "alice", "boss-pw-1")
+    });
+    assert_eq!(admin.authenticate(T).expect("auth"), AuthStatus::Lobby);
 }
 
 #[test]
@@ -248,14 +297,36 @@ fn a_variable_given_in_both_cases_with_different_values_is_refused() {
 fn malformed_values_are_reported_by_name() {
     let bin = bin_dir();
     let finished = finish(entrypoint(&bin, &[("timeout", "abc")], &[]));
-    assert_failed_with(&finished, &["abc", "--timeout", "timeout as --timeout"]);
+    assert_failed_with(&finished, &["abc", "environment variable timeout"]);
     assert_eq!(finished.status.code(), Some(2));
 
     let finished = finish(entrypoint(&bin, &[("LOG_LEVEL", "LOUD")], &[]));
-    assert_failed_with(&finished, &["LOUD", "DEBUG", "LOG_LEVEL as --log-level"]);
+    assert_failed_with(
+        &finished,
+        &["LOUD", "DEBUG", "environment variable LOG_LEVEL"],
+    );
 
     let finished = finish(entrypoint(&bin, &[("port", "65534")], &[]));
-    assert_failed_with(&finished, &["65534", "base..base+3"]);
+    assert_failed_with(
+        &finished,
+        &["65534", "base..base+3", "(set by environment port)"],
+    );
+
+    // Once, on one line, under the name that was set.
+    let finished = finish(entrypoint(&bin, &[("REPLICATION_TIMEOUT", "abc")], &[]));
+    assert_failed_with(
+        &finished,
+        &["abc", "environment variable REPLICATION_TIMEOUT"],
+    );
+    for finished in [
+        finish(entrypoint(&bin, &[("timeout", "abc")], &[])),
+        finish(entrypoint(&bin, &[("port", "65534")], &[])),
+    ] {
+        assert_eq!(finished.stderr.lines().count(), 1, "{}", finished.stderr);
+        for option in ["--timeout", "--port"] {
+            assert!(!finished.stderr.contains(option), "{}", finished.stderr);
+        }
+    }
 }
 
 #[test]
@@ -600,6 +671,7 @@ fn shipped_config_lists_every_option() {
         data_dir: Some(PathBuf::new()),
         load: Some(PathBuf::new()),
         backup_dir: Some(PathBuf::new()),
+        metrics: "9100".parse().ok(),
         ..Config::default()
     };
     let table = toml::Table::try_from(&full).expect("Config serializes");
@@ -651,15 +723,12 @@ fn scripts_explain_themselves() {
     }
 }
 
-/// run-dockerfile.sh against a stand-in `docker` that records what it is
-/// asked: the image is built from the repository, and run with the four
-/// ports published, the documented variables, the data volume, and the
-/// passwords in docker's environment rather than on its command line.
-#[test]
-fn run_dockerfile_builds_and_runs_the_documented_command() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("docker.log");
-    let fake = dir.path().join("docker");
+/// A stand-in `docker` in `dir` that logs its arguments to `docker.log`
+/// (and, for `run`, the passwords it finds in its environment); returns
+/// the PATH to run with it first.
+fn fake_docker(dir: &Path) -> OsString {
+    let log = dir.join("docker.log");
+    let fake = dir.join("docker");
     std::fs::write(
         &fake,
         format!(
@@ -675,10 +744,21 @@ fn run_dockerfile_builds_and_runs_the_documented_command() {
     let mut permissions = std::fs::metadata(&fake).expect("stat").permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
     std::fs::set_permissions(&fake, permissions).expect("chmod");
-
-    let mut path = OsString::from(dir.path());
+    let mut path = OsString::from(dir);
     path.push(":");
     path.push(std::env::var_os("PATH").unwrap_or_default());
+    path
+}
+
+/// run-dockerfile.sh against a stand-in `docker` that records what it is
+/// asked: the image is built from the repository, and run with the four
+/// ports published, the documented variables, the data volume, and the
+/// passwords in docker's environment rather than on its command line.
+#[test]
+fn run_dockerfile_builds_and_runs_the_documented_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("docker.log");
+    let path = fake_docker(dir.path());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/run-dockerfile.sh");
     let mut cmd = Command::new(script);
     cmd.args([
@@ -716,5 +796,67 @@ fn run_dockerfile_builds_and_runs_the_documented_command() {
     assert!(
         calls.contains("env password=boss server_password=friends\n"),
         "{calls}"
+    );
+}
+
+/// Every value is checked before the build (which takes minutes): docker
+/// is never called for a mistake.
+#[test]
+fn run_dockerfile_checks_its_values_before_building() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/run-dockerfile.sh");
+    for (args, words) in [
+        (&["-t", "abc"][..], &["--timeout abc", "milliseconds"][..]),
+        (&["-t", "50"], &["--timeout 50", "at least 100"]),
+        (&["-l", "LOUD"], &["--log-level LOUD", "DEBUG"]),
+        (&["-p", "70000"], &["--port 70000"]),
+        (&["--name", "my server"], &["--name my server"]),
+        (&["--image", "Bad:Name!"], &["--image Bad:Name!"]),
+        (&["--fresh", "-d"], &["--fresh with --detach", "reset"]),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = fake_docker(dir.path());
+        let mut cmd = Command::new(&script);
+        cmd.args(args).env("PATH", path);
+        let finished = finish(cmd);
+        assert_eq!(
+            finished.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            finished.stderr
+        );
+        assert_eq!(
+            finished.stderr.lines().count(),
+            1,
+            "{args:?}: {}",
+            finished.stderr
+        );
+        for word in words {
+            assert!(
+                finished.stderr.contains(word),
+                "{args:?}: {}",
+                finished.stderr
+            );
+        }
+        assert!(
+            !dir.path().join("docker.log").exists(),
+            "{args:?}: docker was called"
+        );
+    }
+
+    // --fresh in the foreground asks the server to start fresh.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = fake_docker(dir.path());
+    let mut cmd = Command::new(&script);
+    cmd.args(["--fresh", "--no-build"]).env("PATH", path);
+    let finished = finish(cmd);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let calls = std::fs::read_to_string(dir.path().join("docker.log")).expect("docker was called");
+    let run = calls
+        .lines()
+        .find(|l| l.starts_with("run "))
+        .expect("a docker run");
+    assert!(
+        run.contains("-e REPLICATION_FRESH=1") && run.contains("--rm"),
+        "{run}"
     );
 }

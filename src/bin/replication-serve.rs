@@ -6,16 +6,16 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use replication_serve::cli::Action;
+use replication_serve::cli::{Action, Sources};
 use replication_serve::config::Config;
-use replication_serve::server::Server;
-use replication_serve::{cli, console, health, logging};
+use replication_serve::server::{Server, ServerError};
+use replication_serve::{cli, console, health, logging, report};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     match cli::parse() {
-        Ok(Action::Serve(config)) => serve(*config),
+        Ok(Action::Serve(config, sources)) => serve(*config, &sources),
         Ok(Action::PrintConfig(text)) => {
             // Fails only when stdout is closed, and then nobody is reading.
             let _ = std::io::stdout().write_all(text.as_bytes());
@@ -35,17 +35,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, sources: &Sources) -> ExitCode {
     if let Err(e) = logging::init(config.log_level, config.log_file.as_deref()) {
-        eprintln!("replication-serve: error: {e}");
+        eprintln!(
+            "replication-serve: error: {}{}",
+            report::one_line(&e),
+            sources.note("log_file")
+        );
         return ExitCode::FAILURE;
     }
     replication_serve::memory::keep_freed_memory();
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line, on stderr and in the log file.
-            tracing::error!("{e:#}");
+            // One line, on stderr and in the log file, naming where the
+            // setting at fault was given.
+            let note = e
+                .downcast_ref::<ServerError>()
+                .and_then(ServerError::key)
+                .map(|key| sources.note(key))
+                .unwrap_or_default();
+            tracing::error!("{}{note}", report::one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -183,7 +183,7 @@ mod tests {
 
     fn config_from(args: Vec<OsString>) -> Config {
         match parse_from(args) {
-            Ok(Action::Serve(config)) => *config,
+            Ok(Action::Serve(config, _)) => *config,
             Ok(_) => panic!("expected a server configuration"),
             Err(e) => panic!("should parse: {e}"),
         }

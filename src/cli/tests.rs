@@ -22,7 +22,7 @@ fn action(list: &[&str]) -> Action {
 
 fn config(list: &[&str]) -> Config {
     match action(list) {
-        Action::Serve(config) => *config,
+        Action::Serve(config, _) => *config,
         _ => panic!("{list:?} should run the server"),
     }
 }
@@ -138,6 +138,8 @@ fn every_option_has_its_env_var() {
         ("log_file", "REPLICATION_LOG_FILE", false),
         ("bind", "REPLICATION_BIND", false),
         ("config", "REPLICATION_CONFIG", false),
+        ("fresh", "REPLICATION_FRESH", false),
+        ("metrics", "REPLICATION_METRICS", false),
     ];
     let cmd = Cli::command();
     for (id, env, hidden) in expected {
@@ -172,7 +174,7 @@ fn port_must_leave_room_for_four_channels() {
             ..
         }
     ));
-    assert!(matches!(error(&["-p", "70000"]), CliError::Clap(_)));
+    assert!(matches!(error(&["-p", "70000"]), CliError::Usage(_)));
 }
 
 #[test]
@@ -298,6 +300,48 @@ fn empty_values_mean_none() {
 }
 
 #[test]
+fn fresh_and_metrics_options() {
+    let c = config(&["--fresh", "--metrics", "9100"]);
+    assert!(c.fresh);
+    assert_eq!(
+        c.metrics.map(|m| m.0.to_string()),
+        Some("127.0.0.1:9100".into())
+    );
+    let (_file, path) = config_file("metrics = \"0.0.0.0:9200\"\nfresh = true\n");
+    let c = config(&["--config", &path]);
+    assert!(c.fresh);
+    assert_eq!(
+        c.metrics.map(|m| m.0.to_string()),
+        Some("0.0.0.0:9200".into())
+    );
+
+    let message = error(&["--metrics", "nowhere"]).to_string();
+    assert!(message.contains("'--metrics <ADDRESS:PORT>'"), "{message}");
+    assert!(message.contains("ADDRESS:PORT"), "{message}");
+    assert_eq!(message.lines().count(), 1, "{message}");
+    let message = error(&["--fresh", "--load", "x.rsession"]).to_string();
+    assert!(message.starts_with("invalid fresh"), "{message}");
+    assert!(
+        message.ends_with("(set by command line --fresh)"),
+        "{message}"
+    );
+}
+
+#[test]
+fn clap_errors_are_one_line() {
+    for list in [&["-p", "abc"][..], &["--bogus"], &["-l", "LOUD"], &["-t"]] {
+        let e = error(list);
+        assert_eq!(e.exit_code(), 2, "{list:?}");
+        let message = e.to_string();
+        assert_eq!(message.lines().count(), 1, "{list:?}: {message}");
+        assert!(message.contains("--help"), "{list:?}: {message}");
+    }
+    // Given on the command line, the option is named, not a variable.
+    let message = error(&["-p", "abc"]).to_string();
+    assert!(message.contains("'--port <PORT>'"), "{message}");
+}
+
+#[test]
 fn a_repeated_option_takes_the_last_value() {
     assert_eq!(config(&["-p", "6000", "--port", "7000"]).port, 7000);
     assert_eq!(config(&["-pwd", "a", "-pwd", "b"]).admin_password, "b");
@@ -365,11 +409,11 @@ fn health_check_targets_this_machine_or_the_given_host() {
     );
     assert!(matches!(
         error(&["--host", "example.org"]),
-        CliError::Clap(_)
+        CliError::Usage(_)
     ));
     assert!(matches!(
         error(&["--health-check", "--print-config"]),
-        CliError::Clap(_)
+        CliError::Usage(_)
     ));
 }
 

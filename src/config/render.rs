@@ -35,6 +35,9 @@ pub fn to_toml(
             config.data_dir().display()
         ));
     }
+    if config.metrics.is_none() {
+        out.push_str("# metrics is not set: no HTTP listener for /metrics and /status\n");
+    }
     if config.backup_dir.is_none() {
         out.push_str(&format!(
             "# backup_dir is not set: session files are saved in {}\n",

@@ -28,14 +28,48 @@ pub fn new_path(dir: &Path, prefix: &str) -> PathBuf {
     dir.join(format!("{prefix}-{compact}.{EXTENSION}"))
 }
 
-/// Writes `image` to `path` on a blocking thread and calls `done` with the
-/// outcome.
+/// Where a session file goes: a file the admin named, whose folder must
+/// exist (a typing mistake must not create folders), or a new file in the
+/// backup directory, which is created when missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Named(PathBuf),
+    InBackups(PathBuf),
+}
+
+/// Writes `image` to `target` on a blocking thread and calls `done` with
+/// the outcome.
 pub fn save_in_background(
     image: SessionImage,
-    path: PathBuf,
+    target: Target,
     done: impl FnOnce(Result<SavedFile, String>) + Send + 'static,
 ) {
-    tokio::task::spawn_blocking(move || done(save(&image, &path)));
+    tokio::task::spawn_blocking(move || done(save_to(&image, &target)));
+}
+
+/// Writes `image` to `target` on this thread.
+pub fn save_to(image: &SessionImage, target: &Target) -> Result<SavedFile, String> {
+    match target {
+        Target::InBackups(path) => save(image, path),
+        Target::Named(path) => {
+            let folder = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !folder.is_dir() {
+                return Err(format!(
+                    "the folder {} does not exist; create it first, or give a FILE in an existing folder",
+                    folder.display()
+                ));
+            }
+            let summary =
+                write_session(path, image, &SaveInfo::now()).map_err(|e| e.to_string())?;
+            Ok(SavedFile {
+                path: path.to_owned(),
+                summary,
+            })
+        }
+    }
 }
 
 /// Autosaves rooms one after the other on a blocking thread, rotating each

@@ -1,7 +1,48 @@
-//! Answers to the admin console: users, status, rooms, kick, close, save.
+//! Answers to the admin console: users, status, rooms, locks, kick, close,
+//! save, reset; and the report the metrics and the JSON status show.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use super::rooms::{DEFAULT_ROOM, dir_name};
 use super::{ConsoleRequest, Core, StatusReport, backups, kick_reason};
+use crate::protocol::{RoomInfo, UserState};
+
+/// A datablock held by a user, for `locks`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lock {
+    pub room: String,
+    pub user: String,
+    pub uuid: String,
+    pub type_id: String,
+    /// When the user got it.
+    pub since: SystemTime,
+}
+
+/// What a reset did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetDone {
+    /// The backup of the scene; `None` when the room had no complete scene.
+    pub backup: Option<PathBuf>,
+    /// Users disconnected.
+    pub users: usize,
+    /// The room closed, as nobody kept it open once its users were gone.
+    pub closed: bool,
+}
+
+/// The whole state at a glance: what `status`, `rooms`, `users` and
+/// `locks` show.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub uptime: Duration,
+    pub rooms: Vec<RoomInfo>,
+    /// Each user with their room.
+    pub users: Vec<(String, UserState)>,
+    /// Empty unless asked for.
+    pub locks: Vec<Lock>,
+    /// How many datablocks users hold, in all rooms.
+    pub lock_count: usize,
+}
 
 impl Core {
     pub(super) async fn console(&mut self, request: ConsoleRequest) {
@@ -17,16 +58,7 @@ impl Core {
                             .collect()),
                         None => Err(format!("no room named {room:?}")),
                     },
-                    None => Ok(self
-                        .rooms
-                        .names()
-                        .into_iter()
-                        .filter_map(|name| {
-                            let users = self.rooms.get(&name)?.room.users();
-                            Some(users.into_iter().map(move |u| (name.to_string(), u)))
-                        })
-                        .flatten()
-                        .collect()),
+                    None => Ok(self.all_users()),
                 };
                 let _ = reply.send(result);
             }
@@ -72,13 +104,14 @@ impl Core {
                 };
                 match entry.room.image() {
                     Some(image) => {
-                        let path = path.unwrap_or_else(|| {
-                            backups::new_path(
+                        let target = match path {
+                            Some(path) => backups::Target::Named(path),
+                            None => backups::Target::InBackups(backups::new_path(
                                 &self.config.backup_dir(),
                                 &format!("session-{}", dir_name(&room)),
-                            )
-                        });
-                        backups::save_in_background(image, path, move |result| {
+                            )),
+                        };
+                        backups::save_in_background(image, target, move |result| {
                             let _ = reply.send(result);
                         });
                     }
@@ -89,6 +122,16 @@ impl Core {
                         )));
                     }
                 }
+            }
+            ConsoleRequest::Locks { first, user, reply } => {
+                let _ = reply.send(self.locks(first, user));
+            }
+            ConsoleRequest::Reset { room, reply } => {
+                let room = room.unwrap_or_else(|| DEFAULT_ROOM.to_owned());
+                self.start_reset(room, reply).await;
+            }
+            ConsoleRequest::Report { locks, reply } => {
+                let _ = reply.send(self.report(locks));
             }
             ConsoleRequest::Kick {
                 user,
@@ -116,6 +159,96 @@ impl Core {
                 };
                 let _ = reply.send(self.console_kick(&user, room.as_deref(), reason).await);
             }
+        }
+    }
+
+    /// Every user, with their room.
+    fn all_users(&self) -> Vec<(String, UserState)> {
+        self.rooms
+            .names()
+            .into_iter()
+            .filter_map(|name| {
+                let users = self.rooms.get(&name)?.room.users();
+                Some(users.into_iter().map(move |u| (name.to_string(), u)))
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// The datablocks held in `room` (every room when `None`), by `user`
+    /// (anyone when `None`), the longest held first.
+    fn held(&self, room: Option<&str>, user: Option<&str>) -> Vec<Lock> {
+        let mut locks: Vec<Lock> = self
+            .rooms
+            .names()
+            .into_iter()
+            .filter(|name| room.is_none_or(|r| r == &**name))
+            .filter_map(|name| {
+                let entry = self.rooms.get(&name)?;
+                Some(
+                    entry
+                        .room
+                        .locks()
+                        .into_iter()
+                        .filter(|l| user.is_none_or(|u| u == l.owner))
+                        .map(move |l| Lock {
+                            room: name.to_string(),
+                            user: l.owner,
+                            uuid: l.uuid,
+                            type_id: l.type_id,
+                            since: l.since,
+                        }),
+                )
+            })
+            .flatten()
+            .collect();
+        locks.sort_by_key(|l| l.since);
+        locks
+    }
+
+    /// `locks [ROOM] [USER]`: one word is a room when a room has that name,
+    /// else a user.
+    fn locks(&self, first: Option<String>, user: Option<String>) -> Result<Vec<Lock>, String> {
+        match (first, user) {
+            (None, _) => Ok(self.held(None, None)),
+            (Some(room), Some(user)) => {
+                if self.rooms.get(&room).is_none() {
+                    return Err(format!("no room named {room:?}"));
+                }
+                Ok(self.held(Some(&room), Some(&user)))
+            }
+            (Some(word), None) if self.rooms.get(&word).is_some() => {
+                Ok(self.held(Some(&word), None))
+            }
+            (Some(word), None) => {
+                let known = self.all_users().iter().any(|(_, u)| u.name == word);
+                if !known {
+                    return Err(format!("no room or connected user named {word:?}"));
+                }
+                Ok(self.held(None, Some(&word)))
+            }
+        }
+    }
+
+    fn report(&self, with_locks: bool) -> Report {
+        let rooms = self.rooms.infos(self.config.server_password.is_some());
+        let lock_count = self
+            .rooms
+            .names()
+            .iter()
+            .filter_map(|name| self.rooms.get(name))
+            .map(|entry| entry.room.repository().held().count())
+            .sum();
+        Report {
+            uptime: self.started.elapsed(),
+            rooms,
+            users: self.all_users(),
+            locks: if with_locks {
+                self.held(None, None)
+            } else {
+                Vec::new()
+            },
+            lock_count,
         }
     }
 

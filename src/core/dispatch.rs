@@ -15,7 +15,7 @@ use crate::protocol::{
     ProtocolError, PublisherMessage, RefersTo, Role, ServerMessage, SessionState,
     SubscriberRequest, UploadStep, Wire, batch, check_name, encode,
 };
-use crate::room::{ClientId, Effects, RoomError, StreamOptions};
+use crate::room::{ClientId, Effects, RoomError, StreamOptions, TOO_SLOW};
 use crate::transport::{ClientMessage, Command, Frame, Identity, Inbound, Recipients};
 
 impl Core {
@@ -23,7 +23,7 @@ impl Core {
         match event {
             Inbound::TooSlow { identity } => {
                 if let Some(&id) = self.by_identity.get(&identity) {
-                    self.disconnect(id, "too slow").await;
+                    self.disconnect(id, TOO_SLOW).await;
                 } else {
                     self.send(Command::Disconnect {
                         identity,
@@ -239,6 +239,7 @@ impl Core {
             None
         };
         if let Some((code, reason)) = refusal {
+            self.metrics.refused(code);
             tracing::warn!(user, peer = %place, ?code, "login refused: {reason}");
             self.reply_to(&identity, &auth_failed(id, code, &reason))
                 .await;
@@ -289,6 +290,7 @@ impl Core {
                 if e.code == ErrorCode::WrongRoomPassword {
                     self.room_logins.failed(&guard, now.into_std());
                 }
+                self.metrics.refused(e.code);
                 tracing::warn!(user, peer = %place, code = ?e.code, "login refused: {}", e.message);
                 self.reply_to(&identity, &auth_failed(id, e.code, &e.message))
                     .await;

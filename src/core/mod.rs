@@ -7,6 +7,7 @@ pub mod backups;
 mod console_requests;
 mod dispatch;
 mod payloads;
+mod reset;
 pub mod rooms;
 mod transfers;
 
@@ -22,18 +23,21 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::protocol::batch::{BatchLimits, Batcher, SERVER_BATCH_DATA, updates_message};
 use crate::protocol::{
     Channel, ErrorCode, HeartbeatMessage, RefersTo, RoomInfo, ServerMessage, SessionState,
     UserState, Wire, encode,
 };
-use crate::room::{ClientId, Effects, RoomError};
+use crate::room::{ClientId, Effects, RoomError, TOO_SLOW};
 use crate::store::Change;
 use crate::store::db::StoreError;
 use crate::store::file::FileSummary;
 use crate::transport::{Command, Identity, Recipients, Transport};
 
 use auth::LoginThrottle;
+pub use console_requests::{Lock, Report, ResetDone};
+use reset::PendingReset;
 use rooms::Rooms;
 use transfers::Transfers;
 
@@ -87,6 +91,26 @@ pub enum ConsoleRequest {
         path: Option<PathBuf>,
         room: Option<String>,
         reply: oneshot::Sender<Result<SavedFile, String>>,
+    },
+    /// The datablocks users hold: in one room and/or of one user. `first`
+    /// alone names a room if there is one of that name, else a user.
+    Locks {
+        first: Option<String>,
+        user: Option<String>,
+        reply: oneshot::Sender<Result<Vec<Lock>, String>>,
+    },
+    /// Saves a room's scene to a backup, disconnects its users and starts
+    /// it empty (the default room when `None`). Answered once done.
+    Reset {
+        room: Option<String>,
+        reply: oneshot::Sender<Result<ResetDone, String>>,
+    },
+    /// Everything `status`, `users`, `rooms` and `locks` show, at once (for
+    /// the metrics and the JSON status); the list of locks only when
+    /// `locks` is set.
+    Report {
+        locks: bool,
+        reply: oneshot::Sender<Report>,
     },
 }
 
@@ -172,11 +196,20 @@ pub struct Core {
     /// Recording failed: the server stops rather than forward what it could
     /// not record.
     failure: Option<StoreError>,
+    /// Counters for the metrics.
+    metrics: Arc<Metrics>,
+    /// A reset waiting for its backup to be written.
+    reset: Option<PendingReset>,
 }
 
 impl Core {
     /// A core serving `rooms` (each recorded in its store, when it has one).
-    pub fn new(config: Config, transport: Transport, mut rooms: Rooms) -> Self {
+    pub fn new(
+        config: Config,
+        transport: Transport,
+        mut rooms: Rooms,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         for (_, entry) in rooms.iter_mut() {
             entry.room.set_recording(entry.store.is_some());
         }
@@ -204,6 +237,8 @@ impl Core {
             run: Batcher::new(limits),
             autosaving: Arc::new(AtomicBool::new(false)),
             failure: None,
+            metrics,
+            reset: None,
         }
     }
 
@@ -254,6 +289,9 @@ impl Core {
                     self.broadcast_presence().await;
                 }
                 _ = autosave.tick(), if !autosave_every.is_off() => self.autosave(),
+                saved = reset::backup_written(&mut self.reset), if self.reset.is_some() => {
+                    self.finish_reset(saved).await;
+                }
             }
         }
         self.flush().await;
@@ -282,6 +320,7 @@ impl Core {
     async fn flush(&mut self) {
         if self.recording_open {
             self.recording_open = false;
+            let started = std::time::Instant::now();
             let mut failed = None;
             for (_, entry) in self.rooms.iter_mut() {
                 if let Some(store) = &mut entry.store
@@ -290,6 +329,7 @@ impl Core {
                     failed.get_or_insert(e);
                 }
             }
+            self.metrics.committed(started.elapsed());
             if let Some(e) = failed {
                 self.fail(e);
             }
@@ -448,6 +488,7 @@ impl Core {
             .map(|(id, _)| *id)
             .collect();
         for id in silent {
+            self.metrics.heartbeat_timeouts.inc();
             self.disconnect(id, "timed out").await;
         }
         self.expire_transfers(now.into_std()).await;
@@ -555,6 +596,14 @@ impl Core {
     /// its messages.
     async fn apply(&mut self, room: &str, effects: Effects) {
         self.record(room, &effects.changes);
+        if effects.streams_started > 0 {
+            self.metrics
+                .streams_started
+                .inc_by(effects.streams_started as u64);
+        }
+        for took in &effects.streams_finished {
+            self.metrics.stream_finished(*took);
+        }
         for d in effects.deliveries {
             self.deliver(d.to, d.channel, d.wire).await;
         }
@@ -609,9 +658,38 @@ impl Core {
         .await;
     }
 
-    /// Sends an ERROR to a client and logs it.
+    /// Sends an ERROR to a client and logs it, with who was refused and,
+    /// for a datablock, who holds it.
     async fn error_to(&mut self, identity: &Identity, error: &RoomError, refers_to: RefersTo) {
-        tracing::warn!(code = ?error.code, kind = refers_to.kind.as_deref().unwrap_or("?"), "refused: {}", error.message);
+        self.metrics.refused(error.code);
+        let session = self
+            .by_identity
+            .get(identity)
+            .and_then(|id| self.sessions.get(id));
+        let user = session.map(|s| s.user.as_str());
+        let datablock = error
+            .held
+            .as_ref()
+            .map(|h| h.datablock.as_str())
+            .or(refers_to.uuid.as_deref());
+        let owner = match &error.held {
+            Some(held) => Some(held.owner.clone()),
+            None => session
+                .and_then(|s| s.room.as_deref())
+                .and_then(|room| self.rooms.get(room))
+                .zip(datablock)
+                .and_then(|(entry, uuid)| entry.room.repository().get(uuid))
+                .map(|b| b.owner.clone()),
+        };
+        tracing::warn!(
+            user,
+            code = ?error.code,
+            kind = refers_to.kind.as_deref().unwrap_or("?"),
+            datablock,
+            owner,
+            "refused: {}",
+            error.message
+        );
         let msg = ServerMessage::Error {
             code: error.code,
             message: error.message.clone(),
@@ -622,6 +700,9 @@ impl Core {
 
     /// Removes a client: tells it why, frees its locks, tells the others.
     async fn disconnect(&mut self, id: ClientId, reason: &str) {
+        if reason == TOO_SLOW {
+            self.metrics.slow_disconnects.inc();
+        }
         // Leaving the room first: its other users are told, locks freed.
         self.leave_room(id).await;
         let Some(session) = self.remove_session(id) else {

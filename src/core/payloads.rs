@@ -172,8 +172,14 @@ impl Core {
         // The one copy of the uuid an update needs: for the acknowledgement,
         // or for the refusal's context.
         let uuid = pending.uuid().to_owned();
+        let update = matches!(pending, Pending::Update { .. });
         match self.complete(id, pending, data, &uuid) {
-            Ok((room, effects)) => self.apply(&room, effects).await,
+            Ok((room, effects)) => {
+                if update {
+                    self.metrics.updates.inc();
+                }
+                self.apply(&room, effects).await;
+            }
             Err(e) => {
                 let refers_to = RefersTo {
                     kind: Some(kind.to_owned()),

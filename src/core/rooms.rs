@@ -68,7 +68,8 @@ pub struct Rooms {
 }
 
 impl Rooms {
-    pub fn insert(&mut self, name: &str, entry: RoomEntry) {
+    pub fn insert(&mut self, name: &str, mut entry: RoomEntry) {
+        entry.room.set_name(name);
         self.entries.insert(Arc::from(name), entry);
     }
 
@@ -99,7 +100,7 @@ impl Rooms {
         self.entries.iter_mut()
     }
 
-    fn remove(&mut self, name: &str) -> Option<RoomEntry> {
+    pub fn remove(&mut self, name: &str) -> Option<RoomEntry> {
         self.entries.remove(name)
     }
 

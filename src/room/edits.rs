@@ -266,9 +266,21 @@ impl Room {
             check_owner(block, uuid, &member.name, force, member.admin)?;
         }
         let sender = member.name.clone();
+        let now = std::time::SystemTime::now();
         for uuid in &uuids {
-            self.repository.edit(uuid, |b| b.owner.clone_from(&owner));
+            self.repository.edit(uuid, |b| {
+                b.owner.clone_from(&owner);
+                b.since = now;
+            });
         }
+        tracing::debug!(
+            room = %self.name,
+            by = %sender,
+            owner = %owner,
+            force,
+            datablocks = ?uuids,
+            "ownership changed"
+        );
         let mut fx = Effects::default();
         self.record(&mut fx, || Change::Owner {
             uuids: uuids.clone(),
@@ -354,7 +366,7 @@ impl Room {
                     .into_iter()
                     .all(|wire| download.hold(wire, max_messages, max_bytes))
                 {
-                    fx.disconnect.push((id, "too slow".to_owned()));
+                    fx.disconnect.push((id, TOO_SLOW.to_owned()));
                 }
             }
             None => {
@@ -384,10 +396,16 @@ fn check_owner(
     } else {
         ""
     };
-    Err(RoomError::new(
-        ErrorCode::NotOwner,
-        format!("datablock {uuid} is owned by {}{hint}", block.owner),
-    ))
+    Err(RoomError {
+        held: Some(Held {
+            datablock: uuid.to_owned(),
+            owner: block.owner.clone(),
+        }),
+        ..RoomError::new(
+            ErrorCode::NotOwner,
+            format!("datablock {uuid} is owned by {}{hint}", block.owner),
+        )
+    })
 }
 
 fn unknown(uuid: &str) -> RoomError {

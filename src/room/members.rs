@@ -27,6 +27,8 @@ pub struct Member {
     pub stream: StreamOptions,
     /// Snapshot in progress.
     pub download: Option<Download>,
+    /// When the snapshot in progress started.
+    pub stream_started: Option<std::time::Instant>,
     /// Messages of the finished snapshot stream, so that acknowledgements
     /// arriving after the last message was sent are still accepted.
     pub snapshot_sent: u64,
@@ -49,6 +51,7 @@ impl Member {
             switched: false,
             stream: StreamOptions::default(),
             download: None,
+            stream_started: None,
             snapshot_sent: 0,
         }
     }

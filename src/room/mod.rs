@@ -34,6 +34,9 @@ use crate::store::{Change, SessionImage, StoredBlock};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId(pub u64);
 
+/// The reason a client that cannot keep up is disconnected with.
+pub const TOO_SLOW: &str = "too slow";
+
 /// Catalogue entries per CATALOGUE message.
 const CATALOGUE_PAGE: usize = 1024;
 
@@ -50,6 +53,16 @@ const SNAPSHOT_BATCH_DATA: usize = 256 * 1024;
 pub struct RoomError {
     pub code: ErrorCode,
     pub message: String,
+    /// For a refusal because someone else holds a datablock: which one, and
+    /// who, for the log.
+    pub held: Option<Held>,
+}
+
+/// A datablock and the user who holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub datablock: String,
+    pub owner: String,
 }
 
 impl RoomError {
@@ -57,8 +70,19 @@ impl RoomError {
         Self {
             code,
             message: message.into(),
+            held: None,
         }
     }
+}
+
+/// A datablock held by a user (not COMMON), for `locks`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomLock {
+    pub uuid: String,
+    pub type_id: String,
+    pub owner: String,
+    /// When its current owner got it.
+    pub since: std::time::SystemTime,
 }
 
 /// Messages the room wants delivered, and clients it wants disconnected.
@@ -72,6 +96,10 @@ pub struct Effects {
     /// Accepted changes to record before the deliveries go out (only when
     /// the room is recording).
     pub changes: Vec<Change>,
+    /// Snapshot streams that started, and how long each one that finished
+    /// took (for the metrics).
+    pub streams_started: usize,
+    pub streams_finished: Vec<std::time::Duration>,
 }
 
 impl Effects {
@@ -108,6 +136,8 @@ pub struct RoomStatus {
 /// One session.
 #[derive(Debug)]
 pub struct Room {
+    /// The room's name, for the log.
+    name: String,
     state: SessionState,
     repository: Repository,
     members: members::Members,
@@ -127,6 +157,7 @@ pub struct Room {
 impl Room {
     pub fn new(limits: Limits) -> Self {
         Self {
+            name: String::new(),
             state: SessionState::Waiting,
             repository: Repository::default(),
             members: members::Members::default(),
@@ -147,6 +178,27 @@ impl Room {
         }
         room.state = SessionState::Active;
         room
+    }
+
+    /// Names the room in its log lines.
+    pub fn set_name(&mut self, name: &str) {
+        name.clone_into(&mut self.name);
+    }
+
+    /// Every datablock a user holds, the longest held first.
+    pub fn locks(&self) -> Vec<RoomLock> {
+        let mut locks: Vec<RoomLock> = self
+            .repository
+            .held()
+            .map(|(uuid, b)| RoomLock {
+                uuid: uuid.to_owned(),
+                type_id: b.type_id.clone(),
+                owner: b.owner.clone(),
+                since: b.since,
+            })
+            .collect();
+        locks.sort_by(|a, b| a.since.cmp(&b.since).then_with(|| a.uuid.cmp(&b.uuid)));
+        locks
     }
 
     /// Turns recording of accepted changes on or off.
@@ -334,6 +386,12 @@ impl Room {
         }
         let released = self.repository.reassign(&member.name, COMMON);
         if !released.is_empty() {
+            tracing::debug!(
+                room = %self.name,
+                user = %member.name,
+                datablocks = released.len(),
+                "ownership: released what the leaving user held"
+            );
             self.record(&mut fx, || Change::Owner {
                 uuids: released.clone(),
                 owner: COMMON.to_owned(),
@@ -428,6 +486,8 @@ impl Room {
             return;
         };
         member.status = UserStatus::Syncing;
+        member.stream_started = Some(std::time::Instant::now());
+        fx.streams_started += 1;
         let mut download = Download::new(queue, window, limits.snapshot_window_bytes, batches);
         let released = download.pump();
         member.download = Some(download);
@@ -444,6 +504,9 @@ impl Room {
         {
             member.snapshot_sent = member.download.as_ref().map_or(0, Download::sent);
             member.download = None;
+            if let Some(started) = member.stream_started.take() {
+                fx.streams_finished.push(started.elapsed());
+            }
             member.status = UserStatus::Active;
             fx.presence_changed = true;
         }
@@ -562,7 +625,7 @@ impl Room {
                 .map(|download| download.hold(wire.clone(), max_messages, max_bytes));
             match held {
                 Some(true) => {}
-                Some(false) => fx.disconnect.push((id, "too slow".to_owned())),
+                Some(false) => fx.disconnect.push((id, TOO_SLOW.to_owned())),
                 None if self.state == SessionState::Active => live.push(id),
                 None => {}
             }

@@ -1,5 +1,7 @@
 //! The datablocks of one session and their current state.
 
+use std::time::SystemTime;
+
 use bytes::Bytes;
 use foldhash::{HashMap, HashMapExt};
 use rmpv::Value;
@@ -96,6 +98,8 @@ pub struct Datablock {
     pub content: Content,
     /// Creation order, the tie-breaker for snapshot order.
     created: u64,
+    /// When `owner` got it (shown by `locks`).
+    pub since: SystemTime,
     /// Bytes of patches recorded since the datablock's full data was last
     /// recorded; past the data's own size, the full data is recorded
     /// instead (compaction).
@@ -177,6 +181,7 @@ impl Repository {
             revision: 1,
             content,
             created,
+            since: SystemTime::now(),
             recorded_patch_bytes: 0,
         };
         self.blocks.entry(uuid).insert_entry(block).into_mut()
@@ -229,12 +234,22 @@ impl Repository {
         self.bytes = 0;
     }
 
+    /// Every datablock a user holds (not COMMON), in no order.
+    pub fn held(&self) -> impl Iterator<Item = (&str, &Datablock)> {
+        self.blocks
+            .iter()
+            .filter(|(_, b)| b.owner != COMMON)
+            .map(|(uuid, b)| (uuid.as_str(), b))
+    }
+
     /// Sets every datablock owned by `user` to `new_owner`; returns their uuids.
     pub fn reassign(&mut self, user: &str, new_owner: &str) -> Vec<String> {
         let mut moved = Vec::new();
+        let now = SystemTime::now();
         for (uuid, block) in &mut self.blocks {
             if block.owner == user {
                 new_owner.clone_into(&mut block.owner);
+                block.since = now;
                 moved.push(uuid.clone());
             }
         }

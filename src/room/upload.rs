@@ -153,6 +153,14 @@ impl Room {
                 ),
             ));
         }
+        if owner != COMMON {
+            tracing::debug!(
+                room = %self.name,
+                datablock = %spec.uuid,
+                owner = %owner,
+                "ownership: a new datablock is held by its creator"
+            );
+        }
         self.repository.insert(
             spec.uuid,
             type_id,

@@ -11,6 +11,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use super::outbox::Outbox;
 use super::shared::{INLINE_MAX, SharedFrame};
 use super::{ClientMessage, Command, Frame, Identity, Inbound, Sockets, TransportLimits};
+use crate::metrics::Traffic;
 use crate::protocol::{Channel, ProtocolError, Wire, decode_header, decode_publisher};
 
 /// Frames a client message may have after the identity or token frame.
@@ -36,10 +37,12 @@ pub(super) struct Io {
     /// Events for the core that come from the transport itself (a client
     /// reported too slow), handed over before the next messages read.
     pub(super) pending: VecDeque<Inbound>,
+    /// Messages and bytes in and out, by channel, for the metrics.
+    traffic: Traffic,
 }
 
 impl Io {
-    pub(super) fn new(sockets: Sockets, limits: TransportLimits) -> Self {
+    pub(super) fn new(sockets: Sockets, limits: TransportLimits, traffic: Traffic) -> Self {
         Self {
             sockets,
             limits,
@@ -48,6 +51,7 @@ impl Io {
             retry: HashMap::new(),
             slow: HashSet::new(),
             pending: VecDeque::new(),
+            traffic,
         }
     }
 
@@ -103,7 +107,11 @@ impl Io {
             let sent = match shared {
                 Some(frames) => {
                     let socket = &mut self.sockets.sockets[channel as usize];
-                    send_shared(socket, &key.1, &wire, frames)
+                    let sent = send_shared(socket, &key.1, &wire, frames);
+                    if sent.is_ok() {
+                        self.traffic.sent(channel, wire_bytes(&wire));
+                    }
+                    sent
                 }
                 None => self.send(channel, &key.1, &wire),
             };
@@ -168,6 +176,7 @@ impl Io {
             while let Some(wire) = outbox.front() {
                 match send_on(socket, &key.1, wire) {
                     Ok(()) => {
+                        self.traffic.sent(key.0, wire_bytes(wire));
                         outbox.pop();
                         progressed = true;
                     }
@@ -229,7 +238,9 @@ impl Io {
     }
 
     fn send(&self, channel: Channel, identity: &Identity, wire: &Wire) -> Result<(), zmq::Error> {
-        send_on(&self.sockets.sockets[channel as usize], identity, wire)
+        send_on(&self.sockets.sockets[channel as usize], identity, wire)?;
+        self.traffic.sent(channel, wire_bytes(wire));
+        Ok(())
     }
 
     /// Reads the messages waiting on one socket into `out`, at most `limit`
@@ -238,7 +249,7 @@ impl Io {
     pub(super) fn read(&mut self, channel: Channel, out: &mut Vec<Inbound>, limit: usize) -> bool {
         let socket = &self.sockets.sockets[channel as usize];
         for _ in 0..limit {
-            match read_message(socket, channel, self.limits.max_header_bytes) {
+            match read_message(socket, channel, self.limits.max_header_bytes, &self.traffic) {
                 Ok(Some(msg)) => out.push(msg),
                 // Nothing left. A read that finds nothing has libzmq take
                 // in every command waiting for the socket first (pipes that
@@ -348,6 +359,7 @@ fn read_message(
     socket: &zmq::Socket,
     channel: Channel,
     max_header: usize,
+    traffic: &Traffic,
 ) -> Result<Option<Inbound>, zmq::Error> {
     let first = match socket.recv_msg(zmq::DONTWAIT) {
         Ok(m) => m,
@@ -357,9 +369,11 @@ fn read_message(
     let mut more = first.get_more();
     // The header and data frames, and how many more came.
     let (mut header, mut data, mut extra) = (None::<zmq::Message>, None, 0usize);
+    let mut bytes = 0;
     while more {
         let part = socket.recv_msg(0)?;
         more = part.get_more();
+        bytes += part.len();
         if header.is_none() {
             header = Some(part);
         } else if data.is_none() {
@@ -368,6 +382,7 @@ fn read_message(
             extra += 1;
         }
     }
+    traffic.received(channel, bytes);
     // Connection metadata rides on the frames the peer sent, not on the
     // identity frame the ROUTER prepends.
     let peer_address = match (channel, header.as_mut()) {
@@ -398,6 +413,11 @@ fn read_message(
         message,
         payload,
     }))
+}
+
+/// A message's size on the wire, without its routing frame.
+fn wire_bytes(wire: &Wire) -> usize {
+    wire.header.len() + wire.payload.as_ref().map_or(0, |p| p.len())
 }
 
 fn decode(channel: Channel, header: &[u8], limit: usize) -> Result<ClientMessage, ProtocolError> {

@@ -28,6 +28,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use crate::config::Config;
+use crate::metrics::Traffic;
 use crate::protocol::{
     Channel, CommandRequest, HeartbeatMessage, ProtocolError, PublisherMessage, SubscriberRequest,
     Wire,
@@ -203,7 +204,11 @@ impl Transport {
     /// Takes already-bound sockets. Must be called inside a tokio runtime
     /// with I/O enabled.
     #[allow(unsafe_code)]
-    pub fn new(sockets: Sockets, limits: TransportLimits) -> std::io::Result<Self> {
+    pub fn new(
+        sockets: Sockets,
+        limits: TransportLimits,
+        traffic: Traffic,
+    ) -> std::io::Result<Self> {
         let signal = |socket: &zmq::Socket| -> std::io::Result<AsyncFd<SocketSignal>> {
             let fd = socket.get_fd().map_err(std::io::Error::other)?;
             // SAFETY: tokio needs the descriptor to stay open, and to be the
@@ -219,7 +224,7 @@ impl Transport {
         let signals = [signal(s0)?, signal(s1)?, signal(s2)?, signal(s3)?];
         Ok(Self {
             signals,
-            io: io::Io::new(sockets, limits),
+            io: io::Io::new(sockets, limits, traffic),
         })
     }
 
