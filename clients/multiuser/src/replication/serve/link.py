@@ -16,6 +16,7 @@ client, exactly as the server applies it.
 from __future__ import annotations
 
 import logging
+import re
 from collections import deque
 from typing import Any, Protocol
 
@@ -55,6 +56,7 @@ LEAVE_TIMEOUT = 1.0
 long enough on any network a session is usable on, short enough for a
 click."""
 _RETRIED_ONE_BY_ONE = ("not_owner", "unknown_datablock")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _FULL_AFTER = ("stale_revision", "patch_failed")
 
 
@@ -198,6 +200,14 @@ class Link:
             else:
                 self.client.delete_nowait(uuids[0])
 
+    def _readable(self, message: str) -> str:
+        """The server's message with the uuids it names replaced by the
+        names artists know the datablocks by."""
+        graph = self.repository.graph
+        return _UUID.sub(
+            lambda m: _name(graph.get(m.group(0))) if m.group(0) in graph else m.group(0), message
+        )
+
     def _owner(self, node: Node) -> str:
         # A new datablock may belong to its creator or to everyone.
         return node.owner if node.owner == self.user else COMMON
@@ -233,16 +243,17 @@ class Link:
                 for uuid in uuids:
                     self._rights[self.client.change_owner_nowait([uuid], owner)] = ([uuid], owner)
             else:
-                log.warning("refused: %s", error)
+                log.warning("refused: %s", self._readable(str(error)))
         elif event.kind == "update":
             self._pushes.pop(event.request_id, None)
         elif event.kind in ("delete", "kick"):
-            log.warning("refused: %s", error)
+            log.warning("refused: %s", self._readable(str(error)))
 
     def _server_error(self, event: ServerError) -> None:
         pushed = self._pushes.pop(event.request_id, None) if event.request_id is not None else None
         if pushed is None:
-            log.warning("the server refused a request: %s (%s)", event.message, event.code)
+            message = self._readable(event.message)
+            log.warning("the server refused a request: %s (%s)", message, event.code)
             return
         uuid, created = pushed
         node = self.repository.graph.get(uuid)
@@ -256,11 +267,16 @@ class Link:
             self._refused_creations.add(uuid)
             if node is not None:
                 node.state = ERROR
-            log.error("the server refused %s: %s", _name(node) if node else uuid, event.message)
+            log.error(
+                "the server refused %s: %s",
+                _name(node) if node is not None else uuid,
+                self._readable(event.message),
+            )
         else:
             # The server's copy comes back (the client fetches it) and is
             # applied over the refused local change.
-            log.warning("refused: %s; restoring the session's version", event.message)
+            message = self._readable(event.message)
+            log.warning("refused: %s; restoring the session's version", message)
 
     def _uploaded(self, event: UploadDone) -> None:
         self.listener.on_uploaded(event.datablocks, event.refused, event.error)
