@@ -28,6 +28,7 @@ class Relay:
         for gate in self._open:
             gate.set()
         self._stop = threading.Event()
+        self._sent = [0, 0, 0, 0]  # bytes from the client, per channel
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
 
@@ -93,15 +94,35 @@ class Relay:
                 continue
             self._track(client)
             self._track(server)
-            for src, dst, gate in ((client, server, None), (server, client, self._open[channel])):
-                threading.Thread(target=self._pump, args=(src, dst, gate), daemon=True).start()
+            directions = (
+                (client, server, None, channel),
+                (server, client, self._open[channel], None),
+            )
+            for src, dst, gate, counted in directions:
+                threading.Thread(
+                    target=self._pump, args=(src, dst, gate, counted), daemon=True
+                ).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, gate: threading.Event | None) -> None:
+    def sent(self) -> list[int]:
+        """Bytes the client has sent so far, per channel."""
+        with self._lock:
+            return list(self._sent)
+
+    def _pump(
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        gate: threading.Event | None,
+        counted: int | None,
+    ) -> None:
         try:
             while not self._stop.is_set():
                 data = src.recv(65536)
                 if not data:
                     break
+                if counted is not None:
+                    with self._lock:
+                        self._sent[counted] += len(data)
                 if gate is not None:
                     gate.wait()  # what arrived while held waits here, in order
                 dst.sendall(data)
