@@ -40,7 +40,7 @@ from .constants import (
     STATE_SRV_SYNC,
     STATE_SYNCING,
 )
-from .exception import ContextError, StateError
+from .exception import ContextError, DataError, StateError
 from .objects import Node
 from .repository import Remote, Repository
 from .serve.link import Link, mark_uploaded
@@ -304,7 +304,7 @@ class Session:
                     continue
                 try:
                     porcelain.commit(self.repository, uuid)
-                except (ContextError, ReferenceError) as e:
+                except (ContextError, ReferenceError, DataError) as e:
                     log.error("cannot upload %s: %s", uuid, e)
         return [n for n in graph.values() if n.data is not None and n.state != ADDED]
 
