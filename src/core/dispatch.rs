@@ -69,6 +69,18 @@ impl Core {
                     (ClientMessage::Heartbeat(msg), Some(identity), Some(id)) => {
                         self.heartbeat_message(id, identity, msg).await;
                     }
+                    (ClientMessage::OldMultiUser(request), Some(identity), None) => {
+                        self.old_client(channel, identity, peer_address, request)
+                            .await;
+                    }
+                    // A session speaks protocol v1: a pickle from it is
+                    // garbage, answered as such.
+                    (ClientMessage::OldMultiUser(_), identity, Some(id)) => {
+                        let error = ProtocolError::Malformed(
+                            "a pickled frame (an old Multi-User client's message)".to_owned(),
+                        );
+                        self.malformed(channel, identity, Some(id), error).await;
+                    }
                     _ => {
                         tracing::warn!(
                             channel = channel.name(),
@@ -789,7 +801,7 @@ fn new_token() -> Bytes {
     Bytes::from(hex(&raw))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

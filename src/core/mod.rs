@@ -6,6 +6,7 @@ mod auth;
 pub mod backups;
 mod console_requests;
 mod dispatch;
+mod old_clients;
 mod payloads;
 mod reset;
 pub mod rooms;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::batch::{BatchLimits, Batcher, SERVER_BATCH_DATA, updates_message};
+use crate::protocol::old_multiuser::OldAnswers;
 use crate::protocol::{
     Channel, ErrorCode, HeartbeatMessage, RefersTo, RoomInfo, ServerMessage, SessionState,
     UserState, Wire, encode,
@@ -37,6 +39,7 @@ use crate::transport::{Command, Identity, Recipients, Transport};
 
 use auth::LoginThrottle;
 pub use console_requests::{Lock, Report, ResetDone};
+use old_clients::NotedClients;
 use reset::PendingReset;
 use rooms::Rooms;
 use transfers::Transfers;
@@ -176,6 +179,10 @@ pub struct Core {
     /// that a good login does not reset them and guesses at a room lock
     /// nobody out of the server.
     room_logins: LoginThrottle,
+    /// The frames that answer old Multi-User clients, built once.
+    old_answers: OldAnswers,
+    /// Old Multi-User clients already written to the log.
+    noted_old_clients: NotedClients,
     transport: Transport,
     started: Instant,
     /// When the next CLIENTS_STATE broadcast is due, if one is.
@@ -213,6 +220,7 @@ impl Core {
         for (_, entry) in rooms.iter_mut() {
             entry.room.set_recording(entry.store.is_some());
         }
+        let old_answers = OldAnswers::new(config.server_password.is_some());
         let limits = BatchLimits {
             max_data: config.limits.chunk_bytes.min(SERVER_BATCH_DATA),
             max_header: config.limits.max_header_bytes,
@@ -228,6 +236,8 @@ impl Core {
             next_ping: 1,
             logins: LoginThrottle::default(),
             room_logins: LoginThrottle::default(),
+            old_answers,
+            noted_old_clients: NotedClients::new(),
             transport,
             started: Instant::now(),
             presence_due: None,
@@ -392,6 +402,7 @@ impl Core {
                 Command::Deliver { channel, .. } if channel != Channel::Subscriber => {
                     out.push(command);
                 }
+                Command::Frames { .. } => out.push(command),
                 other => {
                     self.end_run(run, &run_to, out);
                     out.push(other);

@@ -8,10 +8,14 @@
 //! that carry a datablock's data add one more frame holding that data,
 //! itself one MessagePack value, which the server stores and forwards
 //! without decoding it.
+//!
+//! [`old_multiuser`] recognises the pickled messages of old Multi-User
+//! clients, which are not protocol v1, and holds the answers they can read.
 
 pub mod batch;
 pub mod codec;
 pub mod message;
+pub mod old_multiuser;
 pub mod patch;
 mod update_header;
 pub mod wire;

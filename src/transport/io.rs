@@ -12,7 +12,9 @@ use super::outbox::Outbox;
 use super::shared::{INLINE_MAX, SharedFrame};
 use super::{ClientMessage, Command, Frame, Identity, Inbound, Sockets, TransportLimits};
 use crate::metrics::Traffic;
-use crate::protocol::{Channel, ProtocolError, Wire, decode_header, decode_publisher};
+use crate::protocol::{
+    Channel, ProtocolError, Wire, decode_header, decode_publisher, old_multiuser,
+};
 
 /// Frames a client message may have after the identity or token frame.
 const MAX_FRAMES: usize = 2;
@@ -80,6 +82,12 @@ impl Io {
                 self.slow.remove(&identity);
                 if let Some(wire) = last {
                     let _ = self.send(Channel::Commands, &identity, &wire);
+                }
+            }
+            Command::Frames { identity, frames } => {
+                let socket = &self.sockets.sockets[Channel::Commands as usize];
+                if let Err(e) = send_frames(socket, &identity, &frames) {
+                    tracing::debug!(error = %e, "answer not sent; dropped");
                 }
             }
         }
@@ -289,6 +297,22 @@ fn send_on(socket: &zmq::Socket, identity: &Identity, wire: &Wire) -> Result<(),
     }
 }
 
+/// Sends `frames` after the identity, as one message that libzmq takes
+/// whole or not at all.
+fn send_frames(
+    socket: &zmq::Socket,
+    identity: &Identity,
+    frames: &[Bytes],
+) -> Result<(), zmq::Error> {
+    socket.send(&identity[..], zmq::SNDMORE | zmq::DONTWAIT)?;
+    let last = frames.len().saturating_sub(1);
+    for (index, frame) in frames.iter().enumerate() {
+        let more = if index < last { zmq::SNDMORE } else { 0 };
+        socket.send(&frame[..], more | zmq::DONTWAIT)?;
+    }
+    Ok(())
+}
+
 /// From this size a data frame for a single recipient is shared with
 /// libzmq rather than copied: below it, copying costs less than the
 /// message's bookkeeping.
@@ -393,6 +417,22 @@ fn read_message(
         Channel::Publisher => (None, Some(Frame(first))),
         _ => (Some(Bytes::copy_from_slice(&first)), None),
     };
+    // An old Multi-User client's message is known by its first frame
+    // alone (it has three); the publisher channel's first frame is a token.
+    let old = match (channel, header.as_deref()) {
+        (Channel::Publisher, _) | (_, None) => None,
+        (_, Some(first)) => old_multiuser::recognise(first),
+    };
+    if let Some(request) = old {
+        return Ok(Some(Inbound::Message {
+            channel,
+            identity,
+            token,
+            peer_address,
+            message: Ok(ClientMessage::OldMultiUser(request)),
+            payload: None,
+        }));
+    }
     let payload = data.map(Frame);
     let message = match header {
         _ if extra > 0 => Err(ProtocolError::Frames(

@@ -5,9 +5,10 @@
 //! - Inbound: [`Transport::recv_many`] waits until a socket's descriptor
 //!   signals (through tokio's reactor, beside the core's timers), then reads
 //!   whole multipart messages, checks their frame count and sizes, decodes
-//!   the header and hands the core [`Inbound`]s. It reads only when the core
-//!   asks, so while the core is busy libzmq's high-water marks push back on
-//!   the clients instead of memory growing here.
+//!   the header (or recognises an old Multi-User client's pickled message
+//!   by its first frame) and hands the core [`Inbound`]s. It reads only
+//!   when the core asks, so while the core is busy libzmq's high-water
+//!   marks push back on the clients instead of memory growing here.
 //! - Outbound: the core gives [`Command`]s to [`Transport::send`]; each
 //!   client has a bounded [`outbox::Outbox`] per channel. Sends never block:
 //!   a client whose connection is full keeps its messages queued while the
@@ -29,6 +30,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::config::Config;
 use crate::metrics::Traffic;
+use crate::protocol::old_multiuser::OldRequest;
 use crate::protocol::{
     Channel, CommandRequest, HeartbeatMessage, ProtocolError, PublisherMessage, SubscriberRequest,
     Wire,
@@ -111,6 +113,9 @@ pub enum ClientMessage {
     Publisher(PublisherMessage),
     Subscriber(SubscriberRequest),
     Heartbeat(HeartbeatMessage),
+    /// A message of an old Multi-User client (pickled frames, not protocol
+    /// v1), known from its first frame; its other frames are dropped unread.
+    OldMultiUser(OldRequest),
 }
 
 /// What the transport tells the core.
@@ -152,6 +157,14 @@ pub enum Command {
     Disconnect {
         identity: Identity,
         last: Option<Wire>,
+    },
+    /// Send `frames` as one message to `identity` on the commands channel,
+    /// best effort and never queued: answers that are not protocol v1
+    /// messages (to old Multi-User clients), to identities without a
+    /// session.
+    Frames {
+        identity: Identity,
+        frames: Arc<[Bytes]>,
     },
 }
 
