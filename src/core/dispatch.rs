@@ -5,7 +5,7 @@ use bytes::Bytes;
 use rand::RngExt;
 use tokio::time::Instant;
 
-use super::auth::password_matches;
+use super::auth::{Guarded, place};
 use super::payloads::invalid;
 use super::rooms::{DEFAULT_ROOM, JoinRequest};
 use super::transfers::Pending;
@@ -197,48 +197,27 @@ impl Core {
         else {
             return;
         };
-        let place = peer_address.unwrap_or_else(|| hex(&identity));
+        let place = place(peer_address.as_deref(), &identity);
         let now = Instant::now();
-        let refusal = if let Some(wait) = self.logins.wait(&place, now.into_std()) {
-            Some((
-                ErrorCode::TooManyAttempts,
-                format!(
-                    "too many failed logins; retry in {:.1} s",
-                    wait.as_secs_f64()
-                ),
-            ))
-        } else if protocol_version != PROTOCOL_VERSION {
-            Some((
+        let refusal = if protocol_version != PROTOCOL_VERSION {
+            Err((
                 ErrorCode::VersionMismatch,
                 format!(
                     "protocol version mismatch: the client speaks version {protocol_version}, this server speaks version {PROTOCOL_VERSION}"
                 ),
             ))
         } else if let Err(e) = check_name("user name", &user) {
-            Some((ErrorCode::InvalidMessage, e.to_string()))
-        } else if self
-            .config
-            .server_password
-            .as_deref()
-            .is_some_and(|expected| !password_matches(expected, server_password.as_deref()))
-        {
-            self.logins.failed(&place, now.into_std());
-            Some((
-                ErrorCode::WrongServerPassword,
-                "wrong server password".to_owned(),
-            ))
-        } else if role == Role::Admin
-            && !password_matches(&self.config.admin_password, admin_password.as_deref())
-        {
-            self.logins.failed(&place, now.into_std());
-            Some((
-                ErrorCode::WrongAdminPassword,
-                "wrong admin password".to_owned(),
-            ))
+            Err((ErrorCode::InvalidMessage, e.to_string()))
         } else {
-            None
+            self.check_password(&place, Guarded::Server, server_password.as_deref())
+                .and_then(|()| match role {
+                    Role::Admin => {
+                        self.check_password(&place, Guarded::Admin, admin_password.as_deref())
+                    }
+                    Role::Client => Ok(()),
+                })
         };
-        if let Some((code, reason)) = refusal {
+        if let Err((code, reason)) = refusal {
             tracing::warn!(user, peer = %place, ?code, "login refused: {reason}");
             self.reply_to(&identity, &auth_failed(id, code, &reason))
                 .await;
@@ -263,13 +242,14 @@ impl Core {
                 batches,
             },
         );
-        let guard = room_guard(&place, room.as_deref().unwrap_or(DEFAULT_ROOM));
+        let room_name = room.clone().unwrap_or_else(|| DEFAULT_ROOM.to_owned());
+        let guarded = Guarded::Room(&room_name);
         let request = JoinRequest {
             room,
             room_password,
             metadata,
         };
-        let entered = match self.room_logins.wait(&guard, now.into_std()) {
+        let entered = match self.logins.wait(&place, guarded, now.into_std()) {
             Some(wait) => Err(protocol_error(
                 ErrorCode::TooManyAttempts,
                 format!(
@@ -280,14 +260,11 @@ impl Core {
             None => self.enter_room(client, &user, admin, request, true),
         };
         let joined = match entered {
-            Ok(joined) => {
-                self.room_logins.succeeded(&guard);
-                joined
-            }
+            Ok(joined) => joined,
             Err(e) => {
                 self.remove_session(client);
                 if e.code == ErrorCode::WrongRoomPassword {
-                    self.room_logins.failed(&guard, now.into_std());
+                    self.logins.failed(&place, guarded, now.into_std());
                 }
                 tracing::warn!(user, peer = %place, code = ?e.code, "login refused: {}", e.message);
                 self.reply_to(&identity, &auth_failed(id, e.code, &e.message))
@@ -295,7 +272,6 @@ impl Core {
                 return;
             }
         };
-        self.logins.succeeded(&place);
         let token = new_token();
         if let Some(session) = self.sessions.get_mut(&client) {
             session.token = token.clone();
@@ -608,6 +584,40 @@ impl Core {
 }
 
 impl Core {
+    /// Checks a login's guess at the server or admin password (the server
+    /// password only when the server has one): refused unchecked while
+    /// that password is locked out from `place`; a wrong guess counts.
+    fn check_password(
+        &mut self,
+        place: &str,
+        guarded: Guarded<'_>,
+        given: Option<&str>,
+    ) -> Result<(), (ErrorCode, String)> {
+        let (expected, code, what) = match guarded {
+            Guarded::Server => match &self.server_secret {
+                Some(secret) => (secret, ErrorCode::WrongServerPassword, "server"),
+                None => return Ok(()),
+            },
+            Guarded::Admin => (&self.admin_secret, ErrorCode::WrongAdminPassword, "admin"),
+            Guarded::Room(_) => return Ok(()),
+        };
+        let now = Instant::now().into_std();
+        if let Some(wait) = self.logins.wait(place, guarded, now) {
+            return Err((
+                ErrorCode::TooManyAttempts,
+                format!(
+                    "too many wrong {what} passwords from this address; retry in {:.1} s",
+                    wait.as_secs_f64()
+                ),
+            ));
+        }
+        if expected.matches(given) {
+            return Ok(());
+        }
+        self.logins.failed(place, guarded, now);
+        Err((code, format!("wrong {what} password")))
+    }
+
     /// JOIN_ROOM: everything about the new room is checked before the
     /// client leaves its room, so a refusal leaves it where it was.
     async fn switch_room(
@@ -635,11 +645,11 @@ impl Core {
                 format!("this client is already in room {room:?}"),
             ));
         }
-        // Room passwords are guarded like the server's, per address and
-        // room, so that guesses at one room lock nobody out of the others.
-        let guard = room_guard(&place, &room);
+        // Each room's password is guarded on its own, so that guesses at
+        // one room lock nobody out of the others.
+        let guarded = Guarded::Room(&room);
         let now = Instant::now().into_std();
-        if let Some(wait) = self.room_logins.wait(&guard, now) {
+        if let Some(wait) = self.logins.wait(&place, guarded, now) {
             return Err(protocol_error(
                 ErrorCode::TooManyAttempts,
                 format!(
@@ -656,12 +666,10 @@ impl Core {
             metadata.as_ref(),
             false,
         );
-        match &checked {
-            Err(e) if e.code == ErrorCode::WrongRoomPassword => {
-                self.room_logins.failed(&guard, now);
-            }
-            Err(_) => {}
-            Ok(()) => self.room_logins.succeeded(&guard),
+        if let Err(e) = &checked
+            && e.code == ErrorCode::WrongRoomPassword
+        {
+            self.logins.failed(&place, guarded, now);
         }
         checked?;
         // Everything that can fail happens before the client leaves.
@@ -774,11 +782,6 @@ fn auth_failed(id: Option<u64>, code: ErrorCode, reason: &str) -> ServerMessage 
         created: None,
         batches: None,
     }
-}
-
-/// What room-password failures are counted by: the address and the room.
-fn room_guard(place: &str, room: &str) -> String {
-    format!("{place}\u{0}{room}")
 }
 
 /// A fresh session token: 128 random bits as 32 hex characters.

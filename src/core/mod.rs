@@ -33,7 +33,7 @@ use crate::store::db::StoreError;
 use crate::store::file::FileSummary;
 use crate::transport::{Command, Identity, Recipients, Transport};
 
-use auth::LoginThrottle;
+use auth::{LoginThrottle, Secret};
 use rooms::Rooms;
 use transfers::Transfers;
 
@@ -147,11 +147,11 @@ pub struct Core {
     audience: Option<(Vec<ClientId>, Recipients)>,
     next_client: u64,
     next_ping: u64,
+    /// Wrong guesses at each password, per address.
     logins: LoginThrottle,
-    /// Wrong room passwords, per address and room: apart from `logins`, so
-    /// that a good login does not reset them and guesses at a room lock
-    /// nobody out of the server.
-    room_logins: LoginThrottle,
+    /// The admin password and the server's, kept as digests.
+    admin_secret: Secret,
+    server_secret: Option<Secret>,
     transport: Transport,
     started: Instant,
     /// When the next CLIENTS_STATE broadcast is due, if one is.
@@ -185,6 +185,8 @@ impl Core {
             max_header: config.limits.max_header_bytes,
         };
         Self {
+            admin_secret: Secret::new(&config.admin_password),
+            server_secret: config.server_password.as_deref().map(Secret::new),
             rooms,
             config,
             sessions: HashMap::new(),
@@ -194,7 +196,6 @@ impl Core {
             next_client: 1,
             next_ping: 1,
             logins: LoginThrottle::default(),
-            room_logins: LoginThrottle::default(),
             transport,
             started: Instant::now(),
             presence_due: None,
@@ -452,7 +453,6 @@ impl Core {
         }
         self.expire_transfers(now.into_std()).await;
         self.logins.forget(now.into_std());
-        self.room_logins.forget(now.into_std());
         if self.sessions.is_empty() {
             return;
         }

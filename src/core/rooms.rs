@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use rmpv::Value;
 
-use super::auth::password_matches;
+use super::auth::Secret;
 use super::{Core, protocol_error};
 use crate::config::{Config, Limits};
 use crate::protocol::{AuthStatus, ErrorCode, RoomInfo, SessionState, check_name};
@@ -30,7 +30,7 @@ pub struct RoomEntry {
     /// Stays when its last user leaves.
     pub keep_open: bool,
     /// Needed to join, besides the server's password.
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Changed since its last autosave.
     pub changed_since_autosave: bool,
     /// Its CLIENTS_STATE is due.
@@ -170,7 +170,7 @@ pub fn open_recorded(config: &Config, dir: &Path) -> Result<Vec<(String, RoomEnt
         };
         let mut entry = RoomEntry::new(room, None);
         entry.keep_open = store.setting("keep_open")?.as_deref() == Some("true");
-        entry.password = store.setting("password")?;
+        entry.password = store.setting("password")?.as_deref().map(Secret::new);
         entry.store = Some(store);
         tracing::info!(
             room = name,
@@ -242,7 +242,7 @@ impl Core {
         match self.rooms.get(name) {
             Some(entry) => {
                 if let Some(expected) = &entry.password
-                    && !password_matches(expected, password)
+                    && !expected.matches(password)
                 {
                     return Err(protocol_error(
                         ErrorCode::WrongRoomPassword,
@@ -355,7 +355,7 @@ impl Core {
         };
         let mut entry = RoomEntry::new(Room::new(self.config.limits.clone()), store);
         entry.room.set_recording(entry.store.is_some());
-        entry.password = password.clone();
+        entry.password = password.as_deref().map(Secret::new);
         let recorded = entry
             .record_setting("name", Some(name.to_owned()))
             .and_then(|()| entry.record_setting("password", password));
