@@ -445,6 +445,7 @@ fn command_request() -> BoxedStrategy<CommandRequest> {
             reason
         }),
         opt(text()).prop_map(|reason| CommandRequest::Disconnect { reason }),
+        text().prop_map(|token| CommandRequest::Resume { token }),
     ]
     .boxed()
 }
@@ -513,6 +514,7 @@ fn subscriber_request() -> BoxedStrategy<SubscriberRequest> {
             .prop_map(|(window, batches)| SubscriberRequest::Snapshot { window, batches }),
         any::<u64>().prop_map(|received| SubscriberRequest::SnapshotAck { received }),
         (opt(any::<u64>()), text()).prop_map(|(id, uuid)| SubscriberRequest::Fetch { id, uuid }),
+        text().prop_map(|token| SubscriberRequest::Resume { token }),
     ]
     .boxed()
 }
@@ -521,6 +523,7 @@ fn heartbeat_message() -> BoxedStrategy<HeartbeatMessage> {
     prop_oneof![
         any::<u64>().prop_map(|seq| HeartbeatMessage::Ping { seq }),
         any::<u64>().prop_map(|seq| HeartbeatMessage::Pong { seq }),
+        opt(text()).prop_map(|token| HeartbeatMessage::Resume { token }),
     ]
     .boxed()
 }
@@ -742,6 +745,7 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
         }),
         vec(user_state(), 0..4).prop_map(|users| ServerMessage::ClientsState { users }),
         text().prop_map(|reason| ServerMessage::Disconnect { reason }),
+        Just(ServerMessage::Resume {}),
         (error_code(), text(), refers_to()).prop_map(|(code, message, refers_to)| {
             ServerMessage::Error {
                 code,
@@ -771,6 +775,7 @@ fn command_name(m: &CommandRequest) -> &'static str {
         CommandRequest::JoinRoom { .. } => "JOIN_ROOM",
         CommandRequest::LeaveRoom { .. } => "LEAVE_ROOM",
         CommandRequest::RoomSettings { .. } => "ROOM_SETTINGS",
+        CommandRequest::Resume { .. } => "RESUME",
     }
 }
 
@@ -787,6 +792,7 @@ fn subscriber_name(m: &SubscriberRequest) -> &'static str {
         SubscriberRequest::Snapshot { .. } => "SNAPSHOT",
         SubscriberRequest::SnapshotAck { .. } => "SNAPSHOT_ACK",
         SubscriberRequest::Fetch { .. } => "FETCH",
+        SubscriberRequest::Resume { .. } => "RESUME",
     }
 }
 
@@ -794,6 +800,7 @@ fn heartbeat_name(m: &HeartbeatMessage) -> &'static str {
     match m {
         HeartbeatMessage::Ping { .. } => "PING",
         HeartbeatMessage::Pong { .. } => "PONG",
+        HeartbeatMessage::Resume { .. } => "RESUME",
     }
 }
 
@@ -816,6 +823,7 @@ fn server_name(m: &ServerMessage) -> &'static str {
         ServerMessage::RoomSettings { .. } => "ROOM_SETTINGS",
         ServerMessage::ClientsState { .. } => "CLIENTS_STATE",
         ServerMessage::Disconnect { .. } => "DISCONNECT",
+        ServerMessage::Resume {} => "RESUME",
         ServerMessage::Error { .. } => "ERROR",
     }
 }
@@ -833,10 +841,11 @@ const COMMAND_NAMES: &[&str] = &[
     "JOIN_ROOM",
     "LEAVE_ROOM",
     "ROOM_SETTINGS",
+    "RESUME",
 ];
 const PUBLISHER_NAMES: &[&str] = &["UPDATE", "CHUNK", "UPDATES"];
-const SUBSCRIBER_NAMES: &[&str] = &["SNAPSHOT", "SNAPSHOT_ACK", "FETCH"];
-const HEARTBEAT_NAMES: &[&str] = &["PING", "PONG"];
+const SUBSCRIBER_NAMES: &[&str] = &["SNAPSHOT", "SNAPSHOT_ACK", "FETCH", "RESUME"];
+const HEARTBEAT_NAMES: &[&str] = &["PING", "PONG", "RESUME"];
 const SERVER_NAMES: &[&str] = &[
     "SERVER_INFO",
     "AUTH",
@@ -855,6 +864,7 @@ const SERVER_NAMES: &[&str] = &[
     "ROOM_SETTINGS",
     "CLIENTS_STATE",
     "DISCONNECT",
+    "RESUME",
     "ERROR",
 ];
 

@@ -1,4 +1,4 @@
-//! A blocking Rust client of protocol v1, used by the tests and tools.
+//! A blocking Rust client of protocol v2, used by the tests and tools.
 //!
 //! It owns its four sockets (three DEALERs sharing one random 16-byte routing
 //! identity, and a PUSH), answers the server's pings whenever it is polled,
@@ -147,6 +147,8 @@ struct Partial {
 /// One connection to a server.
 pub struct Client {
     options: ClientOptions,
+    /// The routing identity of the three DEALER sockets.
+    identity: [u8; 16],
     commands: zmq::Socket,
     subscriber: zmq::Socket,
     publisher: zmq::Socket,
@@ -164,6 +166,11 @@ pub struct Client {
     snapshot: Option<SnapshotProgress>,
     /// Answer pings while polling (tests turn this off to play dead).
     pub answer_pings: bool,
+    /// Channels on which the server asked for RESUME before the token was
+    /// known.
+    resume_due: Vec<Channel>,
+    /// RESUMEs sent: how many new connections the client proved.
+    resumed: usize,
     /// When the heartbeat and command sockets were last read by
     /// [`Client::next_subscriber_frames_of`], which waits on the subscriber
     /// socket alone.
@@ -210,6 +217,7 @@ impl Client {
         let heartbeat = dealer(3)?;
         Ok(Self {
             options,
+            identity,
             commands,
             subscriber,
             publisher,
@@ -223,6 +231,8 @@ impl Client {
             partial: HashMap::new(),
             snapshot: None,
             answer_pings: true,
+            resume_due: Vec::new(),
+            resumed: 0,
             serviced: Instant::now(),
         })
     }
@@ -237,6 +247,17 @@ impl Client {
     /// for tools that build publisher messages themselves.
     pub fn token(&self) -> Option<&[u8]> {
         self.token.as_deref()
+    }
+
+    /// How many new connections the client has proven with RESUME since
+    /// it was created.
+    pub fn resumed(&self) -> usize {
+        self.resumed
+    }
+
+    /// The routing identity of the client's DEALER sockets.
+    pub fn identity(&self) -> &[u8] {
+        &self.identity
     }
 
     /// The user name this client authenticates as.

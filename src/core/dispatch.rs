@@ -20,6 +20,20 @@ use crate::transport::{ClientMessage, Command, Frame, Identity, Inbound, Recipie
 
 impl Core {
     pub(super) async fn inbound(&mut self, event: Inbound) {
+        // A message from a connection that has not proven its session waits.
+        if let Inbound::Message {
+            channel,
+            identity: Some(identity),
+            ..
+        } = &event
+            && let Some(&id) = self.by_identity.get(identity)
+            && self
+                .sessions
+                .get(&id)
+                .is_some_and(|s| !s.links.is_confirmed(*channel))
+        {
+            return self.unconfirmed(id, event).await;
+        }
         match event {
             Inbound::TooSlow { identity } => {
                 if let Some(&id) = self.by_identity.get(&identity) {
@@ -32,6 +46,7 @@ impl Core {
                     .await;
                 }
             }
+            Inbound::Connected { channel, identity } => self.connected(channel, identity).await,
             Inbound::Message {
                 channel,
                 identity,
@@ -203,7 +218,12 @@ impl Core {
             Err((
                 ErrorCode::VersionMismatch,
                 format!(
-                    "protocol version mismatch: the client speaks version {protocol_version}, this server speaks version {PROTOCOL_VERSION}"
+                    "protocol version mismatch: the client speaks version {protocol_version}, this server speaks version {PROTOCOL_VERSION}{}",
+                    if protocol_version < PROTOCOL_VERSION {
+                        "; update the client"
+                    } else {
+                        "; update the server"
+                    }
                 ),
             ))
         } else if let Err(e) = check_name("user name", &user) {
@@ -240,6 +260,8 @@ impl Core {
                 admin,
                 place: place.clone(),
                 batches,
+                links: Default::default(),
+                previous_token: None,
             },
         );
         let room_name = room.clone().unwrap_or_else(|| DEFAULT_ROOM.to_owned());
@@ -356,7 +378,10 @@ impl Core {
                 self.disconnect(id, "goodbye").await;
                 return Ok(());
             }
-            CommandRequest::ServerInfo { .. } | CommandRequest::Auth { .. } => return Ok(()),
+            // A confirmed connection has nothing to prove.
+            CommandRequest::ServerInfo { .. }
+            | CommandRequest::Auth { .. }
+            | CommandRequest::Resume { .. } => return Ok(()),
             _ => {}
         }
         let (room, _) = self.room_mut(id)?;
@@ -366,7 +391,8 @@ impl Core {
             | CommandRequest::JoinRoom { .. }
             | CommandRequest::LeaveRoom { .. }
             | CommandRequest::RoomSettings { .. }
-            | CommandRequest::Disconnect { .. } => Effects::default(),
+            | CommandRequest::Disconnect { .. }
+            | CommandRequest::Resume { .. } => Effects::default(),
             CommandRequest::ServerSnapshot {
                 id: req_id,
                 step,
@@ -538,6 +564,7 @@ impl Core {
                 }
                 SubscriberRequest::SnapshotAck { received } => room.acknowledge(id, received),
                 SubscriberRequest::Fetch { id: req_id, uuid } => room.fetch(id, req_id, &uuid),
+                SubscriberRequest::Resume { .. } => Ok(Effects::default()),
             }?;
             Ok((name, effects))
         });
@@ -567,6 +594,7 @@ impl Core {
                     }
                 }
             }
+            HeartbeatMessage::Resume { .. } => {}
             HeartbeatMessage::Ping { seq } => {
                 self.send(Command::Deliver {
                     channel: Channel::Heartbeat,
@@ -721,6 +749,7 @@ impl Core {
         };
         let old = std::mem::replace(&mut session.token, token.clone());
         self.by_token.remove(&old);
+        session.previous_token = Some(old);
         self.by_token.insert(token.clone(), id);
         let token = Some(String::from_utf8_lossy(&token).into_owned());
         let ServerMessage::Room {

@@ -6,6 +6,7 @@ mod auth;
 pub mod backups;
 mod console_requests;
 mod dispatch;
+mod links;
 mod payloads;
 pub mod rooms;
 mod transfers;
@@ -34,6 +35,7 @@ use crate::store::file::FileSummary;
 use crate::transport::{Command, Identity, Recipients, Transport};
 
 use auth::{LoginThrottle, Secret};
+use links::Links;
 use rooms::Rooms;
 use transfers::Transfers;
 
@@ -130,6 +132,11 @@ struct Session {
     /// The client reads UPDATES: forwarded updates that are ready together
     /// reach it in one message.
     batches: bool,
+    /// Which of its connections have proven the session.
+    links: Links,
+    /// The token before the last room switch, which still proves the
+    /// session in RESUME.
+    previous_token: Option<Bytes>,
 }
 
 /// The core's state.
@@ -451,6 +458,21 @@ impl Core {
         for id in silent {
             self.disconnect(id, "timed out").await;
         }
+        // A connection that took over a client's identity and never proved
+        // the session: the client cannot be reached through it.
+        let unproven: Vec<ClientId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.links
+                    .unconfirmed_since()
+                    .is_some_and(|t| now.into_std().duration_since(t) > timeout)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in unproven {
+            self.disconnect(id, "connection not confirmed").await;
+        }
         self.expire_transfers(now.into_std()).await;
         self.logins.forget(now.into_std());
         if self.sessions.is_empty() {
@@ -629,9 +651,16 @@ impl Core {
         };
         self.by_identity.remove(&session.identity);
         self.by_token.remove(&session.token);
-        session
-            .span
-            .in_scope(|| tracing::info!(reason, "client disconnected"));
+        session.span.in_scope(|| {
+            let dropped = session.links.waiting();
+            if dropped > 0 {
+                tracing::warn!(
+                    dropped,
+                    "refused the messages of a connection that presented this client's identity and never proved the session"
+                );
+            }
+            tracing::info!(reason, "client disconnected");
+        });
         let last = Wire::message(&ServerMessage::Disconnect {
             reason: reason.to_owned(),
         });

@@ -300,6 +300,11 @@ pub enum CommandRequest {
         #[serde(default)]
         reason: Option<String>,
     },
+    /// Proves that a new connection carrying the client's identity is the
+    /// client's: the answer to the server's RESUME on that channel.
+    Resume {
+        token: String,
+    },
 }
 
 impl CommandRequest {
@@ -318,6 +323,7 @@ impl CommandRequest {
             Self::JoinRoom { .. } => "JOIN_ROOM",
             Self::LeaveRoom { .. } => "LEAVE_ROOM",
             Self::RoomSettings { .. } => "ROOM_SETTINGS",
+            Self::Resume { .. } => "RESUME",
         }
     }
 
@@ -334,7 +340,7 @@ impl CommandRequest {
             | Self::JoinRoom { id, .. }
             | Self::LeaveRoom { id }
             | Self::RoomSettings { id, .. } => *id,
-            Self::Chunk { .. } | Self::Disconnect { .. } => None,
+            Self::Chunk { .. } | Self::Disconnect { .. } | Self::Resume { .. } => None,
         }
     }
 }
@@ -398,6 +404,8 @@ pub enum SubscriberRequest {
         id: Option<u64>,
         uuid: String,
     },
+    /// Proves a new subscriber connection, as on the commands channel.
+    Resume { token: String },
 }
 
 impl SubscriberRequest {
@@ -407,6 +415,7 @@ impl SubscriberRequest {
             Self::Snapshot { .. } => "SNAPSHOT",
             Self::SnapshotAck { .. } => "SNAPSHOT_ACK",
             Self::Fetch { .. } => "FETCH",
+            Self::Resume { .. } => "RESUME",
         }
     }
 }
@@ -415,8 +424,18 @@ impl SubscriberRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum HeartbeatMessage {
-    Ping { seq: u64 },
-    Pong { seq: u64 },
+    Ping {
+        seq: u64,
+    },
+    Pong {
+        seq: u64,
+    },
+    /// From the server, without a token: a new connection carries your
+    /// identity; prove it is yours. From the client: the proof.
+    Resume {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
 }
 
 /// What an ERROR refers to.
@@ -751,6 +770,10 @@ pub enum ServerMessage {
     Disconnect {
         reason: String,
     },
+    /// A new connection carries this client's identity on this channel:
+    /// nothing else goes through it until the client answers RESUME with
+    /// its session token.
+    Resume {},
     Error {
         code: ErrorCode,
         message: String,

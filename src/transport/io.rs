@@ -33,6 +33,9 @@ pub(super) struct Io {
     /// Clients reported too slow; traffic to them is dropped until the core
     /// disconnects them.
     slow: HashSet<Identity>,
+    /// Outboxes held until a new connection proves the session: queued,
+    /// not sent.
+    held: HashSet<Key>,
     /// Events for the core that come from the transport itself (a client
     /// reported too slow), handed over before the next messages read.
     pub(super) pending: VecDeque<Inbound>,
@@ -47,6 +50,7 @@ impl Io {
             active: HashSet::new(),
             retry: HashMap::new(),
             slow: HashSet::new(),
+            held: HashSet::new(),
             pending: VecDeque::new(),
         }
     }
@@ -72,10 +76,26 @@ impl Io {
                     self.outboxes.remove(&key);
                     self.active.remove(&key);
                     self.retry.remove(&key);
+                    self.held.remove(&key);
                 }
                 self.slow.remove(&identity);
                 if let Some(wire) = last {
                     let _ = self.send(Channel::Commands, &identity, &wire);
+                }
+            }
+            Command::Hold {
+                channel,
+                identity,
+                prompt,
+            } => {
+                let _ = self.send(channel, &identity, &prompt);
+                self.held.insert((channel, identity));
+            }
+            Command::Release { channel, identity } => {
+                let key = (channel, identity);
+                if self.held.remove(&key) && self.outboxes.contains_key(&key) {
+                    self.retry.remove(&key);
+                    self.active.insert(key);
                 }
             }
         }
@@ -88,15 +108,30 @@ impl Io {
         wire: Wire,
         shared: Option<&mut SharedWire>,
     ) {
+        let key = (channel, identity);
+        let held = !self.held.is_empty() && self.held.contains(&key);
         if channel == Channel::Heartbeat {
             // Pings are periodic: one that cannot go now is simply skipped.
-            let _ = self.send(channel, &identity, &wire);
+            if !held {
+                let _ = self.send(channel, &key.1, &wire);
+            }
             return;
         }
-        if !self.slow.is_empty() && self.slow.contains(&identity) {
+        if !self.slow.is_empty() && self.slow.contains(&key.1) {
             return;
         }
-        let key = (channel, identity);
+        if held {
+            let outbox = self.outboxes.entry(key.clone()).or_default();
+            let within = outbox.push(
+                wire,
+                self.limits.outbox_max_messages,
+                self.limits.outbox_max_bytes,
+            );
+            if !within {
+                self.report_slow(key.1, "outbox over its limit");
+            }
+            return;
+        }
         // Fast path: nothing queued for this client, so the message may go
         // straight to libzmq; only a full connection needs an outbox.
         if self.outboxes.is_empty() || !self.outboxes.contains_key(&key) {
@@ -143,6 +178,7 @@ impl Io {
                 self.outboxes.remove(&key);
                 self.active.remove(&key);
                 self.retry.remove(&key);
+                self.held.remove(&key);
             }
             self.pending.push_back(Inbound::TooSlow { identity });
         }
@@ -156,6 +192,10 @@ impl Io {
         let keys: Vec<Key> = self.active.iter().cloned().collect();
         for key in keys {
             if self.retry.get(&key).is_some_and(|(at, _)| *at > now) {
+                continue;
+            }
+            if self.held.contains(&key) {
+                self.active.remove(&key);
                 continue;
             }
             let Some(outbox) = self.outboxes.get_mut(&key) else {
@@ -374,6 +414,19 @@ fn read_message(
         (Channel::Commands, Some(header)) => header.gets("Peer-Address").map(str::to_owned),
         _ => None,
     };
+    // A ROUTER's notice of a new connection: the identity and one empty
+    // frame. A client sending an empty message itself only makes its own
+    // connection unconfirmed.
+    if channel != Channel::Publisher
+        && extra == 0
+        && data.is_none()
+        && header.as_ref().is_some_and(|h| h.is_empty())
+    {
+        return Ok(Some(Inbound::Connected {
+            channel,
+            identity: Bytes::copy_from_slice(&first),
+        }));
+    }
     let (identity, token) = match channel {
         Channel::Publisher => (None, Some(Frame(first))),
         _ => (Some(Bytes::copy_from_slice(&first)), None),

@@ -135,6 +135,12 @@ pub enum Inbound {
     },
     /// A client's outbox overflowed or stayed blocked too long.
     TooSlow { identity: Identity },
+    /// A new connection presented `identity` on `channel` (libzmq tells
+    /// this in band, before anything that arrives on the connection).
+    Connected {
+        channel: Channel,
+        identity: Identity,
+    },
 }
 
 /// What the core tells the transport.
@@ -151,6 +157,19 @@ pub enum Command {
     Disconnect {
         identity: Identity,
         last: Option<Wire>,
+    },
+    /// Hold what is sent to `identity` on `channel` until [`Command::Release`]:
+    /// its connection there has not proven the session yet. `prompt` goes
+    /// out at once (best effort), held nothing.
+    Hold {
+        channel: Channel,
+        identity: Identity,
+        prompt: Wire,
+    },
+    /// Send what was held for `identity` on `channel`, and no longer hold.
+    Release {
+        channel: Channel,
+        identity: Identity,
     },
 }
 

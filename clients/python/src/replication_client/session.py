@@ -178,6 +178,9 @@ class Session(WireHalf, ConsumerHalf):
         self._reassembler = Reassembler()
         self._window = SnapshotWindow()
         self._silence: float | None = None
+        # Channels whose new connection the server asked to prove before
+        # AUTH gave a token.
+        self._resume_due: set[Channel] = set()
         # Room switches answered minus subscriber markers read (see wire.py),
         # the new rooms' subscriber messages held until their answer, and
         # whether a switch happened (ERRORs about old acknowledgements).
