@@ -131,6 +131,13 @@ pub struct Limits {
     pub max_rooms: usize,
     /// Most users on the server, in all rooms together.
     pub max_users_total: usize,
+    /// Most TCP connections from one address beyond the four of each user
+    /// logged in from it: a host cannot hold the server's descriptors
+    /// with connections that never log in.
+    pub max_unauthenticated_per_address: usize,
+    /// Most TCP connections beyond the four of each user logged in, from
+    /// all addresses together.
+    pub max_unauthenticated_total: usize,
     /// Most datablocks on the server, in all rooms together.
     pub max_datablocks_total: usize,
     /// Most bytes of datablocks on the server, in all rooms together.
@@ -157,6 +164,8 @@ impl Default for Limits {
             max_room_bytes: 16 << 30,
             max_rooms: 64,
             max_users_total: 1024,
+            max_unauthenticated_per_address: 32,
+            max_unauthenticated_total: 256,
             max_datablocks_total: 4_000_000,
             max_bytes_total: 64 << 30,
             snapshot_window_messages: 4096,
@@ -298,6 +307,14 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.max_room_bytes",
                 reason: "must be at least limits.max_datablock_bytes, and at most limits.max_bytes_total".into(),
+            });
+        }
+        if l.max_unauthenticated_per_address < 4
+            || l.max_unauthenticated_total < l.max_unauthenticated_per_address
+        {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_unauthenticated_per_address",
+                reason: "must be at least 4 (a client's connections before it logs in), and at most limits.max_unauthenticated_total".into(),
             });
         }
         if l.outbox_max_messages == 0 || l.max_users == 0 || l.max_datablocks == 0 {

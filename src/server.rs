@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError};
 use crate::core::rooms::{self, DEFAULT_ROOM, RoomEntry, Rooms};
 use crate::core::{ConsoleRequest, Core, backups};
+use crate::descriptors::{self, DescriptorError};
 use crate::room::Room;
 use crate::store::SessionImage;
 use crate::store::db::{Store, StoreError};
@@ -34,6 +35,8 @@ pub enum ServerError {
         "cannot keep a backup of the recorded session before replacing it with --load, so nothing was replaced: {0}"
     )]
     Backup(String),
+    #[error(transparent)]
+    Descriptors(#[from] DescriptorError),
 }
 
 /// A server whose sockets are bound, ready to run.
@@ -52,6 +55,15 @@ impl Server {
     pub fn bind(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
         let ports = config.ports()?;
+        let needed = descriptors::needed(&config.limits);
+        let open_files = descriptors::ensure(needed)?;
+        if let Some(before) = open_files.raised_from {
+            tracing::info!(
+                from = before,
+                to = open_files.soft,
+                "raised the open-file limit to what the configured limits need"
+            );
+        }
         let rooms = open_rooms(&config)?;
         let sockets = Sockets::bind(&config)?;
         let (console_tx, console_rx) = mpsc::channel(16);

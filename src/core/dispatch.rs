@@ -213,6 +213,10 @@ impl Core {
             return;
         };
         let place = place(peer_address.as_deref(), &identity);
+        let peer = peer_address
+            .as_deref()
+            .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+            .map(|a| a.to_canonical());
         let now = Instant::now();
         let refusal = if protocol_version != PROTOCOL_VERSION {
             Err((
@@ -262,6 +266,7 @@ impl Core {
                 batches,
                 links: Default::default(),
                 previous_token: None,
+                peer,
             },
         );
         let room_name = room.clone().unwrap_or_else(|| DEFAULT_ROOM.to_owned());
@@ -303,6 +308,9 @@ impl Core {
         });
         self.by_identity.insert(identity.clone(), client);
         self.by_token.insert(token.clone(), client);
+        if let Some(address) = peer {
+            self.send(Command::Users { address, delta: 1 }).await;
+        }
         let limits = &self.config.limits;
         let msg = ServerMessage::Auth {
             id,

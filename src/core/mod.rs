@@ -134,6 +134,9 @@ struct Session {
     batches: bool,
     /// Which of its connections have proven the session.
     links: Links,
+    /// The peer's address, when libzmq knows it: each user brings four
+    /// connections more under the transport's caps on that address.
+    peer: Option<std::net::IpAddr>,
     /// The token before the last room switch, which still proves the
     /// session in RESUME.
     previous_token: Option<Bytes>,
@@ -651,6 +654,9 @@ impl Core {
         };
         self.by_identity.remove(&session.identity);
         self.by_token.remove(&session.token);
+        if let Some(address) = session.peer {
+            self.send(Command::Users { address, delta: -1 }).await;
+        }
         session.span.in_scope(|| {
             let dropped = session.links.waiting();
             if dropped > 0 {

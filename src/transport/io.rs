@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
+use super::connections::{self, Connections, Verdict};
 use super::outbox::Outbox;
 use super::shared::{INLINE_MAX, SharedFrame};
 use super::{ClientMessage, Command, Frame, Identity, Inbound, Sockets, TransportLimits};
@@ -39,10 +40,13 @@ pub(super) struct Io {
     /// Events for the core that come from the transport itself (a client
     /// reported too slow), handed over before the next messages read.
     pub(super) pending: VecDeque<Inbound>,
+    /// The connections the listeners accepted, and their caps.
+    connections: Connections,
 }
 
 impl Io {
     pub(super) fn new(sockets: Sockets, limits: TransportLimits) -> Self {
+        let caps = limits.unauthenticated;
         Self {
             sockets,
             limits,
@@ -52,6 +56,7 @@ impl Io {
             slow: HashSet::new(),
             held: HashSet::new(),
             pending: VecDeque::new(),
+            connections: Connections::new(caps),
         }
     }
 
@@ -90,6 +95,10 @@ impl Io {
             } => {
                 let _ = self.send(channel, &identity, &prompt);
                 self.held.insert((channel, identity));
+            }
+            Command::Users { address, delta } => {
+                self.connections
+                    .users_changed(address.to_canonical(), delta);
             }
             Command::Release { channel, identity } => {
                 let key = (channel, identity);
@@ -296,6 +305,56 @@ impl Io {
         true
     }
 
+    /// Reads every monitor's events: connections accepted (refused when
+    /// past a cap) and lost, listeners, and failures to accept.
+    pub(super) fn read_monitors(&mut self) {
+        let mut out_of_descriptors = false;
+        for monitor in &self.sockets.monitors {
+            while let Ok(frames) = monitor.recv_multipart(zmq::DONTWAIT) {
+                let Some((event, value)) = frames.first().and_then(|f| monitor_event(f)) else {
+                    continue;
+                };
+                let fd = i32::try_from(value).unwrap_or(-1);
+                match event {
+                    zmq_sys::ZMQ_EVENT_ACCEPTED => {
+                        let Some(address) = connections::peer(fd) else {
+                            continue;
+                        };
+                        if self.connections.accepted(fd, address) == Verdict::Refuse {
+                            connections::shut_down(fd, address);
+                            if let Some(refused) =
+                                self.connections.refusal_to_report(Instant::now())
+                            {
+                                tracing::warn!(
+                                    peer = %address,
+                                    refused,
+                                    "refused connections beyond the caps on connections that have not logged in (limits.max_unauthenticated_per_address, limits.max_unauthenticated_total)"
+                                );
+                            }
+                        }
+                    }
+                    zmq_sys::ZMQ_EVENT_DISCONNECTED => self.connections.closed(fd),
+                    zmq_sys::ZMQ_EVENT_LISTENING => self.connections.listening(fd),
+                    zmq_sys::ZMQ_EVENT_ACCEPT_FAILED => {
+                        out_of_descriptors |=
+                            value == libc::EMFILE as u32 || value == libc::ENFILE as u32;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if out_of_descriptors {
+            let refused = self.connections.out_of_descriptors();
+            if let Some(reported) = self.connections.refusal_to_report(Instant::now()) {
+                tracing::warn!(
+                    refused,
+                    reported,
+                    "out of open files: closed the connections waiting to be accepted; raise the open-file limit or lower the limits"
+                );
+            }
+        }
+    }
+
     pub(super) fn finish(mut self) {
         self.flush(Instant::now());
         for socket in &self.sockets.sockets {
@@ -303,6 +362,14 @@ impl Io {
         }
         drop(self.sockets);
     }
+}
+
+/// A monitor event's first frame: the event (16 bits) and its value (32
+/// bits), in the machine's byte order.
+fn monitor_event(frame: &[u8]) -> Option<(u32, u32)> {
+    let event = u16::from_ne_bytes(frame.get(0..2)?.try_into().ok()?);
+    let value = u32::from_ne_bytes(frame.get(2..6)?.try_into().ok()?);
+    Some((u32::from(event), value))
 }
 
 fn send_on(socket: &zmq::Socket, identity: &Identity, wire: &Wire) -> Result<(), zmq::Error> {

@@ -25,12 +25,20 @@ const ZMQ_IN_BATCH_SIZE: i32 = 101;
 /// connection, before anything the connection sends.
 const ZMQ_ROUTER_NOTIFY: i32 = 97;
 const ZMQ_NOTIFY_CONNECT: i32 = 1;
+/// The socket events the transport follows (`transport::connections`).
+const MONITORED: i32 = zmq_sys::ZMQ_EVENT_LISTENING as i32
+    | zmq_sys::ZMQ_EVENT_ACCEPTED as i32
+    | zmq_sys::ZMQ_EVENT_ACCEPT_FAILED as i32
+    | zmq_sys::ZMQ_EVENT_DISCONNECTED as i32;
 
 /// The four bound sockets. Each keeps its libzmq context alive, so the
 /// context ends when the last socket closes.
 pub struct Sockets {
     /// In channel order: commands, subscriber, publisher, heartbeat.
     pub(super) sockets: [zmq::Socket; 4],
+    /// Each socket's monitor: the connections its listener accepts and
+    /// loses, and its failures to accept.
+    pub(super) monitors: [zmq::Socket; 4],
 }
 
 impl std::fmt::Debug for Sockets {
@@ -78,7 +86,7 @@ impl Sockets {
         let ports = config.ports()?;
         let context = zmq::Context::new();
         let max_frame = i64::try_from(config.limits.max_frame_bytes()).unwrap_or(i64::MAX);
-        let make = |channel: Channel| -> Result<zmq::Socket, BindError> {
+        let make = |channel: Channel| -> Result<(zmq::Socket, zmq::Socket), BindError> {
             let name = channel.name();
             let err = |source| BindError::Socket {
                 channel: name,
@@ -115,6 +123,11 @@ impl Sockets {
             if config.bind.is_ipv6() {
                 socket.set_ipv6(true).map_err(err)?;
             }
+            // Before binding, so that the listener's own event is seen.
+            let endpoint = format!("inproc://monitor-{name}");
+            socket.monitor(&endpoint, MONITORED).map_err(err)?;
+            let monitor = context.socket(zmq::PAIR).map_err(err)?;
+            monitor.connect(&endpoint).map_err(err)?;
             let port = ports[channel as usize];
             let endpoint = match config.bind {
                 IpAddr::V4(a) => format!("tcp://{a}:{port}"),
@@ -133,15 +146,16 @@ impl Sockets {
                     source,
                 },
             })?;
-            Ok(socket)
+            Ok((socket, monitor))
         };
-        let sockets = [
-            make(Channel::Commands)?,
-            make(Channel::Subscriber)?,
-            make(Channel::Publisher)?,
-            make(Channel::Heartbeat)?,
-        ];
-        Ok(Self { sockets })
+        let (s0, m0) = make(Channel::Commands)?;
+        let (s1, m1) = make(Channel::Subscriber)?;
+        let (s2, m2) = make(Channel::Publisher)?;
+        let (s3, m3) = make(Channel::Heartbeat)?;
+        Ok(Self {
+            sockets: [s0, s1, s2, s3],
+            monitors: [m0, m1, m2, m3],
+        })
     }
 }
 
