@@ -118,9 +118,12 @@ pub struct Limits {
     pub outbox_max_messages: usize,
     /// Most bytes queued for one client before it is disconnected as too slow.
     pub outbox_max_bytes: usize,
-    /// Most bytes of one user's presence metadata (encoded), which every
-    /// CLIENTS_STATE repeats to everyone.
+    /// Most bytes of one user's presence metadata (encoded).
     pub max_metadata_bytes: usize,
+    /// Most bytes of presence messages one room sends a second, each
+    /// message counted once per recipient: beyond it, changes wait and
+    /// gather, whatever the clients do.
+    pub presence_bytes_per_second: usize,
     /// Most users in one room.
     pub max_users: usize,
     /// Most datablocks in one room.
@@ -159,6 +162,7 @@ impl Default for Limits {
             outbox_max_messages: 100_000,
             outbox_max_bytes: 1 << 30,
             max_metadata_bytes: 64 << 10,
+            presence_bytes_per_second: 2 << 20,
             max_users: 256,
             max_datablocks: 1_000_000,
             max_room_bytes: 16 << 30,
@@ -315,6 +319,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.max_unauthenticated_per_address",
                 reason: "must be at least 4 (a client's connections before it logs in), and at most limits.max_unauthenticated_total".into(),
+            });
+        }
+        if l.presence_bytes_per_second < l.max_metadata_bytes {
+            return Err(ConfigError::Invalid {
+                key: "limits.presence_bytes_per_second",
+                reason: "must be at least limits.max_metadata_bytes".into(),
             });
         }
         if l.outbox_max_messages == 0 || l.max_users == 0 || l.max_datablocks == 0 {

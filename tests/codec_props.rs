@@ -43,7 +43,8 @@ use replication_serve::protocol::{
     AuthStatus, CatalogueEntry, ChunkFields, CommandRequest, DatablockHeader, ErrorCode,
     HeartbeatMessage, MAX_DEPTH, PayloadSpec, PublisherMessage, RefersTo, Role, RoomInfo,
     ServerMessage, SessionState, SnapshotStep, SubscriberRequest, UploadStatus, UploadStep,
-    UserState, UserStatus, decode_header, decode_publisher, decode_server, encode, validate_value,
+    UserChange, UserState, UserStatus, decode_header, decode_publisher, decode_server, encode,
+    validate_value,
 };
 use rmpv::Value;
 use serde::Serialize;
@@ -744,6 +745,27 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
             }
         }),
         vec(user_state(), 0..4).prop_map(|users| ServerMessage::ClientsState { users }),
+        (
+            vec(text(), 0..3),
+            vec(user_state(), 0..3),
+            vec(
+                (text(), opt(user_status()), opt(metadata_value())).prop_map(
+                    |(name, status, metadata)| UserChange {
+                        name,
+                        status,
+                        metadata,
+                    }
+                ),
+                0..3
+            ),
+            vec((text(), finite_f64()), 0..3),
+        )
+            .prop_map(|(left, joined, changed, latency)| ServerMessage::Presence {
+                left,
+                joined,
+                changed,
+                latency: latency.into_iter().collect(),
+            }),
         text().prop_map(|reason| ServerMessage::Disconnect { reason }),
         Just(ServerMessage::Resume {}),
         (error_code(), text(), refers_to()).prop_map(|(code, message, refers_to)| {
@@ -822,6 +844,7 @@ fn server_name(m: &ServerMessage) -> &'static str {
         ServerMessage::Room { .. } => "ROOM",
         ServerMessage::RoomSettings { .. } => "ROOM_SETTINGS",
         ServerMessage::ClientsState { .. } => "CLIENTS_STATE",
+        ServerMessage::Presence { .. } => "PRESENCE",
         ServerMessage::Disconnect { .. } => "DISCONNECT",
         ServerMessage::Resume {} => "RESUME",
         ServerMessage::Error { .. } => "ERROR",
@@ -863,6 +886,7 @@ const SERVER_NAMES: &[&str] = &[
     "ROOM",
     "ROOM_SETTINGS",
     "CLIENTS_STATE",
+    "PRESENCE",
     "DISCONNECT",
     "RESUME",
     "ERROR",

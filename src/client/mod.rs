@@ -5,6 +5,7 @@
 //! reassembles chunked payloads and acknowledges snapshot windows, so callers
 //! see whole messages as [`Event`]s.
 
+mod presence;
 mod receive;
 mod requests;
 
@@ -21,8 +22,8 @@ use crate::protocol::patch::Patch;
 use crate::protocol::{
     AuthStatus, Channel, ChunkFields, CommandRequest, DatablockHeader, HeartbeatMessage,
     PROTOCOL_VERSION, PayloadSpec, ProtocolError, PublisherMessage, Role, ServerMessage,
-    SnapshotStep, SubscriberRequest, UploadStatus, UploadStep, codec::encode_value, decode_header,
-    decode_server, encode,
+    SnapshotStep, SubscriberRequest, UploadStatus, UploadStep, UserState, codec::encode_value,
+    decode_header, decode_server, encode,
 };
 
 /// Largest header the client accepts from a server.
@@ -171,6 +172,10 @@ pub struct Client {
     resume_due: Vec<Channel>,
     /// RESUMEs sent: how many new connections the client proved.
     resumed: usize,
+    /// The room's users, kept from CLIENTS_STATE and PRESENCE.
+    users: Vec<UserState>,
+    /// Bytes of the messages received, by channel.
+    received: [u64; 4],
     /// When the heartbeat and command sockets were last read by
     /// [`Client::next_subscriber_frames_of`], which waits on the subscriber
     /// socket alone.
@@ -233,6 +238,8 @@ impl Client {
             answer_pings: true,
             resume_due: Vec::new(),
             resumed: 0,
+            users: Vec::new(),
+            received: [0; 4],
             serviced: Instant::now(),
         })
     }
@@ -253,6 +260,17 @@ impl Client {
     /// it was created.
     pub fn resumed(&self) -> usize {
         self.resumed
+    }
+
+    /// The room's users as the server last told (CLIENTS_STATE, then the
+    /// PRESENCE changes applied to it).
+    pub fn users(&self) -> &[UserState] {
+        &self.users
+    }
+
+    /// Bytes received on `channel` so far (header and data frames).
+    pub fn received_bytes(&self, channel: Channel) -> u64 {
+        self.received[channel as usize]
     }
 
     /// The routing identity of the client's DEALER sockets.

@@ -205,6 +205,8 @@ impl Client {
         let mut frames = frames.into_iter();
         let header = frames.next().unwrap_or_default();
         let payload = frames.next().map(Bytes::from);
+        self.received[channel as usize] +=
+            (header.len() + payload.as_ref().map_or(0, Bytes::len)) as u64;
         let message = decode_server(&header, MAX_HEADER)?;
         if let ServerMessage::Resume {} = message {
             // Not part of any stream: the server sends it on a new
@@ -213,6 +215,21 @@ impl Client {
         }
         if let ServerMessage::Updates { updates, lengths } = message {
             return self.on_batch(channel, Batch::Updates, updates, &lengths, payload);
+        }
+        if matches!(
+            message,
+            ServerMessage::ClientsState { .. } | ServerMessage::Presence { .. }
+        ) {
+            // Either way the caller sees the whole list after the change.
+            presence::apply(&mut self.users, message);
+            self.events.push_back(Event {
+                channel,
+                message: ServerMessage::ClientsState {
+                    users: self.users.clone(),
+                },
+                payload: None,
+            });
+            return Ok(());
         }
         if channel == Channel::Subscriber {
             self.count_snapshot(

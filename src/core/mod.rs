@@ -9,7 +9,7 @@ mod dispatch;
 mod links;
 mod payloads;
 pub mod rooms;
-mod transfers;
+pub(crate) mod transfers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,7 +39,7 @@ use links::Links;
 use rooms::Rooms;
 use transfers::Transfers;
 
-/// Delay that gathers presence changes into one CLIENTS_STATE broadcast.
+/// Delay that gathers presence changes into one PRESENCE broadcast.
 const PRESENCE_DELAY: Duration = Duration::from_millis(30);
 /// Most messages the core reads in one turn of its loop.
 const TURN_MESSAGES: usize = 256;
@@ -164,7 +164,7 @@ pub struct Core {
     server_secret: Option<Secret>,
     transport: Transport,
     started: Instant,
-    /// When the next CLIENTS_STATE broadcast is due, if one is.
+    /// When the next presence broadcast is due, if one is.
     presence_due: Option<Instant>,
     /// Changes were recorded and are not committed yet.
     recording_open: bool,
@@ -499,8 +499,11 @@ impl Core {
             wire,
         })
         .await;
-        // Latencies changed.
+        // Latencies were measured: they go out with the next changes.
         for room in self.rooms.names() {
+            if let Some(entry) = self.rooms.get_mut(&room) {
+                entry.room.latencies_measured();
+            }
             self.presence_changed(&room);
         }
     }
@@ -553,7 +556,7 @@ impl Core {
         });
     }
 
-    /// Schedules a CLIENTS_STATE for a room.
+    /// Schedules a presence broadcast for a room.
     fn presence_changed(&mut self, room: &str) {
         if let Some(entry) = self.rooms.get_mut(room) {
             entry.presence_due = true;
@@ -563,12 +566,32 @@ impl Core {
         }
     }
 
+    /// Tells each room whose user list changed, within its presence
+    /// budget: a room over it waits, its changes gathering, until the
+    /// budget allows (a user's latest values win meanwhile).
     async fn broadcast_presence(&mut self) {
+        let now = Instant::now();
+        let rate = self.config.limits.presence_bytes_per_second;
+        let mut later: Option<Instant> = None;
         let mut due = Vec::new();
         for (_, entry) in self.rooms.iter_mut() {
-            if std::mem::take(&mut entry.presence_due) {
-                due.push(entry.room.clients_state());
+            if !entry.presence_due {
+                continue;
             }
+            if let Some(wait) = entry.presence_budget.wait(now.into_std(), rate) {
+                let at = now + wait;
+                later = Some(later.map_or(at, |l| l.min(at)));
+                continue;
+            }
+            entry.presence_due = false;
+            for delivery in entry.room.presence() {
+                let cost = delivery.wire.len().saturating_mul(delivery.to.len());
+                entry.presence_budget.spend(cost);
+                due.push(delivery);
+            }
+        }
+        if let Some(at) = later {
+            self.presence_due = Some(self.presence_due.map_or(at, |d| d.min(at)));
         }
         for delivery in due {
             self.deliver(delivery.to, delivery.channel, delivery.wire)

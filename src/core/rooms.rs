@@ -33,8 +33,40 @@ pub struct RoomEntry {
     pub password: Option<Secret>,
     /// Changed since its last autosave.
     pub changed_since_autosave: bool,
-    /// Its CLIENTS_STATE is due.
+    /// Its users are to be told of changes to the user list.
     pub presence_due: bool,
+    /// What its presence messages may still send.
+    pub presence_budget: Budget,
+}
+
+/// Bytes a room's presence messages may send (each message counted once
+/// per recipient): refilled at the configured rate, up to one second's
+/// worth. A message may overdraw it; the debt then delays the next one,
+/// so over any stretch of time the room sends at most the rate, plus one
+/// message.
+#[derive(Debug, Default)]
+pub struct Budget {
+    /// Bytes left (negative: owed), as of `at`.
+    bytes: f64,
+    at: Option<std::time::Instant>,
+}
+
+impl Budget {
+    /// How long to wait before sending, at `rate` bytes a second: None
+    /// when the budget is not in debt.
+    pub fn wait(&mut self, now: std::time::Instant, rate: usize) -> Option<std::time::Duration> {
+        let rate = rate as f64;
+        let elapsed = self
+            .at
+            .map_or(1.0, |at| now.duration_since(at).as_secs_f64());
+        self.bytes = (self.bytes + elapsed * rate).min(rate);
+        self.at = Some(now);
+        (self.bytes < 0.0).then(|| std::time::Duration::from_secs_f64(-self.bytes / rate))
+    }
+
+    pub fn spend(&mut self, bytes: usize) {
+        self.bytes -= bytes as f64;
+    }
 }
 
 impl RoomEntry {
@@ -46,6 +78,7 @@ impl RoomEntry {
             password: None,
             changed_since_autosave: false,
             presence_due: false,
+            presence_budget: Budget::default(),
         }
     }
 

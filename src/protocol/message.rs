@@ -1,9 +1,11 @@
-//! Every message of protocol v1, by channel and direction.
+//! Every message of protocol v2, by channel and direction.
 //!
 //! Client messages decode from a map whose `"type"` names the variant; keys
 //! the server does not know are ignored, so that later minor versions can add
 //! optional fields. Server messages encode the same way; optional fields that
 //! are absent are left out of the map.
+
+use std::collections::BTreeMap;
 
 use rmpv::Value;
 use serde::{Deserialize, Serialize};
@@ -464,6 +466,18 @@ pub struct UserState {
     pub metadata: Value,
 }
 
+/// What changed about one user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserChange {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<UserStatus>,
+    /// The changed keys, merged as UPDATE_USER_METADATA merges them: each
+    /// replaces that key's value, and nil removes the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+}
+
 /// One entry of a snapshot catalogue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CatalogueEntry {
@@ -764,8 +778,22 @@ pub enum ServerMessage {
         id: Option<u64>,
         user: String,
     },
+    /// Every user of the room: a joiner's first view.
     ClientsState {
         users: Vec<UserState>,
+    },
+    /// What changed in the room's user list since the last CLIENTS_STATE or
+    /// PRESENCE this client got; empty fields are left out.
+    Presence {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        left: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        joined: Vec<UserState>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        changed: Vec<UserChange>,
+        /// Round trips measured since, by user name.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        latency: BTreeMap<String, f64>,
     },
     Disconnect {
         reason: String,

@@ -158,7 +158,8 @@ class Session(WireHalf, ConsumerHalf):
         """Whether the client is an admin of :attr:`room` (a server admin,
         or the room's creator)."""
         self.users: tuple[User, ...] = ()
-        """The latest CLIENTS_STATE."""
+        """The room's users: the last CLIENTS_STATE, each PRESENCE since
+        applied to it."""
         self._replica = Replica()
         self._ids = itertools.count(1)
         self._transfers = itertools.count(1)
