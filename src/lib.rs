@@ -19,6 +19,8 @@
 //! - [`health`]: the health check (`--health-check`).
 //! - [`descriptors`]: the open-file limit, raised at start to what the
 //!   limits need.
+//! - `fuzzing`: entry points of the fuzz targets (`fuzz/`), one per decoder
+//!   of the network or a file.
 //! - [`memory`]: how the allocator gives freed memory back to the kernel.
 //! - [`client`]: a blocking Rust client, used by the tests and tools.
 //! - [`store`]: durable sessions: the data directory and session files.
@@ -37,6 +39,8 @@ pub mod config;
 pub mod console;
 pub mod core;
 pub mod descriptors;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod logging;
 pub mod memory;
