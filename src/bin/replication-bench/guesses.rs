@@ -65,13 +65,14 @@ pub fn run(
     let context = zmq::Context::new();
     let with_server_password = |mut options: ClientOptions| {
         if matches!(attack, Attack::Server) {
+            options.role = replication_serve::protocol::Role::Client;
             options.server_password = Some("guess".into());
         }
         options
     };
     // A room with a password, and one session that keeps trying to join it.
     let mut joiner = None;
-    let _owner = if matches!(attack, Attack::RoomJoin) {
+    let mut owner = if matches!(attack, Attack::RoomJoin) {
         let mut options = ClientOptions::admin(port, "owner", "admin").in_room("vault");
         options.room_password = Some("right".into());
         let mut owner = Client::connect_in(&context, options)?;
@@ -83,30 +84,37 @@ pub fn run(
     } else {
         None
     };
+    // One connection guesses again and again, as an attacker would: a
+    // refused login leaves the sockets free to try again.
+    let mut guesser = Client::connect_in(
+        &context,
+        with_server_password(ClientOptions::admin(port, "guesser", "guess")),
+    )?;
+    let mut member = Client::connect_in(&context, ClientOptions::new(port, "member"))?;
     let (mut checked, mut refused, mut n) = (0, 0, 0u64);
     let started = Instant::now();
     while started.elapsed().as_secs_f64() < seconds {
         n += 1;
+        // The room's owner and the joiner answer the server's pings, or
+        // they would time out and the room close.
+        if let Some(owner) = &mut owner {
+            owner.poll_once(0)?;
+        }
         let outcome = match (&mut joiner, attack) {
             (Some(guesser), _) => guesser.join_room("vault", Some("wrong"), WAIT).map(|_| ()),
             (None, Attack::AdminWithLogins) if n % 3 == 0 => {
-                let options = ClientOptions::new(port, &format!("user{n}"));
-                let mut client = Client::connect_in(&context, options)?;
-                client.authenticate(WAIT)?;
+                member.authenticate(WAIT)?;
+                // Gone again (its goodbye read), so that it can log in again.
+                member.leave()?;
+                member.wait_for(WAIT, |e| {
+                    matches!(
+                        e.message,
+                        replication_serve::protocol::ServerMessage::Disconnect { .. }
+                    )
+                })?;
                 continue;
             }
-            (None, Attack::Server) => {
-                let options = with_server_password(ClientOptions::new(port, &format!("g{n}")));
-                Client::connect_in(&context, options)?
-                    .authenticate(WAIT)
-                    .map(|_| ())
-            }
-            (None, _) => {
-                let options = ClientOptions::admin(port, &format!("g{n}"), "guess");
-                Client::connect_in(&context, options)?
-                    .authenticate(WAIT)
-                    .map(|_| ())
-            }
+            (None, _) => guesser.authenticate(WAIT).map(|_| ()),
         };
         match outcome {
             Err(ClientError::Refused { code, .. }) if code == "TooManyAttempts" => refused += 1,
