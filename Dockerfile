@@ -3,7 +3,12 @@
 # replication-serve in a container. docs/hosting.md explains how to use it:
 #
 #   docker build -t replication-serve .
-#   docker run -d -p 5555-5558:5555-5558 -e password=CHANGE-ME replication-serve
+#   docker run -d --ulimit nofile=65536:65536 -p 5555-5558:5555-5558 \
+#       -e password=CHANGE-ME replication-serve
+#
+# The server needs four open files per user; it raises its soft limit to
+# what its limits need and refuses to start when the container's hard limit
+# (set with --ulimit, or by the Docker daemon) is too low.
 #
 # Building needs BuildKit (for the cache mounts below): it is Docker's
 # builder since Docker Engine 23 and in Docker Desktop. On an older engine,

@@ -30,8 +30,9 @@ Options (the defaults are the server's):
 What it runs, for the defaults:
 
   docker build -t replication-serve .
-  docker run -it -p 5555-5558:5555-5558 -e port=5555 -e password \
-      -e timeout=5000 -e log_level=INFO -v replication-data:/data replication-serve
+  docker run -it --ulimit nofile=65536:65536 -p 5555-5558:5555-5558 -e port=5555 \
+      -e password -e timeout=5000 -e log_level=INFO -v replication-data:/data \
+      replication-serve
 
 The passwords go to docker, and from it to the server, through the
 environment, not the command line, so other users of the machine cannot
@@ -138,7 +139,10 @@ if docker container inspect "$name" >/dev/null 2>&1; then
     fail "a container named $name exists already: remove it with 'docker rm -f $name', or choose another --name"
 fi
 
+# The server needs four open files per user (docs/hosting.md, "Open
+# files"); the container's hard limit is the ceiling it can raise to.
 run=(docker run --name "$name"
+    --ulimit "nofile=65536:65536"
     -p "$port-$last:$port-$last"
     -e "port=$port" -e "timeout=$timeout" -e "log_level=$log_level"
     -v "$volume:/data")

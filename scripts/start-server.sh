@@ -59,6 +59,11 @@ if stale; then
     touch "$bin"
 fi
 
+# Every user holds four connections, each an open file: let the server use
+# all this shell may give it (it raises its own soft limit to what its
+# limits need, and says so when the hard limit is too low).
+ulimit -S -n "$(ulimit -H -n)" 2>/dev/null || true
+
 # The Docker image's entrypoint turns the environment variables into
 # options, checks the settings, prints the ports and becomes the server.
 PATH="$(dirname "$bin"):$PATH" exec "$root/docker/entrypoint.sh" "$@"

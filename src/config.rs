@@ -126,9 +126,12 @@ pub struct Limits {
     pub outbox_max_messages: usize,
     /// Most bytes queued for one client before it is disconnected as too slow.
     pub outbox_max_bytes: usize,
-    /// Most bytes of one user's presence metadata (encoded), which every
-    /// CLIENTS_STATE repeats to everyone.
+    /// Most bytes of one user's presence metadata (encoded).
     pub max_metadata_bytes: usize,
+    /// Most bytes of presence messages one room sends a second, each
+    /// message counted once per recipient: beyond it, changes wait and
+    /// gather, whatever the clients do.
+    pub presence_bytes_per_second: usize,
     /// Most users in one room.
     pub max_users: usize,
     /// Most datablocks in one room.
@@ -139,6 +142,13 @@ pub struct Limits {
     pub max_rooms: usize,
     /// Most users on the server, in all rooms together.
     pub max_users_total: usize,
+    /// Most TCP connections from one address beyond the four of each user
+    /// logged in from it: a host cannot hold the server's descriptors
+    /// with connections that never log in.
+    pub max_unauthenticated_per_address: usize,
+    /// Most TCP connections beyond the four of each user logged in, from
+    /// all addresses together.
+    pub max_unauthenticated_total: usize,
     /// Most datablocks on the server, in all rooms together.
     pub max_datablocks_total: usize,
     /// Most bytes of datablocks on the server, in all rooms together.
@@ -160,11 +170,14 @@ impl Default for Limits {
             outbox_max_messages: 100_000,
             outbox_max_bytes: 1 << 30,
             max_metadata_bytes: 64 << 10,
+            presence_bytes_per_second: 2 << 20,
             max_users: 256,
             max_datablocks: 1_000_000,
             max_room_bytes: 16 << 30,
             max_rooms: 64,
             max_users_total: 1024,
+            max_unauthenticated_per_address: 32,
+            max_unauthenticated_total: 256,
             max_datablocks_total: 4_000_000,
             max_bytes_total: 64 << 30,
             snapshot_window_messages: 4096,
@@ -312,6 +325,20 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.max_room_bytes",
                 reason: "must be at least limits.max_datablock_bytes, and at most limits.max_bytes_total".into(),
+            });
+        }
+        if l.max_unauthenticated_per_address < 4
+            || l.max_unauthenticated_total < l.max_unauthenticated_per_address
+        {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_unauthenticated_per_address",
+                reason: "must be at least 4 (a client's connections before it logs in), and at most limits.max_unauthenticated_total".into(),
+            });
+        }
+        if l.presence_bytes_per_second < l.max_metadata_bytes {
+            return Err(ConfigError::Invalid {
+                key: "limits.presence_bytes_per_second",
+                reason: "must be at least limits.max_metadata_bytes".into(),
             });
         }
         if l.outbox_max_messages == 0 || l.max_users == 0 || l.max_datablocks == 0 {

@@ -17,6 +17,10 @@
 //!   a bounded outbox per client.
 //! - [`console`]: the admin console on stdin.
 //! - [`health`]: the health check (`--health-check`).
+//! - [`descriptors`]: the open-file limit, raised at start to what the
+//!   limits need.
+//! - `fuzzing`: entry points of the fuzz targets (`fuzz/`), one per decoder
+//!   of the network or a file.
 //! - [`report`]: errors as one line for a person, each cause once.
 //! - [`memory`]: how the allocator gives freed memory back to the kernel.
 //! - [`metrics`]: counters for Prometheus, and the optional HTTP listener
@@ -24,11 +28,12 @@
 //! - [`client`]: a blocking Rust client, used by the tests and tools.
 //! - [`store`]: durable sessions: the data directory and session files.
 //! - [`server`]: wires the pieces together: `run(config, shutdown)`.
-// Four audited exceptions: registering a socket's descriptor with tokio's
+// Five audited exceptions: registering a socket's descriptor with tokio's
 // reactor (`Transport::new`), frames that libzmq sends to several clients
-// from one buffer (`transport::shared`), a libzmq option the zmq crate does
-// not expose (`transport::sockets`), and setting the allocator's thresholds
-// (`memory`).
+// from one buffer (`transport::shared`), libzmq options the zmq crate does
+// not expose (`transport::sockets`), setting the allocator's thresholds
+// (`memory`), and reading, shutting down and draining the connections and
+// listeners libzmq owns (`transport::connections`).
 #![deny(unsafe_code)]
 
 pub mod cli;
@@ -36,6 +41,9 @@ pub mod client;
 pub mod config;
 pub mod console;
 pub mod core;
+pub mod descriptors;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod logging;
 pub mod memory;

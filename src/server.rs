@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError, DEFAULT_ADMIN_PASSWORD};
 use crate::core::rooms::{self, DEFAULT_ROOM, RoomEntry, Rooms, dir_name};
 use crate::core::{ConsoleRequest, Core, backups};
+use crate::descriptors::{self, DescriptorError};
 use crate::metrics::http::{self, HttpError};
 use crate::metrics::{Metrics, MetricsError};
 use crate::protocol::SessionState;
@@ -49,6 +50,8 @@ pub enum ServerError {
     Metrics(#[from] MetricsError),
     #[error(transparent)]
     Http(#[from] HttpError),
+    #[error(transparent)]
+    Descriptors(#[from] DescriptorError),
 }
 
 impl ServerError {
@@ -63,7 +66,7 @@ impl ServerError {
             Self::Load(_) | Self::TooBig { .. } => Some("load"),
             Self::Backup(_) | Self::FreshBackup(_) => Some("backup_dir"),
             Self::Http(_) => Some("metrics"),
-            Self::Thread(_) | Self::Metrics(_) => None,
+            Self::Thread(_) | Self::Metrics(_) | Self::Descriptors(_) => None,
         }
     }
 }
@@ -87,6 +90,15 @@ impl Server {
     pub fn bind(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
         let ports = config.ports()?;
+        let needed = descriptors::needed(&config.limits);
+        let open_files = descriptors::ensure(needed)?;
+        if let Some(before) = open_files.raised_from {
+            tracing::info!(
+                from = before,
+                to = open_files.soft,
+                "raised the open-file limit to what the configured limits need"
+            );
+        }
         let metrics = Arc::new(Metrics::new()?);
         let sockets = Sockets::bind(&config)?;
         let metrics_listener = config.metrics.map(|a| http::bind(a.0)).transpose()?;

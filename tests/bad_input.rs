@@ -253,6 +253,9 @@ struct Raw {
     inbox: VecDeque<(Channel, ServerMessage)>,
     /// Every heartbeat message received (pings are answered).
     heartbeats: Vec<HeartbeatMessage>,
+    /// Channels whose new connection the server asked to prove before the
+    /// token was known.
+    resume_due: Vec<Channel>,
 }
 
 impl Raw {
@@ -278,7 +281,22 @@ impl Raw {
             token: Vec::new(),
             inbox: VecDeque::new(),
             heartbeats: Vec::new(),
+            resume_due: Vec::new(),
         }
+    }
+
+    /// Answers the server's RESUME on `channel` with the token, now or once
+    /// it is known.
+    fn resume(&mut self, channel: Channel) {
+        if self.token.is_empty() {
+            self.resume_due.push(channel);
+            return;
+        }
+        let token = String::from_utf8(self.token.clone()).expect("token");
+        self.send(
+            channel,
+            &[&msg(&[("type", s("RESUME")), ("token", s(&token))])],
+        );
     }
 
     fn socket(&self, channel: Channel) -> &zmq::Socket {
@@ -313,7 +331,7 @@ impl Raw {
                 ("id", Value::from(1)),
                 ("user", s(user)),
                 ("role", s("CLIENT")),
-                ("protocol_version", Value::from(1)),
+                ("protocol_version", Value::from(2)),
             ])],
         );
         match self.answer() {
@@ -323,6 +341,9 @@ impl Raw {
                 ..
             } if status != AuthStatus::Failed => {
                 self.token = token.into_bytes();
+                for channel in std::mem::take(&mut self.resume_due) {
+                    self.resume(channel);
+                }
                 status
             }
             other => panic!("{user} could not authenticate: {other:?}"),
@@ -336,9 +357,13 @@ impl Raw {
             let mut got = false;
             while let Ok(parts) = self.heartbeat.recv_multipart(zmq::DONTWAIT) {
                 let hb: HeartbeatMessage = decode_header(&parts[0], usize::MAX).expect("heartbeat");
-                if let HeartbeatMessage::Ping { seq } = hb {
-                    let pong = msg(&[("type", s("PONG")), ("seq", Value::from(seq))]);
-                    self.send(Channel::Heartbeat, &[&pong]);
+                match hb {
+                    HeartbeatMessage::Ping { seq } => {
+                        let pong = msg(&[("type", s("PONG")), ("seq", Value::from(seq))]);
+                        self.send(Channel::Heartbeat, &[&pong]);
+                    }
+                    HeartbeatMessage::Resume { token: None } => self.resume(Channel::Heartbeat),
+                    _ => {}
                 }
                 self.heartbeats.push(hb);
                 got = true;
@@ -346,6 +371,10 @@ impl Raw {
             for channel in [Channel::Commands, Channel::Subscriber] {
                 while let Ok(parts) = self.socket(channel).recv_multipart(zmq::DONTWAIT) {
                     let m: ServerMessage = decode_header(&parts[0], usize::MAX).expect("header");
+                    if m == (ServerMessage::Resume {}) {
+                        self.resume(channel);
+                        continue;
+                    }
                     self.inbox.push_back((channel, m));
                     got = true;
                 }
@@ -609,7 +638,6 @@ fn bad_commands() -> Vec<(&'static str, Parts, ErrorCode)> {
             Malformed,
         ),
         ("plain text", vec![b"hello, server".to_vec()], Malformed),
-        ("an empty frame", vec![Vec::new()], Malformed),
         (
             "a truncated map",
             vec![info[..info.len() - 3].to_vec()],
@@ -667,7 +695,7 @@ fn bad_commands() -> Vec<(&'static str, Parts, ErrorCode)> {
                 ("type", s("AUTH")),
                 ("user", Value::from(5)),
                 ("role", s("CLIENT")),
-                ("protocol_version", Value::from(1)),
+                ("protocol_version", Value::from(2)),
             ])],
             InvalidMessage,
         ),
@@ -677,7 +705,7 @@ fn bad_commands() -> Vec<(&'static str, Parts, ErrorCode)> {
                 ("type", s("AUTH")),
                 ("user", s("eve")),
                 ("role", s("ROOT")),
-                ("protocol_version", Value::from(1)),
+                ("protocol_version", Value::from(2)),
             ])],
             InvalidMessage,
         ),
@@ -1020,7 +1048,7 @@ fn refused_logins_create_no_session_and_do_not_lock_out() {
             ("id", Value::from(5)),
             ("user", s(user)),
             ("role", s("CLIENT")),
-            ("protocol_version", Value::from(1)),
+            ("protocol_version", Value::from(2)),
         ];
         entries.retain(|(k, _)| extra.iter().all(|(e, _)| e != k));
         entries.extend_from_slice(extra);
@@ -1034,8 +1062,13 @@ fn refused_logins_create_no_session_and_do_not_lock_out() {
     let long_name = "n".repeat(129);
     let cases: Vec<(&str, Vec<u8>, ErrorCode)> = vec![
         (
-            "protocol version 2",
-            auth("eve", &[("protocol_version", Value::from(2))]),
+            "protocol version 1",
+            auth("eve", &[("protocol_version", Value::from(1))]),
+            ErrorCode::VersionMismatch,
+        ),
+        (
+            "protocol version 3",
+            auth("eve", &[("protocol_version", Value::from(3))]),
             ErrorCode::VersionMismatch,
         ),
         ("an empty name", auth("", &[]), ErrorCode::InvalidMessage),
@@ -1216,7 +1249,7 @@ fn refused_requests_from_a_member_change_nothing() {
             ("id", Value::from(27)),
             ("user", s("bob2")),
             ("role", s("CLIENT")),
-            ("protocol_version", Value::from(1)),
+            ("protocol_version", Value::from(2)),
         ])],
     )
     .expect("send");

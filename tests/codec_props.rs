@@ -43,7 +43,8 @@ use replication_serve::protocol::{
     AuthStatus, CatalogueEntry, ChunkFields, CommandRequest, DatablockHeader, ErrorCode,
     HeartbeatMessage, MAX_DEPTH, PayloadSpec, PublisherMessage, RefersTo, Role, RoomInfo,
     ServerMessage, SessionState, SnapshotStep, SubscriberRequest, UploadStatus, UploadStep,
-    UserState, UserStatus, decode_header, decode_publisher, decode_server, encode, validate_value,
+    UserChange, UserState, UserStatus, decode_header, decode_publisher, decode_server, encode,
+    validate_value,
 };
 use rmpv::Value;
 use serde::Serialize;
@@ -445,6 +446,7 @@ fn command_request() -> BoxedStrategy<CommandRequest> {
             reason
         }),
         opt(text()).prop_map(|reason| CommandRequest::Disconnect { reason }),
+        text().prop_map(|token| CommandRequest::Resume { token }),
     ]
     .boxed()
 }
@@ -513,6 +515,7 @@ fn subscriber_request() -> BoxedStrategy<SubscriberRequest> {
             .prop_map(|(window, batches)| SubscriberRequest::Snapshot { window, batches }),
         any::<u64>().prop_map(|received| SubscriberRequest::SnapshotAck { received }),
         (opt(any::<u64>()), text()).prop_map(|(id, uuid)| SubscriberRequest::Fetch { id, uuid }),
+        text().prop_map(|token| SubscriberRequest::Resume { token }),
     ]
     .boxed()
 }
@@ -521,6 +524,7 @@ fn heartbeat_message() -> BoxedStrategy<HeartbeatMessage> {
     prop_oneof![
         any::<u64>().prop_map(|seq| HeartbeatMessage::Ping { seq }),
         any::<u64>().prop_map(|seq| HeartbeatMessage::Pong { seq }),
+        opt(text()).prop_map(|token| HeartbeatMessage::Resume { token }),
     ]
     .boxed()
 }
@@ -741,7 +745,29 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
             }
         }),
         vec(user_state(), 0..4).prop_map(|users| ServerMessage::ClientsState { users }),
+        (
+            vec(text(), 0..3),
+            vec(user_state(), 0..3),
+            vec(
+                (text(), opt(user_status()), opt(metadata_value())).prop_map(
+                    |(name, status, metadata)| UserChange {
+                        name,
+                        status,
+                        metadata,
+                    }
+                ),
+                0..3
+            ),
+            vec((text(), finite_f64()), 0..3),
+        )
+            .prop_map(|(left, joined, changed, latency)| ServerMessage::Presence {
+                left,
+                joined,
+                changed,
+                latency: latency.into_iter().collect(),
+            }),
         text().prop_map(|reason| ServerMessage::Disconnect { reason }),
+        Just(ServerMessage::Resume {}),
         (error_code(), text(), refers_to()).prop_map(|(code, message, refers_to)| {
             ServerMessage::Error {
                 code,
@@ -771,6 +797,7 @@ fn command_name(m: &CommandRequest) -> &'static str {
         CommandRequest::JoinRoom { .. } => "JOIN_ROOM",
         CommandRequest::LeaveRoom { .. } => "LEAVE_ROOM",
         CommandRequest::RoomSettings { .. } => "ROOM_SETTINGS",
+        CommandRequest::Resume { .. } => "RESUME",
     }
 }
 
@@ -787,6 +814,7 @@ fn subscriber_name(m: &SubscriberRequest) -> &'static str {
         SubscriberRequest::Snapshot { .. } => "SNAPSHOT",
         SubscriberRequest::SnapshotAck { .. } => "SNAPSHOT_ACK",
         SubscriberRequest::Fetch { .. } => "FETCH",
+        SubscriberRequest::Resume { .. } => "RESUME",
     }
 }
 
@@ -794,6 +822,7 @@ fn heartbeat_name(m: &HeartbeatMessage) -> &'static str {
     match m {
         HeartbeatMessage::Ping { .. } => "PING",
         HeartbeatMessage::Pong { .. } => "PONG",
+        HeartbeatMessage::Resume { .. } => "RESUME",
     }
 }
 
@@ -815,7 +844,9 @@ fn server_name(m: &ServerMessage) -> &'static str {
         ServerMessage::Room { .. } => "ROOM",
         ServerMessage::RoomSettings { .. } => "ROOM_SETTINGS",
         ServerMessage::ClientsState { .. } => "CLIENTS_STATE",
+        ServerMessage::Presence { .. } => "PRESENCE",
         ServerMessage::Disconnect { .. } => "DISCONNECT",
+        ServerMessage::Resume {} => "RESUME",
         ServerMessage::Error { .. } => "ERROR",
     }
 }
@@ -833,10 +864,11 @@ const COMMAND_NAMES: &[&str] = &[
     "JOIN_ROOM",
     "LEAVE_ROOM",
     "ROOM_SETTINGS",
+    "RESUME",
 ];
 const PUBLISHER_NAMES: &[&str] = &["UPDATE", "CHUNK", "UPDATES"];
-const SUBSCRIBER_NAMES: &[&str] = &["SNAPSHOT", "SNAPSHOT_ACK", "FETCH"];
-const HEARTBEAT_NAMES: &[&str] = &["PING", "PONG"];
+const SUBSCRIBER_NAMES: &[&str] = &["SNAPSHOT", "SNAPSHOT_ACK", "FETCH", "RESUME"];
+const HEARTBEAT_NAMES: &[&str] = &["PING", "PONG", "RESUME"];
 const SERVER_NAMES: &[&str] = &[
     "SERVER_INFO",
     "AUTH",
@@ -854,7 +886,9 @@ const SERVER_NAMES: &[&str] = &[
     "ROOM",
     "ROOM_SETTINGS",
     "CLIENTS_STATE",
+    "PRESENCE",
     "DISCONNECT",
+    "RESUME",
     "ERROR",
 ];
 

@@ -42,7 +42,7 @@ const OLD_SNAPSHOT: [&[u8]; 3] = [
       REQUEST_INIT\x94s.",
 ];
 
-const REFUSAL: &str = "FAILED: this server is replication-serve (protocol v1), which this \
+const REFUSAL: &str = "FAILED: this server is replication-serve (protocol v2), which this \
                        Multi-User cannot talk to; install the Multi-User package for \
                        replication-serve (see docs/blender.md)";
 
@@ -60,7 +60,7 @@ fn pickled_str(text: &str) -> Vec<u8> {
 /// key, value, key, value, SETITEMS, STOP.
 fn pickled_info(private: bool) -> Vec<u8> {
     let version = format!(
-        "{} (protocol v1; see docs/blender.md)",
+        "{} (protocol v2; see docs/blender.md)",
         env!("CARGO_PKG_VERSION")
     );
     let mut out = vec![0x80, 0x02, b'}', b'(', b'X', 7, 0, 0, 0];

@@ -530,7 +530,36 @@ fn wrong_passwords_versions_and_names_are_refused() {
     };
     assert_eq!(status, AuthStatus::Failed);
     let reason = reason.unwrap();
-    assert!(reason.contains('7') && reason.contains('1'), "{reason}");
+    assert!(reason.contains('7') && reason.contains('2'), "{reason}");
+}
+
+/// Clients of version 1 (before RESUME and presence deltas) are refused
+/// with a reason that says what to do.
+#[test]
+fn version_1_clients_are_told_to_update() {
+    let server = TestServer::start();
+    let mut old = Client::connect(ClientOptions::new(server.port, "old")).unwrap();
+    let auth = Value::Map(vec![
+        (Value::from("type"), Value::from("AUTH")),
+        (Value::from("id"), Value::from(1)),
+        (Value::from("user"), Value::from("old")),
+        (Value::from("role"), Value::from("CLIENT")),
+        (Value::from("protocol_version"), Value::from(1)),
+    ]);
+    old.send_raw(
+        replication_serve::protocol::Channel::Commands,
+        &[&encode_value(&auth)],
+    )
+    .unwrap();
+    let ev = wait(&mut old, "FAILED", |e| {
+        matches!(e.message, ServerMessage::Auth { .. })
+    });
+    let ServerMessage::Auth { status, reason, .. } = ev.message else {
+        unreachable!()
+    };
+    assert_eq!(status, AuthStatus::Failed);
+    let reason = reason.unwrap();
+    assert!(reason.contains("update the client"), "{reason}");
 }
 
 #[test]

@@ -1,10 +1,11 @@
-//! A blocking Rust client of protocol v1, used by the tests and tools.
+//! A blocking Rust client of protocol v2, used by the tests and tools.
 //!
 //! It owns its four sockets (three DEALERs sharing one random 16-byte routing
 //! identity, and a PUSH), answers the server's pings whenever it is polled,
 //! reassembles chunked payloads and acknowledges snapshot windows, so callers
 //! see whole messages as [`Event`]s.
 
+mod presence;
 mod receive;
 mod requests;
 
@@ -21,8 +22,8 @@ use crate::protocol::patch::Patch;
 use crate::protocol::{
     AuthStatus, Channel, ChunkFields, CommandRequest, DatablockHeader, HeartbeatMessage,
     PROTOCOL_VERSION, PayloadSpec, ProtocolError, PublisherMessage, Role, ServerMessage,
-    SnapshotStep, SubscriberRequest, UploadStatus, UploadStep, codec::encode_value, decode_header,
-    decode_server, encode,
+    SnapshotStep, SubscriberRequest, UploadStatus, UploadStep, UserState, codec::encode_value,
+    decode_header, decode_server, encode,
 };
 
 /// Largest header the client accepts from a server.
@@ -147,6 +148,8 @@ struct Partial {
 /// One connection to a server.
 pub struct Client {
     options: ClientOptions,
+    /// The routing identity of the three DEALER sockets.
+    identity: [u8; 16],
     commands: zmq::Socket,
     subscriber: zmq::Socket,
     publisher: zmq::Socket,
@@ -164,6 +167,15 @@ pub struct Client {
     snapshot: Option<SnapshotProgress>,
     /// Answer pings while polling (tests turn this off to play dead).
     pub answer_pings: bool,
+    /// Channels on which the server asked for RESUME before the token was
+    /// known.
+    resume_due: Vec<Channel>,
+    /// RESUMEs sent: how many new connections the client proved.
+    resumed: usize,
+    /// The room's users, kept from CLIENTS_STATE and PRESENCE.
+    users: Vec<UserState>,
+    /// Bytes of the messages received, by channel.
+    received: [u64; 4],
     /// When the heartbeat and command sockets were last read by
     /// [`Client::next_subscriber_frames_of`], which waits on the subscriber
     /// socket alone.
@@ -210,6 +222,7 @@ impl Client {
         let heartbeat = dealer(3)?;
         Ok(Self {
             options,
+            identity,
             commands,
             subscriber,
             publisher,
@@ -223,6 +236,10 @@ impl Client {
             partial: HashMap::new(),
             snapshot: None,
             answer_pings: true,
+            resume_due: Vec::new(),
+            resumed: 0,
+            users: Vec::new(),
+            received: [0; 4],
             serviced: Instant::now(),
         })
     }
@@ -237,6 +254,28 @@ impl Client {
     /// for tools that build publisher messages themselves.
     pub fn token(&self) -> Option<&[u8]> {
         self.token.as_deref()
+    }
+
+    /// How many new connections the client has proven with RESUME since
+    /// it was created.
+    pub fn resumed(&self) -> usize {
+        self.resumed
+    }
+
+    /// The room's users as the server last told (CLIENTS_STATE, then the
+    /// PRESENCE changes applied to it).
+    pub fn users(&self) -> &[UserState] {
+        &self.users
+    }
+
+    /// Bytes received on `channel` so far (header and data frames).
+    pub fn received_bytes(&self, channel: Channel) -> u64 {
+        self.received[channel as usize]
+    }
+
+    /// The routing identity of the client's DEALER sockets.
+    pub fn identity(&self) -> &[u8] {
+        &self.identity
     }
 
     /// The user name this client authenticates as.

@@ -168,21 +168,68 @@ impl Client {
         let Some(header) = frames.first() else {
             return Ok(());
         };
-        if let HeartbeatMessage::Ping { seq } = decode_header(header, MAX_HEADER)?
-            && self.answer_pings
-        {
-            self.send(Channel::Heartbeat, &HeartbeatMessage::Pong { seq }, None)?;
+        match decode_header(header, MAX_HEADER)? {
+            HeartbeatMessage::Ping { seq } if self.answer_pings => {
+                self.send(Channel::Heartbeat, &HeartbeatMessage::Pong { seq }, None)?;
+            }
+            HeartbeatMessage::Resume { token: None } => self.resume(Channel::Heartbeat)?,
+            _ => {}
         }
         Ok(())
+    }
+
+    /// The server saw a new connection of ours on `channel` (libzmq
+    /// reconnected it): prove that it is ours with the session token, now
+    /// or as soon as the token is known.
+    pub(super) fn resume(&mut self, channel: Channel) -> Result<(), ClientError> {
+        let Some(token) = &self.token else {
+            if !self.resume_due.contains(&channel) {
+                self.resume_due.push(channel);
+            }
+            return Ok(());
+        };
+        let token = String::from_utf8_lossy(token).into_owned();
+        self.resumed += 1;
+        match channel {
+            Channel::Commands => self.send(channel, &CommandRequest::Resume { token }, None),
+            Channel::Subscriber => self.send(channel, &SubscriberRequest::Resume { token }, None),
+            _ => self.send(
+                channel,
+                &HeartbeatMessage::Resume { token: Some(token) },
+                None,
+            ),
+        }
     }
 
     fn on_message(&mut self, channel: Channel, frames: Vec<Vec<u8>>) -> Result<(), ClientError> {
         let mut frames = frames.into_iter();
         let header = frames.next().unwrap_or_default();
         let payload = frames.next().map(Bytes::from);
+        self.received[channel as usize] +=
+            (header.len() + payload.as_ref().map_or(0, Bytes::len)) as u64;
         let message = decode_server(&header, MAX_HEADER)?;
+        if let ServerMessage::Resume {} = message {
+            // Not part of any stream: the server sends it on a new
+            // connection, beside everything else.
+            return self.resume(channel);
+        }
         if let ServerMessage::Updates { updates, lengths } = message {
             return self.on_batch(channel, Batch::Updates, updates, &lengths, payload);
+        }
+        if matches!(
+            message,
+            ServerMessage::ClientsState { .. } | ServerMessage::Presence { .. }
+        ) {
+            // Either way the caller sees the whole list after the change.
+            presence::apply(&mut self.users, message);
+            self.events.push_back(Event {
+                channel,
+                message: ServerMessage::ClientsState {
+                    users: self.users.clone(),
+                },
+                payload: None,
+            });
+            return Ok(());
         }
         if channel == Channel::Subscriber {
             self.count_snapshot(

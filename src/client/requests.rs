@@ -53,6 +53,9 @@ impl Client {
                 if let Some(c) = chunk_bytes {
                     self.chunk_bytes = usize::try_from(c).unwrap_or(1 << 20).max(1);
                 }
+                for channel in std::mem::take(&mut self.resume_due) {
+                    self.resume(channel)?;
+                }
                 Ok(status)
             }
             other => Err(unexpected(&other)),

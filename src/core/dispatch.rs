@@ -5,7 +5,7 @@ use bytes::Bytes;
 use rand::RngExt;
 use tokio::time::Instant;
 
-use super::auth::password_matches;
+use super::auth::{Guarded, place};
 use super::payloads::invalid;
 use super::rooms::{DEFAULT_ROOM, JoinRequest};
 use super::transfers::Pending;
@@ -20,6 +20,20 @@ use crate::transport::{ClientMessage, Command, Frame, Identity, Inbound, Recipie
 
 impl Core {
     pub(super) async fn inbound(&mut self, event: Inbound) {
+        // A message from a connection that has not proven its session waits.
+        if let Inbound::Message {
+            channel,
+            identity: Some(identity),
+            ..
+        } = &event
+            && let Some(&id) = self.by_identity.get(identity)
+            && self
+                .sessions
+                .get(&id)
+                .is_some_and(|s| !s.links.is_confirmed(*channel))
+        {
+            return self.unconfirmed(id, event).await;
+        }
         match event {
             Inbound::TooSlow { identity } => {
                 if let Some(&id) = self.by_identity.get(&identity) {
@@ -32,6 +46,7 @@ impl Core {
                     .await;
                 }
             }
+            Inbound::Connected { channel, identity } => self.connected(channel, identity).await,
             Inbound::Message {
                 channel,
                 identity,
@@ -73,7 +88,7 @@ impl Core {
                         self.old_client(channel, identity, peer_address, request)
                             .await;
                     }
-                    // A session speaks protocol v1: a pickle from it is
+                    // A session speaks this protocol: a pickle from it is
                     // garbage, answered as such.
                     (ClientMessage::OldMultiUser(_), identity, Some(id)) => {
                         let error = ProtocolError::Malformed(
@@ -209,48 +224,36 @@ impl Core {
         else {
             return;
         };
-        let place = peer_address.unwrap_or_else(|| hex(&identity));
+        let place = place(peer_address.as_deref(), &identity);
+        let peer = peer_address
+            .as_deref()
+            .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+            .map(|a| a.to_canonical());
         let now = Instant::now();
-        let refusal = if let Some(wait) = self.logins.wait(&place, now.into_std()) {
-            Some((
-                ErrorCode::TooManyAttempts,
-                format!(
-                    "too many failed logins; retry in {:.1} s",
-                    wait.as_secs_f64()
-                ),
-            ))
-        } else if protocol_version != PROTOCOL_VERSION {
-            Some((
+        let refusal = if protocol_version != PROTOCOL_VERSION {
+            Err((
                 ErrorCode::VersionMismatch,
                 format!(
-                    "protocol version mismatch: the client speaks version {protocol_version}, this server speaks version {PROTOCOL_VERSION}"
+                    "protocol version mismatch: the client speaks version {protocol_version}, this server speaks version {PROTOCOL_VERSION}{}",
+                    if protocol_version < PROTOCOL_VERSION {
+                        "; update the client"
+                    } else {
+                        "; update the server"
+                    }
                 ),
             ))
         } else if let Err(e) = check_name("user name", &user) {
-            Some((ErrorCode::InvalidMessage, e.to_string()))
-        } else if self
-            .config
-            .server_password
-            .as_deref()
-            .is_some_and(|expected| !password_matches(expected, server_password.as_deref()))
-        {
-            self.logins.failed(&place, now.into_std());
-            Some((
-                ErrorCode::WrongServerPassword,
-                "wrong server password".to_owned(),
-            ))
-        } else if role == Role::Admin
-            && !password_matches(&self.config.admin_password, admin_password.as_deref())
-        {
-            self.logins.failed(&place, now.into_std());
-            Some((
-                ErrorCode::WrongAdminPassword,
-                "wrong admin password".to_owned(),
-            ))
+            Err((ErrorCode::InvalidMessage, e.to_string()))
         } else {
-            None
+            self.check_password(&place, Guarded::Server, server_password.as_deref())
+                .and_then(|()| match role {
+                    Role::Admin => {
+                        self.check_password(&place, Guarded::Admin, admin_password.as_deref())
+                    }
+                    Role::Client => Ok(()),
+                })
         };
-        if let Some((code, reason)) = refusal {
+        if let Err((code, reason)) = refusal {
             self.metrics.refused(code);
             tracing::warn!(user, peer = %place, ?code, "login refused: {reason}");
             self.reply_to(&identity, &auth_failed(id, code, &reason))
@@ -274,15 +277,19 @@ impl Core {
                 admin,
                 place: place.clone(),
                 batches,
+                links: Default::default(),
+                previous_token: None,
+                peer,
             },
         );
-        let guard = room_guard(&place, room.as_deref().unwrap_or(DEFAULT_ROOM));
+        let room_name = room.clone().unwrap_or_else(|| DEFAULT_ROOM.to_owned());
+        let guarded = Guarded::Room(&room_name);
         let request = JoinRequest {
             room,
             room_password,
             metadata,
         };
-        let entered = match self.room_logins.wait(&guard, now.into_std()) {
+        let entered = match self.logins.wait(&place, guarded, now.into_std()) {
             Some(wait) => Err(protocol_error(
                 ErrorCode::TooManyAttempts,
                 format!(
@@ -293,14 +300,11 @@ impl Core {
             None => self.enter_room(client, &user, admin, request, true),
         };
         let joined = match entered {
-            Ok(joined) => {
-                self.room_logins.succeeded(&guard);
-                joined
-            }
+            Ok(joined) => joined,
             Err(e) => {
                 self.remove_session(client);
                 if e.code == ErrorCode::WrongRoomPassword {
-                    self.room_logins.failed(&guard, now.into_std());
+                    self.logins.failed(&place, guarded, now.into_std());
                 }
                 self.metrics.refused(e.code);
                 tracing::warn!(user, peer = %place, code = ?e.code, "login refused: {}", e.message);
@@ -309,7 +313,6 @@ impl Core {
                 return;
             }
         };
-        self.logins.succeeded(&place);
         let token = new_token();
         if let Some(session) = self.sessions.get_mut(&client) {
             session.token = token.clone();
@@ -319,6 +322,9 @@ impl Core {
         });
         self.by_identity.insert(identity.clone(), client);
         self.by_token.insert(token.clone(), client);
+        if let Some(address) = peer {
+            self.send(Command::Users { address, delta: 1 }).await;
+        }
         let limits = &self.config.limits;
         let msg = ServerMessage::Auth {
             id,
@@ -394,7 +400,10 @@ impl Core {
                 self.disconnect(id, "goodbye").await;
                 return Ok(());
             }
-            CommandRequest::ServerInfo { .. } | CommandRequest::Auth { .. } => return Ok(()),
+            // A confirmed connection has nothing to prove.
+            CommandRequest::ServerInfo { .. }
+            | CommandRequest::Auth { .. }
+            | CommandRequest::Resume { .. } => return Ok(()),
             _ => {}
         }
         let (room, _) = self.room_mut(id)?;
@@ -404,7 +413,8 @@ impl Core {
             | CommandRequest::JoinRoom { .. }
             | CommandRequest::LeaveRoom { .. }
             | CommandRequest::RoomSettings { .. }
-            | CommandRequest::Disconnect { .. } => Effects::default(),
+            | CommandRequest::Disconnect { .. }
+            | CommandRequest::Resume { .. } => Effects::default(),
             CommandRequest::ServerSnapshot {
                 id: req_id,
                 step,
@@ -576,6 +586,7 @@ impl Core {
                 }
                 SubscriberRequest::SnapshotAck { received } => room.acknowledge(id, received),
                 SubscriberRequest::Fetch { id: req_id, uuid } => room.fetch(id, req_id, &uuid),
+                SubscriberRequest::Resume { .. } => Ok(Effects::default()),
             }?;
             Ok((name, effects))
         });
@@ -605,6 +616,7 @@ impl Core {
                     }
                 }
             }
+            HeartbeatMessage::Resume { .. } => {}
             HeartbeatMessage::Ping { seq } => {
                 self.send(Command::Deliver {
                     channel: Channel::Heartbeat,
@@ -622,6 +634,40 @@ impl Core {
 }
 
 impl Core {
+    /// Checks a login's guess at the server or admin password (the server
+    /// password only when the server has one): refused unchecked while
+    /// that password is locked out from `place`; a wrong guess counts.
+    fn check_password(
+        &mut self,
+        place: &str,
+        guarded: Guarded<'_>,
+        given: Option<&str>,
+    ) -> Result<(), (ErrorCode, String)> {
+        let (expected, code, what) = match guarded {
+            Guarded::Server => match &self.server_secret {
+                Some(secret) => (secret, ErrorCode::WrongServerPassword, "server"),
+                None => return Ok(()),
+            },
+            Guarded::Admin => (&self.admin_secret, ErrorCode::WrongAdminPassword, "admin"),
+            Guarded::Room(_) => return Ok(()),
+        };
+        let now = Instant::now().into_std();
+        if let Some(wait) = self.logins.wait(place, guarded, now) {
+            return Err((
+                ErrorCode::TooManyAttempts,
+                format!(
+                    "too many wrong {what} passwords from this address; retry in {:.1} s",
+                    wait.as_secs_f64()
+                ),
+            ));
+        }
+        if expected.matches(given) {
+            return Ok(());
+        }
+        self.logins.failed(place, guarded, now);
+        Err((code, format!("wrong {what} password")))
+    }
+
     /// JOIN_ROOM: everything about the new room is checked before the
     /// client leaves its room, so a refusal leaves it where it was.
     async fn switch_room(
@@ -649,11 +695,11 @@ impl Core {
                 format!("this client is already in room {room:?}"),
             ));
         }
-        // Room passwords are guarded like the server's, per address and
-        // room, so that guesses at one room lock nobody out of the others.
-        let guard = room_guard(&place, &room);
+        // Each room's password is guarded on its own, so that guesses at
+        // one room lock nobody out of the others.
+        let guarded = Guarded::Room(&room);
         let now = Instant::now().into_std();
-        if let Some(wait) = self.room_logins.wait(&guard, now) {
+        if let Some(wait) = self.logins.wait(&place, guarded, now) {
             return Err(protocol_error(
                 ErrorCode::TooManyAttempts,
                 format!(
@@ -670,12 +716,10 @@ impl Core {
             metadata.as_ref(),
             false,
         );
-        match &checked {
-            Err(e) if e.code == ErrorCode::WrongRoomPassword => {
-                self.room_logins.failed(&guard, now);
-            }
-            Err(_) => {}
-            Ok(()) => self.room_logins.succeeded(&guard),
+        if let Err(e) = &checked
+            && e.code == ErrorCode::WrongRoomPassword
+        {
+            self.logins.failed(&place, guarded, now);
         }
         checked?;
         // Everything that can fail happens before the client leaves.
@@ -727,6 +771,7 @@ impl Core {
         };
         let old = std::mem::replace(&mut session.token, token.clone());
         self.by_token.remove(&old);
+        session.previous_token = Some(old);
         self.by_token.insert(token.clone(), id);
         let token = Some(String::from_utf8_lossy(&token).into_owned());
         let ServerMessage::Room {
@@ -788,11 +833,6 @@ fn auth_failed(id: Option<u64>, code: ErrorCode, reason: &str) -> ServerMessage 
         created: None,
         batches: None,
     }
-}
-
-/// What room-password failures are counted by: the address and the room.
-fn room_guard(place: &str, room: &str) -> String {
-    format!("{place}\u{0}{room}")
 }
 
 /// A fresh session token: 128 random bits as 32 hex characters.

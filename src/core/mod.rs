@@ -6,11 +6,12 @@ mod auth;
 pub mod backups;
 mod console_requests;
 mod dispatch;
+mod links;
 mod old_clients;
 mod payloads;
 mod reset;
 pub mod rooms;
-mod transfers;
+pub(crate) mod transfers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,14 +38,15 @@ use crate::store::db::StoreError;
 use crate::store::file::FileSummary;
 use crate::transport::{Command, Identity, Recipients, Transport};
 
-use auth::LoginThrottle;
+use auth::{LoginThrottle, Secret};
 pub use console_requests::{Lock, Report, ResetDone};
+use links::Links;
 use old_clients::NotedClients;
 use reset::PendingReset;
 use rooms::Rooms;
 use transfers::Transfers;
 
-/// Delay that gathers presence changes into one CLIENTS_STATE broadcast.
+/// Delay that gathers presence changes into one PRESENCE broadcast.
 const PRESENCE_DELAY: Duration = Duration::from_millis(30);
 /// Most messages the core reads in one turn of its loop.
 const TURN_MESSAGES: usize = 256;
@@ -157,6 +159,14 @@ struct Session {
     /// The client reads UPDATES: forwarded updates that are ready together
     /// reach it in one message.
     batches: bool,
+    /// Which of its connections have proven the session.
+    links: Links,
+    /// The peer's address, when libzmq knows it: each user brings four
+    /// connections more under the transport's caps on that address.
+    peer: Option<std::net::IpAddr>,
+    /// The token before the last room switch, which still proves the
+    /// session in RESUME.
+    previous_token: Option<Bytes>,
 }
 
 /// The core's state.
@@ -174,18 +184,18 @@ pub struct Core {
     audience: Option<(Vec<ClientId>, Recipients)>,
     next_client: u64,
     next_ping: u64,
+    /// Wrong guesses at each password, per address.
     logins: LoginThrottle,
-    /// Wrong room passwords, per address and room: apart from `logins`, so
-    /// that a good login does not reset them and guesses at a room lock
-    /// nobody out of the server.
-    room_logins: LoginThrottle,
     /// The frames that answer old Multi-User clients, built once.
     old_answers: OldAnswers,
     /// Old Multi-User clients already written to the log.
     noted_old_clients: NotedClients,
+    /// The admin password and the server's, kept as digests.
+    admin_secret: Secret,
+    server_secret: Option<Secret>,
     transport: Transport,
     started: Instant,
-    /// When the next CLIENTS_STATE broadcast is due, if one is.
+    /// When the next presence broadcast is due, if one is.
     presence_due: Option<Instant>,
     /// Changes were recorded and are not committed yet.
     recording_open: bool,
@@ -226,6 +236,8 @@ impl Core {
             max_header: config.limits.max_header_bytes,
         };
         Self {
+            admin_secret: Secret::new(&config.admin_password),
+            server_secret: config.server_password.as_deref().map(Secret::new),
             rooms,
             config,
             sessions: HashMap::new(),
@@ -235,7 +247,6 @@ impl Core {
             next_client: 1,
             next_ping: 1,
             logins: LoginThrottle::default(),
-            room_logins: LoginThrottle::default(),
             old_answers,
             noted_old_clients: NotedClients::new(),
             transport,
@@ -502,9 +513,23 @@ impl Core {
             self.metrics.heartbeat_timeouts.inc();
             self.disconnect(id, "timed out").await;
         }
+        // A connection that took over a client's identity and never proved
+        // the session: the client cannot be reached through it.
+        let unproven: Vec<ClientId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.links
+                    .unconfirmed_since()
+                    .is_some_and(|t| now.into_std().duration_since(t) > timeout)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in unproven {
+            self.disconnect(id, "connection not confirmed").await;
+        }
         self.expire_transfers(now.into_std()).await;
         self.logins.forget(now.into_std());
-        self.room_logins.forget(now.into_std());
         if self.sessions.is_empty() {
             return;
         }
@@ -526,8 +551,11 @@ impl Core {
             wire,
         })
         .await;
-        // Latencies changed.
+        // Latencies were measured: they go out with the next changes.
         for room in self.rooms.names() {
+            if let Some(entry) = self.rooms.get_mut(&room) {
+                entry.room.latencies_measured();
+            }
             self.presence_changed(&room);
         }
     }
@@ -580,7 +608,7 @@ impl Core {
         });
     }
 
-    /// Schedules a CLIENTS_STATE for a room.
+    /// Schedules a presence broadcast for a room.
     fn presence_changed(&mut self, room: &str) {
         if let Some(entry) = self.rooms.get_mut(room) {
             entry.presence_due = true;
@@ -590,12 +618,32 @@ impl Core {
         }
     }
 
+    /// Tells each room whose user list changed, within its presence
+    /// budget: a room over it waits, its changes gathering, until the
+    /// budget allows (a user's latest values win meanwhile).
     async fn broadcast_presence(&mut self) {
+        let now = Instant::now();
+        let rate = self.config.limits.presence_bytes_per_second;
+        let mut later: Option<Instant> = None;
         let mut due = Vec::new();
         for (_, entry) in self.rooms.iter_mut() {
-            if std::mem::take(&mut entry.presence_due) {
-                due.push(entry.room.clients_state());
+            if !entry.presence_due {
+                continue;
             }
+            if let Some(wait) = entry.presence_budget.wait(now.into_std(), rate) {
+                let at = now + wait;
+                later = Some(later.map_or(at, |l| l.min(at)));
+                continue;
+            }
+            entry.presence_due = false;
+            for delivery in entry.room.presence() {
+                let cost = delivery.wire.len().saturating_mul(delivery.to.len());
+                entry.presence_budget.spend(cost);
+                due.push(delivery);
+            }
+        }
+        if let Some(at) = later {
+            self.presence_due = Some(self.presence_due.map_or(at, |d| d.min(at)));
         }
         for delivery in due {
             self.deliver(delivery.to, delivery.channel, delivery.wire)
@@ -721,9 +769,19 @@ impl Core {
         };
         self.by_identity.remove(&session.identity);
         self.by_token.remove(&session.token);
-        session
-            .span
-            .in_scope(|| tracing::info!(reason, "client disconnected"));
+        if let Some(address) = session.peer {
+            self.send(Command::Users { address, delta: -1 }).await;
+        }
+        session.span.in_scope(|| {
+            let dropped = session.links.waiting();
+            if dropped > 0 {
+                tracing::warn!(
+                    dropped,
+                    "refused the messages of a connection that presented this client's identity and never proved the session"
+                );
+            }
+            tracing::info!(reason, "client disconnected");
+        });
         let last = Wire::message(&ServerMessage::Disconnect {
             reason: reason.to_owned(),
         });

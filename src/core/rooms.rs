@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use rmpv::Value;
 
-use super::auth::password_matches;
+use super::auth::Secret;
 use super::{Core, protocol_error};
 use crate::config::{Config, Limits};
 use crate::protocol::{AuthStatus, ErrorCode, RoomInfo, SessionState, check_name};
@@ -30,11 +30,43 @@ pub struct RoomEntry {
     /// Stays when its last user leaves.
     pub keep_open: bool,
     /// Needed to join, besides the server's password.
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Changed since its last autosave.
     pub changed_since_autosave: bool,
-    /// Its CLIENTS_STATE is due.
+    /// Its users are to be told of changes to the user list.
     pub presence_due: bool,
+    /// What its presence messages may still send.
+    pub presence_budget: Budget,
+}
+
+/// Bytes a room's presence messages may send (each message counted once
+/// per recipient): refilled at the configured rate, up to one second's
+/// worth. A message may overdraw it; the debt then delays the next one,
+/// so over any stretch of time the room sends at most the rate, plus one
+/// message.
+#[derive(Debug, Default)]
+pub struct Budget {
+    /// Bytes left (negative: owed), as of `at`.
+    bytes: f64,
+    at: Option<std::time::Instant>,
+}
+
+impl Budget {
+    /// How long to wait before sending, at `rate` bytes a second: None
+    /// when the budget is not in debt.
+    pub fn wait(&mut self, now: std::time::Instant, rate: usize) -> Option<std::time::Duration> {
+        let rate = rate as f64;
+        let elapsed = self
+            .at
+            .map_or(1.0, |at| now.duration_since(at).as_secs_f64());
+        self.bytes = (self.bytes + elapsed * rate).min(rate);
+        self.at = Some(now);
+        (self.bytes < 0.0).then(|| std::time::Duration::from_secs_f64(-self.bytes / rate))
+    }
+
+    pub fn spend(&mut self, bytes: usize) {
+        self.bytes -= bytes as f64;
+    }
 }
 
 impl RoomEntry {
@@ -46,6 +78,7 @@ impl RoomEntry {
             password: None,
             changed_since_autosave: false,
             presence_due: false,
+            presence_budget: Budget::default(),
         }
     }
 
@@ -171,7 +204,7 @@ pub fn open_recorded(config: &Config, dir: &Path) -> Result<Vec<(String, RoomEnt
         };
         let mut entry = RoomEntry::new(room, None);
         entry.keep_open = store.setting("keep_open")?.as_deref() == Some("true");
-        entry.password = store.setting("password")?;
+        entry.password = store.setting("password")?.as_deref().map(Secret::new);
         entry.store = Some(store);
         tracing::info!(
             room = name,
@@ -243,7 +276,7 @@ impl Core {
         match self.rooms.get(name) {
             Some(entry) => {
                 if let Some(expected) = &entry.password
-                    && !password_matches(expected, password)
+                    && !expected.matches(password)
                 {
                     return Err(protocol_error(
                         ErrorCode::WrongRoomPassword,
@@ -356,7 +389,7 @@ impl Core {
         };
         let mut entry = RoomEntry::new(Room::new(self.config.limits.clone()), store);
         entry.room.set_recording(entry.store.is_some());
-        entry.password = password.clone();
+        entry.password = password.as_deref().map(Secret::new);
         let recorded = entry
             .record_setting("name", Some(name.to_owned()))
             .and_then(|()| entry.record_setting("password", password));

@@ -447,7 +447,7 @@ mod tests {
                 (Value::from("type"), Value::from("AUTH")),
                 (Value::from("user"), Value::from("ann")),
                 (Value::from("role"), Value::from("CLIENT")),
-                (Value::from("protocol_version"), Value::from(1)),
+                (Value::from("protocol_version"), Value::from(2)),
                 (Value::from("batches"), batches),
             ]);
             decode_header::<CommandRequest>(&crate::protocol::codec::encode_value(&map), 1 << 20)

@@ -1,9 +1,11 @@
-//! Every message of protocol v1, by channel and direction.
+//! Every message of protocol v2, by channel and direction.
 //!
 //! Client messages decode from a map whose `"type"` names the variant; keys
 //! the server does not know are ignored, so that later minor versions can add
 //! optional fields. Server messages encode the same way; optional fields that
 //! are absent are left out of the map.
+
+use std::collections::BTreeMap;
 
 use rmpv::Value;
 use serde::{Deserialize, Serialize};
@@ -300,6 +302,11 @@ pub enum CommandRequest {
         #[serde(default)]
         reason: Option<String>,
     },
+    /// Proves that a new connection carrying the client's identity is the
+    /// client's: the answer to the server's RESUME on that channel.
+    Resume {
+        token: String,
+    },
 }
 
 impl CommandRequest {
@@ -318,6 +325,7 @@ impl CommandRequest {
             Self::JoinRoom { .. } => "JOIN_ROOM",
             Self::LeaveRoom { .. } => "LEAVE_ROOM",
             Self::RoomSettings { .. } => "ROOM_SETTINGS",
+            Self::Resume { .. } => "RESUME",
         }
     }
 
@@ -334,7 +342,7 @@ impl CommandRequest {
             | Self::JoinRoom { id, .. }
             | Self::LeaveRoom { id }
             | Self::RoomSettings { id, .. } => *id,
-            Self::Chunk { .. } | Self::Disconnect { .. } => None,
+            Self::Chunk { .. } | Self::Disconnect { .. } | Self::Resume { .. } => None,
         }
     }
 }
@@ -398,6 +406,8 @@ pub enum SubscriberRequest {
         id: Option<u64>,
         uuid: String,
     },
+    /// Proves a new subscriber connection, as on the commands channel.
+    Resume { token: String },
 }
 
 impl SubscriberRequest {
@@ -407,6 +417,7 @@ impl SubscriberRequest {
             Self::Snapshot { .. } => "SNAPSHOT",
             Self::SnapshotAck { .. } => "SNAPSHOT_ACK",
             Self::Fetch { .. } => "FETCH",
+            Self::Resume { .. } => "RESUME",
         }
     }
 }
@@ -415,8 +426,18 @@ impl SubscriberRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum HeartbeatMessage {
-    Ping { seq: u64 },
-    Pong { seq: u64 },
+    Ping {
+        seq: u64,
+    },
+    Pong {
+        seq: u64,
+    },
+    /// From the server, without a token: a new connection carries your
+    /// identity; prove it is yours. From the client: the proof.
+    Resume {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
 }
 
 /// What an ERROR refers to.
@@ -443,6 +464,18 @@ pub struct UserState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
     pub metadata: Value,
+}
+
+/// What changed about one user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserChange {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<UserStatus>,
+    /// The changed keys, merged as UPDATE_USER_METADATA merges them: each
+    /// replaces that key's value, and nil removes the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
 }
 
 /// One entry of a snapshot catalogue.
@@ -745,12 +778,30 @@ pub enum ServerMessage {
         id: Option<u64>,
         user: String,
     },
+    /// Every user of the room: a joiner's first view.
     ClientsState {
         users: Vec<UserState>,
+    },
+    /// What changed in the room's user list since the last CLIENTS_STATE or
+    /// PRESENCE this client got; empty fields are left out.
+    Presence {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        left: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        joined: Vec<UserState>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        changed: Vec<UserChange>,
+        /// Round trips measured since, by user name.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        latency: BTreeMap<String, f64>,
     },
     Disconnect {
         reason: String,
     },
+    /// A new connection carries this client's identity on this channel:
+    /// nothing else goes through it until the client answers RESUME with
+    /// its session token.
+    Resume {},
     Error {
         code: ErrorCode,
         message: String,

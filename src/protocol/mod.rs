@@ -1,4 +1,4 @@
-//! The wire format of protocol v1. `docs/protocol.md` is the contract; this
+//! The wire format of protocol v2. `docs/protocol.md` is the contract; this
 //! module is its only implementation in the server, and the only place that
 //! calls rmp-serde.
 //!
@@ -10,7 +10,7 @@
 //! without decoding it.
 //!
 //! [`old_multiuser`] recognises the pickled messages of old Multi-User
-//! clients, which are not protocol v1, and holds the answers they can read.
+//! clients, which do not speak this protocol, and holds the answers they can read.
 
 pub mod batch;
 pub mod codec;
@@ -26,7 +26,7 @@ pub use wire::{Channel, Wire};
 
 /// The protocol version this server speaks. A client announcing another one is
 /// refused with both versions named.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The owner of a datablock nobody has locked.
 pub const COMMON: &str = "COMMON";

@@ -185,9 +185,11 @@ mod tests {
         // PROTO 2, BININT1 9, STOP.
         assert_eq!(&kind[..], b"\x80\x02K\x09.");
         assert_eq!(&owner[..], b"server");
-        let text = "FAILED: this server is replication-serve (protocol v1), which this \
-                    Multi-User cannot talk to; install the Multi-User package for \
-                    replication-serve (see docs/blender.md)";
+        let text = format!(
+            "FAILED: this server is replication-serve (protocol v{PROTOCOL_VERSION}), which this \
+             Multi-User cannot talk to; install the Multi-User package for \
+             replication-serve (see docs/blender.md)"
+        );
         assert!(
             text.len() < 200,
             "one line of a dialog: {} bytes",
@@ -204,7 +206,7 @@ mod tests {
     #[test]
     fn the_server_info_answer_is_a_dict_in_pickles() {
         let version = format!(
-            "{} (protocol v1; see docs/blender.md)",
+            "{} (protocol v{PROTOCOL_VERSION}; see docs/blender.md)",
             env!("CARGO_PKG_VERSION")
         );
         for (private, flag) in [(false, 0x89), (true, 0x88)] {

@@ -18,6 +18,9 @@ pub struct Member {
     /// Presence: frame, mode, view, selection, scene, colour, anything else.
     pub metadata: Vec<(Value, Value)>,
     pub latency_ms: Option<f64>,
+    /// The status and latency the others were last told.
+    pub shown_status: UserStatus,
+    pub shown_latency: Option<f64>,
     /// The client receives live traffic on its subscriber channel (it asked
     /// with SNAPSHOT, or it uploaded the scene).
     pub subscribed: bool,
@@ -46,6 +49,8 @@ impl Member {
             status: UserStatus::Lobby,
             metadata: Vec::new(),
             latency_ms: None,
+            shown_status: UserStatus::Lobby,
+            shown_latency: None,
             subscribed: false,
             requested: false,
             switched: false,
@@ -58,11 +63,15 @@ impl Member {
 
     /// Merges a presence update: each key replaces the previous value; a nil
     /// value removes the key. Refused, changing nothing, when the result
-    /// would pass `max_bytes` encoded.
-    pub fn merge_metadata(&mut self, update: Value, max_bytes: usize) -> Result<(), RoomError> {
+    /// would pass `max_bytes` encoded. Returns the keys it set, as given.
+    pub fn merge_metadata(
+        &mut self,
+        update: Value,
+        max_bytes: usize,
+    ) -> Result<Vec<(Value, Value)>, RoomError> {
         let entries = check_metadata(update)?;
         let mut merged = self.metadata.clone();
-        for (key, value) in entries {
+        for (key, value) in entries.iter().cloned() {
             let slot = merged.iter().position(|(k, _)| *k == key);
             match (slot, value.is_nil()) {
                 (Some(i), true) => {
@@ -88,13 +97,13 @@ impl Member {
                 format!("metadata would take {size} bytes; the limit is {max_bytes}"),
             ));
         }
-        if let Value::Map(entries) = merged {
-            self.metadata = entries;
+        if let Value::Map(merged) = merged {
+            self.metadata = merged;
         }
-        Ok(())
+        Ok(entries)
     }
 
-    fn state(&self) -> UserState {
+    pub fn state(&self) -> UserState {
         UserState {
             name: self.name.clone(),
             admin: self.admin,

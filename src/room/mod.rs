@@ -8,6 +8,7 @@
 mod download;
 mod edits;
 mod members;
+mod presence;
 mod repository;
 mod upload;
 
@@ -91,7 +92,7 @@ pub struct Effects {
     pub deliveries: Vec<Delivery>,
     /// Clients to disconnect, with the reason they are told.
     pub disconnect: Vec<(ClientId, String)>,
-    /// The user list or someone's presence changed: CLIENTS_STATE is due.
+    /// The user list or someone's presence changed: PRESENCE is due.
     pub presence_changed: bool,
     /// Accepted changes to record before the deliveries go out (only when
     /// the room is recording).
@@ -152,6 +153,8 @@ pub struct Room {
     /// out at their exact size (a `Bytes` made from a `Vec` with spare
     /// capacity costs a second allocation).
     scratch: Vec<u8>,
+    /// Changes to the user list not told yet.
+    presence: presence::Pending,
 }
 
 impl Room {
@@ -166,6 +169,7 @@ impl Room {
             next_transfer: 1,
             recording: false,
             scratch: Vec::new(),
+            presence: presence::Pending::default(),
         }
     }
 
@@ -305,15 +309,26 @@ impl Room {
         self.members.ids()
     }
 
-    /// The CLIENTS_STATE message and who gets it (everyone).
-    pub fn clients_state(&self) -> Delivery {
-        Delivery {
-            to: self.members.ids(),
-            channel: Channel::Commands,
-            wire: Wire::message(&ServerMessage::ClientsState {
-                users: self.members.states(),
-            }),
-        }
+    /// What the users are to be told about each other now: the whole list
+    /// for those who joined since the last time, the changes for the
+    /// others. Empty when nothing changed.
+    pub fn presence(&mut self) -> Vec<Delivery> {
+        let messages = self.presence.messages(&mut self.members);
+        [messages.whole, messages.changes]
+            .into_iter()
+            .flatten()
+            .map(|(to, msg)| Delivery {
+                to,
+                channel: Channel::Commands,
+                wire: Wire::message(&msg),
+            })
+            .collect()
+    }
+
+    /// A heartbeat round measured latencies: they go with the next
+    /// changes.
+    pub fn latencies_measured(&mut self) {
+        self.presence.latency();
     }
 
     /// Whether a user of this name, with this presence metadata, may join
@@ -363,6 +378,7 @@ impl Room {
             member.merge_metadata(metadata, self.limits.max_metadata_bytes)?;
         }
         self.members.add(id, member);
+        self.presence.joined(id);
         Ok(match self.state {
             SessionState::Active => AuthStatus::Running,
             SessionState::Waiting | SessionState::SrvSync => AuthStatus::Lobby,
@@ -376,6 +392,7 @@ impl Room {
         let Some(member) = self.members.remove(id) else {
             return fx;
         };
+        self.presence.left(id, &member.name);
         if self.uploader == Some(id) {
             tracing::warn!(user = %member.name, "uploader left during the initial upload; the partial scene is discarded");
             self.uploader = None;
@@ -643,7 +660,8 @@ impl Room {
     pub fn set_metadata(&mut self, id: ClientId, metadata: Value) -> Result<Effects, RoomError> {
         let max = self.limits.max_metadata_bytes;
         let member = self.members.get_mut(id).ok_or_else(not_member)?;
-        member.merge_metadata(metadata, max)?;
+        let changed = member.merge_metadata(metadata, max)?;
+        self.presence.metadata(id, changed);
         Ok(Effects {
             presence_changed: true,
             ..Effects::default()

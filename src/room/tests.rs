@@ -5,7 +5,7 @@
 use super::*;
 use crate::protocol::codec::encode_value;
 use crate::protocol::patch::{PatchOp, PathStep};
-use crate::protocol::{CatalogueEntry, ChunkFields, DatablockHeader};
+use crate::protocol::{CatalogueEntry, ChunkFields, DatablockHeader, UserChange};
 
 // ------------------------------------------------------------------ helpers
 
@@ -1845,50 +1845,86 @@ fn metadata_must_be_a_map_with_string_keys() {
 }
 
 #[test]
-fn clients_state_lists_every_user_for_everyone() {
+fn joiners_get_the_whole_list_and_the_others_only_what_changed() {
     let mut room = lobby(Limits::default());
-    room.set_metadata(BOB, map(&[("frame", Value::from(5))]))
-        .unwrap();
-    room.set_latency(CAROL, 12.5);
-    room.subscribe(CAROL, StreamOptions::default()).unwrap();
-    init(&mut room, ALICE);
-    let delivery = room.clients_state();
-    assert_eq!(delivery.to, [ALICE, BOB, CAROL]);
-    assert_eq!(delivery.channel, Channel::Commands);
-    assert!(delivery.wire.payload.is_none());
-    let ServerMessage::ClientsState { users } = decode(&delivery.wire) else {
+    // Everyone joined since the last time: the whole list, to each.
+    let first = room.presence();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].to, [ALICE, BOB, CAROL]);
+    assert_eq!(first[0].channel, Channel::Commands);
+    let ServerMessage::ClientsState { users } = decode(&first[0].wire) else {
         panic!("expected CLIENTS_STATE");
     };
+    assert_eq!(users.len(), 3);
+    // Nothing changed: nothing to say, however often asked.
+    assert!(room.presence().is_empty());
+    room.latencies_measured();
+    assert!(room.presence().is_empty(), "no latency measured yet");
+    // Bob's changed keys, Alice's new status, Carol's latency: only those.
+    room.set_metadata(BOB, map(&[("frame", Value::from(5))]))
+        .unwrap();
+    room.set_metadata(BOB, map(&[("mode", Value::from("EDIT"))]))
+        .unwrap();
+    init(&mut room, ALICE);
+    room.set_latency(CAROL, 12.5);
+    room.latencies_measured();
+    let changes = room.presence();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].to, [ALICE, BOB, CAROL]);
+    let ServerMessage::Presence {
+        left,
+        joined,
+        changed,
+        latency,
+    } = decode(&changes[0].wire)
+    else {
+        panic!("expected PRESENCE");
+    };
+    assert!(left.is_empty() && joined.is_empty());
     assert_eq!(
-        users,
+        changed,
         [
-            UserState {
+            UserChange {
                 name: "alice".into(),
-                admin: true,
-                status: UserStatus::Uploading,
-                latency_ms: None,
-                metadata: Value::Map(vec![]),
+                status: Some(UserStatus::Uploading),
+                metadata: None,
             },
-            UserState {
+            UserChange {
                 name: "bob".into(),
-                admin: false,
-                status: UserStatus::Lobby,
-                latency_ms: None,
-                metadata: map(&[("frame", Value::from(5))]),
-            },
-            UserState {
-                name: "carol".into(),
-                admin: false,
-                status: UserStatus::Lobby,
-                latency_ms: Some(12.5),
-                metadata: Value::Map(vec![]),
+                status: None,
+                metadata: Some(map(&[
+                    ("frame", Value::from(5)),
+                    ("mode", Value::from("EDIT"))
+                ])),
             },
         ]
     );
-    assert_eq!(room.client_ids(), [ALICE, BOB, CAROL]);
+    assert_eq!(
+        latency.into_iter().collect::<Vec<_>>(),
+        [("carol".to_owned(), 12.5)]
+    );
+    // The same latency again is not news.
+    room.latencies_measured();
+    assert!(room.presence().is_empty());
+    // A newcomer gets the whole list; the others its entry; a leaver's
+    // name goes to those who stay.
+    let dave = ClientId(40);
+    room.join(dave, "dave", false, None).unwrap();
+    room.leave(CAROL);
+    let both = room.presence();
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert_eq!(both[0].to, [dave]);
+    assert!(
+        matches!(decode(&both[0].wire), ServerMessage::ClientsState { users } if users.len() == 3)
+    );
+    assert_eq!(both[1].to, [ALICE, BOB]);
+    let ServerMessage::Presence { left, joined, .. } = decode(&both[1].wire) else {
+        panic!("expected PRESENCE");
+    };
+    assert_eq!(left, ["carol"]);
+    assert_eq!(joined.len(), 1);
+    assert_eq!(joined[0].name, "dave");
 }
-
-// -------------------------------------------------------------------- fetch
 
 #[test]
 fn fetch_sends_the_datablock_with_the_request_id() {

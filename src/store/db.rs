@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode as SqliteCode, OptionalExtension, params};
 
+use super::condition::{self, Diagnosis};
 use super::{Change, SessionImage, StoredBlock};
 use crate::config::Durability;
 use crate::protocol::SessionState;
@@ -94,6 +95,16 @@ pub enum StoreError {
         file: PathBuf,
         source: rusqlite::Error,
     },
+    /// The device is full, read-only, over quota or not writable by us:
+    /// nothing is damaged, and the session loads once that is fixed.
+    #[error("{0}")]
+    Storage(Diagnosis),
+    #[error(
+        "cannot read or write {}: {detail}; this is an error of the device or the system, \
+         not damage found in the file: check the system log (dmesg), then start again",
+        .file.display()
+    )]
+    Io { file: PathBuf, detail: String },
 }
 
 /// What the data directory held when it was opened.
@@ -130,17 +141,28 @@ impl Store {
     /// Opens (creating if needed) the data directory and reads the session
     /// it holds. A damaged database is an error; nothing is changed then.
     pub fn open(dir: &Path, durability: Durability) -> Result<(Self, Recovered), StoreError> {
-        let io = |source| StoreError::Directory {
-            dir: dir.to_owned(),
-            source,
+        let file = dir.join(DB_FILE);
+        let needed = condition::room_for(&file);
+        let io = |path: &Path, source: std::io::Error| match condition::of_io_error(
+            &source, path, needed, dir,
+        ) {
+            Some(condition) => StoreError::Storage(Diagnosis {
+                dir: dir.to_owned(),
+                condition,
+            }),
+            None => StoreError::Directory {
+                dir: dir.to_owned(),
+                source,
+            },
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let lock_path = dir.join(LOCK_FILE);
         let lock = File::options()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(dir.join(LOCK_FILE))
-            .map_err(io)?;
+            .open(&lock_path)
+            .map_err(|e| io(&lock_path, e))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -148,9 +170,8 @@ impl Store {
                     dir: dir.to_owned(),
                 });
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path, e)),
         }
-        let file = dir.join(DB_FILE);
         let conn = Connection::open(&file).map_err(|e| open_error(&file, e))?;
         let mut store = Self {
             conn,
@@ -181,10 +202,10 @@ impl Store {
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(err)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Damaged {
-                file,
+            return Err(storage_or(&file, || StoreError::Io {
+                file: file.clone(),
                 detail: format!("cannot switch to WAL journaling (got {mode})"),
-            });
+            }));
         }
         self.conn
             .execute_batch(&format!(
@@ -225,7 +246,7 @@ impl Store {
                 [],
                 |r| r.get(0),
             )
-            .map_err(|e| self.damaged(e))?;
+            .map_err(|e| self.read_error(e))?;
         Ok(())
     }
 
@@ -238,7 +259,7 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(|e| self.damaged(e))
+            .map_err(|e| self.read_error(e))
     }
 
     /// The data directory this store is in.
@@ -373,13 +394,16 @@ impl Store {
     }
 
     fn write_error(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Write {
+        if is_damage(&source) {
+            return open_error(&self.file, source);
+        }
+        storage_or(&self.file, || StoreError::Write {
             file: self.file.clone(),
             source,
-        }
+        })
     }
 
-    fn damaged(&self, e: rusqlite::Error) -> StoreError {
+    fn read_error(&self, e: rusqlite::Error) -> StoreError {
         open_error(&self.file, e)
     }
 
@@ -415,7 +439,9 @@ fn sync_pragma(durability: Durability) -> &'static str {
     }
 }
 
-/// An error while opening or reading: damage when SQLite says so.
+/// An error while opening or reading: damage only when SQLite says so;
+/// otherwise what the storage shows (a full device, a read-only
+/// filesystem, ...), else an I/O error.
 fn open_error(file: &Path, e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
         Some(SqliteCode::NotADatabase) => StoreError::Damaged {
@@ -423,10 +449,44 @@ fn open_error(file: &Path, e: rusqlite::Error) -> StoreError {
             detail: "its first 100 bytes, from byte offset 0, are not a SQLite database header"
                 .into(),
         },
-        _ => StoreError::Damaged {
+        _ if is_damage(&e) => StoreError::Damaged {
             file: file.to_owned(),
             detail: e.to_string(),
         },
+        _ => storage_or(file, || StoreError::Io {
+            file: file.to_owned(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// Whether SQLite found the file itself wrong, rather than failing to
+/// read or write it.
+fn is_damage(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(..) => matches!(
+            e.sqlite_error_code(),
+            Some(SqliteCode::DatabaseCorrupt | SqliteCode::NotADatabase)
+        ),
+        // A value of the wrong type or out of range in a row.
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::Utf8Error(..) => true,
+        _ => false,
+    }
+}
+
+/// The storage condition under `file`'s directory, if there is one, else
+/// `otherwise`.
+fn storage_or(file: &Path, otherwise: impl FnOnce() -> StoreError) -> StoreError {
+    let dir = file.parent().unwrap_or(file);
+    match condition::probe(dir, condition::room_for(file)) {
+        Some(condition) => StoreError::Storage(Diagnosis {
+            dir: dir.to_owned(),
+            condition,
+        }),
+        None => otherwise(),
     }
 }
 

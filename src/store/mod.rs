@@ -5,6 +5,7 @@
 //! records the changes of each batch of inbound messages in one transaction
 //! and forwards the batch's messages only after it commits.
 
+pub mod condition;
 pub mod db;
 pub mod file;
 

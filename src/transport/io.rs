@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
+use super::connections::{self, Connections, Verdict};
 use super::outbox::Outbox;
 use super::shared::{INLINE_MAX, SharedFrame};
 use super::{ClientMessage, Command, Frame, Identity, Inbound, Sockets, TransportLimits};
@@ -36,15 +37,21 @@ pub(super) struct Io {
     /// Clients reported too slow; traffic to them is dropped until the core
     /// disconnects them.
     slow: HashSet<Identity>,
+    /// Outboxes held until a new connection proves the session: queued,
+    /// not sent.
+    held: HashSet<Key>,
     /// Events for the core that come from the transport itself (a client
     /// reported too slow), handed over before the next messages read.
     pub(super) pending: VecDeque<Inbound>,
     /// Messages and bytes in and out, by channel, for the metrics.
     traffic: Traffic,
+    /// The connections the listeners accepted, and their caps.
+    connections: Connections,
 }
 
 impl Io {
     pub(super) fn new(sockets: Sockets, limits: TransportLimits, traffic: Traffic) -> Self {
+        let caps = limits.unauthenticated;
         Self {
             sockets,
             limits,
@@ -52,8 +59,10 @@ impl Io {
             active: HashSet::new(),
             retry: HashMap::new(),
             slow: HashSet::new(),
+            held: HashSet::new(),
             pending: VecDeque::new(),
             traffic,
+            connections: Connections::new(caps),
         }
     }
 
@@ -78,6 +87,7 @@ impl Io {
                     self.outboxes.remove(&key);
                     self.active.remove(&key);
                     self.retry.remove(&key);
+                    self.held.remove(&key);
                 }
                 self.slow.remove(&identity);
                 if let Some(wire) = last {
@@ -90,6 +100,25 @@ impl Io {
                     tracing::debug!(error = %e, "answer not sent; dropped");
                 }
             }
+            Command::Hold {
+                channel,
+                identity,
+                prompt,
+            } => {
+                let _ = self.send(channel, &identity, &prompt);
+                self.held.insert((channel, identity));
+            }
+            Command::Users { address, delta } => {
+                self.connections
+                    .users_changed(address.to_canonical(), delta);
+            }
+            Command::Release { channel, identity } => {
+                let key = (channel, identity);
+                if self.held.remove(&key) && self.outboxes.contains_key(&key) {
+                    self.retry.remove(&key);
+                    self.active.insert(key);
+                }
+            }
         }
     }
 
@@ -100,15 +129,30 @@ impl Io {
         wire: Wire,
         shared: Option<&mut SharedWire>,
     ) {
+        let key = (channel, identity);
+        let held = !self.held.is_empty() && self.held.contains(&key);
         if channel == Channel::Heartbeat {
             // Pings are periodic: one that cannot go now is simply skipped.
-            let _ = self.send(channel, &identity, &wire);
+            if !held {
+                let _ = self.send(channel, &key.1, &wire);
+            }
             return;
         }
-        if !self.slow.is_empty() && self.slow.contains(&identity) {
+        if !self.slow.is_empty() && self.slow.contains(&key.1) {
             return;
         }
-        let key = (channel, identity);
+        if held {
+            let outbox = self.outboxes.entry(key.clone()).or_default();
+            let within = outbox.push(
+                wire,
+                self.limits.outbox_max_messages,
+                self.limits.outbox_max_bytes,
+            );
+            if !within {
+                self.report_slow(key.1, "outbox over its limit");
+            }
+            return;
+        }
         // Fast path: nothing queued for this client, so the message may go
         // straight to libzmq; only a full connection needs an outbox.
         if self.outboxes.is_empty() || !self.outboxes.contains_key(&key) {
@@ -159,6 +203,7 @@ impl Io {
                 self.outboxes.remove(&key);
                 self.active.remove(&key);
                 self.retry.remove(&key);
+                self.held.remove(&key);
             }
             self.pending.push_back(Inbound::TooSlow { identity });
         }
@@ -172,6 +217,10 @@ impl Io {
         let keys: Vec<Key> = self.active.iter().cloned().collect();
         for key in keys {
             if self.retry.get(&key).is_some_and(|(at, _)| *at > now) {
+                continue;
+            }
+            if self.held.contains(&key) {
+                self.active.remove(&key);
                 continue;
             }
             let Some(outbox) = self.outboxes.get_mut(&key) else {
@@ -275,6 +324,56 @@ impl Io {
         true
     }
 
+    /// Reads every monitor's events: connections accepted (refused when
+    /// past a cap) and lost, listeners, and failures to accept.
+    pub(super) fn read_monitors(&mut self) {
+        let mut out_of_descriptors = false;
+        for monitor in &self.sockets.monitors {
+            while let Ok(frames) = monitor.recv_multipart(zmq::DONTWAIT) {
+                let Some((event, value)) = frames.first().and_then(|f| monitor_event(f)) else {
+                    continue;
+                };
+                let fd = i32::try_from(value).unwrap_or(-1);
+                match event {
+                    zmq_sys::ZMQ_EVENT_ACCEPTED => {
+                        let Some(address) = connections::peer(fd) else {
+                            continue;
+                        };
+                        if self.connections.accepted(fd, address) == Verdict::Refuse {
+                            connections::shut_down(fd, address);
+                            if let Some(refused) =
+                                self.connections.refusal_to_report(Instant::now())
+                            {
+                                tracing::warn!(
+                                    peer = %address,
+                                    refused,
+                                    "refused connections beyond the caps on connections that have not logged in (limits.max_unauthenticated_per_address, limits.max_unauthenticated_total)"
+                                );
+                            }
+                        }
+                    }
+                    zmq_sys::ZMQ_EVENT_DISCONNECTED => self.connections.closed(fd),
+                    zmq_sys::ZMQ_EVENT_LISTENING => self.connections.listening(fd),
+                    zmq_sys::ZMQ_EVENT_ACCEPT_FAILED => {
+                        out_of_descriptors |=
+                            value == libc::EMFILE as u32 || value == libc::ENFILE as u32;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if out_of_descriptors {
+            let refused = self.connections.out_of_descriptors();
+            if let Some(reported) = self.connections.refusal_to_report(Instant::now()) {
+                tracing::warn!(
+                    refused,
+                    reported,
+                    "out of open files: closed the connections waiting to be accepted; raise the open-file limit or lower the limits"
+                );
+            }
+        }
+    }
+
     pub(super) fn finish(mut self) {
         self.flush(Instant::now());
         for socket in &self.sockets.sockets {
@@ -282,6 +381,14 @@ impl Io {
         }
         drop(self.sockets);
     }
+}
+
+/// A monitor event's first frame: the event (16 bits) and its value (32
+/// bits), in the machine's byte order.
+fn monitor_event(frame: &[u8]) -> Option<(u32, u32)> {
+    let event = u16::from_ne_bytes(frame.get(0..2)?.try_into().ok()?);
+    let value = u32::from_ne_bytes(frame.get(2..6)?.try_into().ok()?);
+    Some((u32::from(event), value))
 }
 
 fn send_on(socket: &zmq::Socket, identity: &Identity, wire: &Wire) -> Result<(), zmq::Error> {
@@ -413,6 +520,19 @@ fn read_message(
         (Channel::Commands, Some(header)) => header.gets("Peer-Address").map(str::to_owned),
         _ => None,
     };
+    // A ROUTER's notice of a new connection: the identity and one empty
+    // frame. A client sending an empty message itself only makes its own
+    // connection unconfirmed.
+    if channel != Channel::Publisher
+        && extra == 0
+        && data.is_none()
+        && header.as_ref().is_some_and(|h| h.is_empty())
+    {
+        return Ok(Some(Inbound::Connected {
+            channel,
+            identity: Bytes::copy_from_slice(&first),
+        }));
+    }
     let (identity, token) = match channel {
         Channel::Publisher => (None, Some(Frame(first))),
         _ => (Some(Bytes::copy_from_slice(&first)), None),

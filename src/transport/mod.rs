@@ -15,11 +15,13 @@
 //!   others are served; when its outbox exceeds the limits, or stays blocked
 //!   longer than the heartbeat timeout, the core is told it is too slow.
 
+mod connections;
 mod io;
 mod outbox;
 mod shared;
 mod sockets;
 
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,6 +143,12 @@ pub enum Inbound {
     },
     /// A client's outbox overflowed or stayed blocked too long.
     TooSlow { identity: Identity },
+    /// A new connection presented `identity` on `channel` (libzmq tells
+    /// this in band, before anything that arrives on the connection).
+    Connected {
+        channel: Channel,
+        identity: Identity,
+    },
 }
 
 /// What the core tells the transport.
@@ -159,13 +167,29 @@ pub enum Command {
         last: Option<Wire>,
     },
     /// Send `frames` as one message to `identity` on the commands channel,
-    /// best effort and never queued: answers that are not protocol v1
+    /// best effort and never queued: answers in no version of this protocol
     /// messages (to old Multi-User clients), to identities without a
     /// session.
     Frames {
         identity: Identity,
         frames: Arc<[Bytes]>,
     },
+    /// Hold what is sent to `identity` on `channel` until [`Command::Release`]:
+    /// its connection there has not proven the session yet. `prompt` goes
+    /// out at once (best effort), held nothing.
+    Hold {
+        channel: Channel,
+        identity: Identity,
+        prompt: Wire,
+    },
+    /// Send what was held for `identity` on `channel`, and no longer hold.
+    Release {
+        channel: Channel,
+        identity: Identity,
+    },
+    /// A user logged in from `address` (`delta` 1) or left (-1): each
+    /// brings four connections more under the caps.
+    Users { address: IpAddr, delta: isize },
 }
 
 /// Limits the transport enforces.
@@ -176,6 +200,8 @@ pub struct TransportLimits {
     pub outbox_max_bytes: usize,
     /// An outbox that makes no progress for this long marks its client too slow.
     pub blocked_timeout: Duration,
+    /// Connections beyond those of users logged in.
+    pub unauthenticated: connections::Caps,
 }
 
 impl TransportLimits {
@@ -185,15 +211,20 @@ impl TransportLimits {
             outbox_max_messages: config.limits.outbox_max_messages,
             outbox_max_bytes: config.limits.outbox_max_bytes,
             blocked_timeout: config.timeout(),
+            unauthenticated: connections::Caps {
+                per_address: config.limits.max_unauthenticated_per_address,
+                total: config.limits.max_unauthenticated_total,
+            },
         }
     }
 }
 
 /// The core's side of the transport.
 pub struct Transport {
-    /// The sockets' descriptors, registered with tokio's reactor. Declared
-    /// before `io` so that they are deregistered before the sockets close.
-    signals: [AsyncFd<SocketSignal>; 4],
+    /// The sockets' descriptors, then their monitors', registered with
+    /// tokio's reactor. Declared before `io` so that they are deregistered
+    /// before the sockets close.
+    signals: [AsyncFd<SocketSignal>; 8],
     io: io::Io,
 }
 
@@ -234,11 +265,23 @@ impl Transport {
                 .map_err(|e| e.into_parts().1)
         };
         let [s0, s1, s2, s3] = &sockets.sockets;
-        let signals = [signal(s0)?, signal(s1)?, signal(s2)?, signal(s3)?];
-        Ok(Self {
-            signals,
-            io: io::Io::new(sockets, limits, traffic),
-        })
+        let [m0, m1, m2, m3] = &sockets.monitors;
+        let signals = [
+            signal(s0)?,
+            signal(s1)?,
+            signal(s2)?,
+            signal(s3)?,
+            signal(m0)?,
+            signal(m1)?,
+            signal(m2)?,
+            signal(m3)?,
+        ];
+        let mut io = io::Io::new(sockets, limits, traffic);
+        // A ZMQ_FD signals only news after the socket was last read until
+        // empty: the monitors have their first events (the listeners)
+        // already, and would never signal the next ones.
+        io.read_monitors();
+        Ok(Self { signals, io })
     }
 
     /// Carries out a command at once: messages go to libzmq, or to the
@@ -270,17 +313,19 @@ impl Transport {
                 .io
                 .next_retry(std::time::Instant::now())
                 .map(tokio::time::Instant::from_std);
-            let [a, b, c, d] = &self.signals;
+            let signals = &self.signals;
             let woke = tokio::select! {
-                r = a.readable() => r.map(|mut g| g.clear_ready()),
-                r = b.readable() => r.map(|mut g| g.clear_ready()),
-                r = c.readable() => r.map(|mut g| g.clear_ready()),
-                r = d.readable() => r.map(|mut g| g.clear_ready()),
-                () = sleep_until(retry) => Ok(()),
+                r = readable(signals) => r,
+                () = sleep_until(retry) => Ok(None),
             };
-            if let Err(e) = woke {
-                tracing::error!(error = %e, "waiting for the sockets failed");
-                return 0;
+            match woke {
+                // A monitor: connections came or went, read its events.
+                Ok(Some(i)) if i >= Channel::ALL.len() => self.io.read_monitors(),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "waiting for the sockets failed");
+                    return 0;
+                }
             }
         }
     }
@@ -313,6 +358,23 @@ impl Transport {
         drop(signals);
         io.finish();
     }
+}
+
+/// Waits until one of `signals` is readable; clears its readiness and
+/// returns its index.
+async fn readable(signals: &[AsyncFd<SocketSignal>]) -> std::io::Result<Option<usize>> {
+    std::future::poll_fn(|cx| {
+        for (i, signal) in signals.iter().enumerate() {
+            if let std::task::Poll::Ready(ready) = signal.poll_read_ready(cx) {
+                return std::task::Poll::Ready(ready.map(|mut guard| {
+                    guard.clear_ready();
+                    Some(i)
+                }));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -20,12 +20,25 @@ const KEEPALIVE_IDLE_S: i32 = 60;
 const PUBLISHER_READ_BYTES: i32 = 64 * 1024;
 /// `ZMQ_IN_BATCH_SIZE`, from libzmq's draft API (zmq.h, libzmq 4.3).
 const ZMQ_IN_BATCH_SIZE: i32 = 101;
+/// `ZMQ_ROUTER_NOTIFY` and `ZMQ_NOTIFY_CONNECT`, from libzmq's draft API:
+/// a ROUTER hands the application an empty message from each new
+/// connection, before anything the connection sends.
+const ZMQ_ROUTER_NOTIFY: i32 = 97;
+const ZMQ_NOTIFY_CONNECT: i32 = 1;
+/// The socket events the transport follows (`transport::connections`).
+const MONITORED: i32 = zmq_sys::ZMQ_EVENT_LISTENING as i32
+    | zmq_sys::ZMQ_EVENT_ACCEPTED as i32
+    | zmq_sys::ZMQ_EVENT_ACCEPT_FAILED as i32
+    | zmq_sys::ZMQ_EVENT_DISCONNECTED as i32;
 
 /// The four bound sockets. Each keeps its libzmq context alive, so the
 /// context ends when the last socket closes.
 pub struct Sockets {
     /// In channel order: commands, subscriber, publisher, heartbeat.
     pub(super) sockets: [zmq::Socket; 4],
+    /// Each socket's monitor: the connections its listener accepts and
+    /// loses, and its failures to accept.
+    pub(super) monitors: [zmq::Socket; 4],
 }
 
 impl std::fmt::Debug for Sockets {
@@ -57,6 +70,12 @@ pub enum BindError {
         channel: &'static str,
         source: zmq::Error,
     },
+    #[error(
+        "libzmq was built without its draft API, which the server needs to bind sessions to \
+         their connections (ZMQ_ROUTER_NOTIFY): build with the flags in .cargo/config.toml \
+         (a CXXFLAGS set in the environment replaces them)"
+    )]
+    NoConnectNotices,
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 }
@@ -67,7 +86,7 @@ impl Sockets {
         let ports = config.ports()?;
         let context = zmq::Context::new();
         let max_frame = i64::try_from(config.limits.max_frame_bytes()).unwrap_or(i64::MAX);
-        let make = |channel: Channel| -> Result<zmq::Socket, BindError> {
+        let make = |channel: Channel| -> Result<(zmq::Socket, zmq::Socket), BindError> {
             let name = channel.name();
             let err = |source| BindError::Socket {
                 channel: name,
@@ -82,8 +101,12 @@ impl Sockets {
                 // Fail (EHOSTUNREACH / EAGAIN) instead of silently dropping
                 // messages to unknown or full peers.
                 socket.set_router_mandatory(true).map_err(err)?;
-                // A client that reconnects with the same identity takes over.
+                // A client that reconnects with the same identity takes
+                // over; the core is told, and the new connection must prove
+                // the session (core::links).
                 socket.set_router_handover(true).map_err(err)?;
+                set_int(&mut socket, ZMQ_ROUTER_NOTIFY, ZMQ_NOTIFY_CONNECT)
+                    .map_err(|()| BindError::NoConnectNotices)?;
             }
             socket.set_sndhwm(HWM).map_err(err)?;
             socket.set_rcvhwm(HWM).map_err(err)?;
@@ -100,6 +123,11 @@ impl Sockets {
             if config.bind.is_ipv6() {
                 socket.set_ipv6(true).map_err(err)?;
             }
+            // Before binding, so that the listener's own event is seen.
+            let endpoint = format!("inproc://monitor-{name}");
+            socket.monitor(&endpoint, MONITORED).map_err(err)?;
+            let monitor = context.socket(zmq::PAIR).map_err(err)?;
+            monitor.connect(&endpoint).map_err(err)?;
             let port = ports[channel as usize];
             let endpoint = match config.bind {
                 IpAddr::V4(a) => format!("tcp://{a}:{port}"),
@@ -118,38 +146,45 @@ impl Sockets {
                     source,
                 },
             })?;
-            Ok(socket)
+            Ok((socket, monitor))
         };
-        let sockets = [
-            make(Channel::Commands)?,
-            make(Channel::Subscriber)?,
-            make(Channel::Publisher)?,
-            make(Channel::Heartbeat)?,
-        ];
-        Ok(Self { sockets })
+        let (s0, m0) = make(Channel::Commands)?;
+        let (s1, m1) = make(Channel::Subscriber)?;
+        let (s2, m2) = make(Channel::Publisher)?;
+        let (s3, m3) = make(Channel::Heartbeat)?;
+        Ok(Self {
+            sockets: [s0, s1, s2, s3],
+            monitors: [m0, m1, m2, m3],
+        })
     }
 }
 
 /// Sets how many bytes libzmq reads per call on the socket's connections.
 /// A libzmq built without its draft API does not know the option; it then
 /// keeps its default, which only costs speed.
-#[allow(unsafe_code)]
 fn set_read_batch(socket: &mut zmq::Socket, bytes: i32) {
+    if set_int(socket, ZMQ_IN_BATCH_SIZE, bytes).is_err() {
+        tracing::debug!(
+            "libzmq was built without its draft API: the publisher socket reads 8 KiB at a time"
+        );
+    }
+}
+
+/// Sets an integer option the zmq crate does not know (from libzmq's draft
+/// API).
+#[allow(unsafe_code)]
+fn set_int(socket: &mut zmq::Socket, option: i32, value: i32) -> Result<(), ()> {
     // SAFETY: the socket is open for as long as the borrow, and libzmq
     // reads exactly `size_of::<i32>()` bytes from a live local.
     let rc = unsafe {
         zmq_sys::zmq_setsockopt(
             socket.as_mut_ptr(),
-            ZMQ_IN_BATCH_SIZE,
-            (&raw const bytes).cast(),
+            option,
+            (&raw const value).cast(),
             std::mem::size_of::<i32>(),
         )
     };
-    if rc != 0 {
-        tracing::debug!(
-            "libzmq was built without its draft API: the publisher socket reads 8 KiB at a time"
-        );
-    }
+    if rc == 0 { Ok(()) } else { Err(()) }
 }
 
 /// How many bytes libzmq reads per call on the socket's connections, when

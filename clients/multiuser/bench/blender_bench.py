@@ -38,6 +38,7 @@ sys.path.insert(0, str(TESTS))
 
 from blender_harness import Blender, blender_python  # noqa: E402
 from relay import Relay  # noqa: E402
+from steps import settle  # noqa: E402
 from support import (  # noqa: E402
     ADMIN_PASSWORD,
     free_base_port,
@@ -166,6 +167,7 @@ def run(library: str, args: argparse.Namespace, work: Path, python: str) -> dict
         alice.wait_until("artist.owner('Obj00000') == 'alice'", timeout=120)
         bob.wait_until("artist.owner('Obj00000') == 'alice'", timeout=120)
         bob.run(WATCH)
+        settle(alice, bob)
         received, shown = [], []
         for i in range(1, args.moves + 1):
             want = float(1000 + i)
@@ -178,6 +180,7 @@ def run(library: str, args: argparse.Namespace, work: Path, python: str) -> dict
             got = bob.eval(f"(watch['received'][{want}], watch['shown'][{want}])")
             received.append(got[0] - sent)
             shown.append(got[1] - sent)
+            settle(alice, bob)
         result["move_received_s"] = summary(received)
         result["move_shown_s"] = summary(shown)
 
@@ -220,13 +223,16 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=10_000)
     parser.add_argument("--only", choices=("ours", "reference"))
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--keep", help="work in this directory and keep it (logs of every process)")
     args = parser.parse_args()
     python = blender_python()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.keep) if args.keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for library in ("ours", "reference"):
             if args.only in (None, library):
-                results.append(run(library, args, Path(tmp), python))
+                results.append(run(library, args, work, python))
                 print(json.dumps(results[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -206,7 +206,9 @@ class Blender:
         deadline = time.monotonic() + timeout
         last = None
         while True:
-            last = self.eval(expression)
+            # Blender may be busy for long (building a large scene it received):
+            # each question may wait as long as the whole wait.
+            last = self.eval(expression, timeout=max(T, deadline - time.monotonic()))
             if last:
                 return last
             if time.monotonic() > deadline:

@@ -60,7 +60,7 @@ def test_an_old_login_is_refused_with_a_reason_the_add_on_shows(tmp_path, server
     # The add-on ends the session on "FAILED" and shows the whole text.
     assert isinstance(data, str)
     assert data.startswith("FAILED: ")
-    assert "replication-serve" in data and "protocol v1" in data
+    assert "replication-serve" in data and "protocol v2" in data
     assert "docs/blender.md" in data
     assert "\n" not in data and len(data) < 200
     deadline = time.monotonic() + T

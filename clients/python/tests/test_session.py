@@ -355,7 +355,7 @@ def test_logins_are_refused_with_the_servers_reason(start_server, connect, monke
     twin.wait_until(lambda: any(isinstance(e, RequestFailed) for e in events), T)
     failed = next(e for e in events if isinstance(e, RequestFailed))
     assert failed.request_id == rid and failed.error.code == "version_mismatch"
-    assert "7" in failed.error.reason and "1" in failed.error.reason
+    assert "7" in failed.error.reason and "2" in failed.error.reason
 
 
 def test_uploads_are_refused_with_reasons(connect):

@@ -246,13 +246,25 @@ class Raw:
             self.sockets[channel] = sock
             self.poller.register(sock, zmq.POLLIN)
         self.pending: deque[tuple[Channel, list[bytes]]] = deque()
+        # Channels whose new connection the server asked to prove (RESUME)
+        # before the AUTH reply gave the token.
+        self.auth: dict[str, Any] | None = None
+        self.resume_due: list[Channel] = []
         self.send(
             Channel.COMMANDS,
-            {"type": "AUTH", "id": 1, "user": user, "role": "CLIENT", "protocol_version": 1},
+            {"type": "AUTH", "id": 1, "user": user, "role": "CLIENT", "protocol_version": 2},
         )
         reply = self.next(lambda channel, h: h["type"] == "AUTH")[1]
         assert reply["status"] == "RUNNING", reply
         self.auth = reply
+        for channel in self.resume_due:
+            self.resume(channel)
+
+    def resume(self, channel: Channel) -> None:
+        if self.auth is None:
+            self.resume_due.append(channel)
+        else:
+            self.send(channel, {"type": "RESUME", "token": self.auth["token"]})
 
     def send(self, channel: Channel, header: dict[str, Any]) -> None:
         self.sockets[channel].send(pack(header))
@@ -271,10 +283,12 @@ class Raw:
                         frames = sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    if channel is Channel.HEARTBEAT:
-                        ping = unpack(frames[0])
-                        if ping.get("type") == "PING":
-                            self.send(channel, {"type": "PONG", "seq": ping["seq"]})
+                    header = unpack(frames[0])
+                    if header.get("type") == "RESUME":
+                        self.resume(channel)
+                    elif channel is Channel.HEARTBEAT:
+                        if header.get("type") == "PING":
+                            self.send(channel, {"type": "PONG", "seq": header["seq"]})
                     else:
                         self.pending.append((channel, frames))
         return self.pending.popleft()

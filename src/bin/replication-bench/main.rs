@@ -3,6 +3,7 @@
 //! runs, server CPU and memory from /proc, the libzmq ceiling alongside).
 
 mod ceiling;
+mod guesses;
 mod proxy;
 mod scenarios;
 mod server;
@@ -64,6 +65,9 @@ enum Scenario {
     /// Fan-out and latency with the session in memory, recorded, and
     /// recorded strictly: what recording costs.
     Durability,
+    /// Password guesses per second from one address, for each password
+    /// (four minutes in full: run only when named with --only).
+    Guesses,
 }
 
 /// Sizes of every scenario.
@@ -80,6 +84,7 @@ struct Plan {
     crowd_clients: usize,
     crowd_writers: usize,
     crowd_seconds: f64,
+    guess_seconds: f64,
 }
 
 impl Plan {
@@ -97,6 +102,7 @@ impl Plan {
             crowd_clients: 64,
             crowd_writers: 8,
             crowd_seconds: 5.0,
+            guess_seconds: 60.0,
         }
     }
 
@@ -114,6 +120,7 @@ impl Plan {
             crowd_clients: 6,
             crowd_writers: 2,
             crowd_seconds: 0.5,
+            guess_seconds: 0.5,
         }
     }
 }
@@ -506,6 +513,33 @@ fn main() -> anyhow::Result<()> {
                 Spread::of(&joined).show(1),
             );
             table.row("  data directory at the kill", "MiB", "", mib(disk));
+        }
+    }
+
+    if cli.only.contains(&Scenario::Guesses) {
+        for attack in guesses::Attack::ALL {
+            let (mut checked, mut refused) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                let r = guesses::run(&setup.binary, setup.first_port, attack, plan.guess_seconds)?;
+                checked.push(r.checked as f64 / r.seconds);
+                refused.push(r.refused as f64 / r.seconds);
+            }
+            table.row(
+                &format!(
+                    "{}: guesses checked per second from one address, over {} s",
+                    attack.name(),
+                    plan.guess_seconds
+                ),
+                "/s",
+                "",
+                Spread::of(&checked).show(3),
+            );
+            table.row(
+                "  attempts refused unchecked (locked out)",
+                "/s",
+                "",
+                Spread::of(&refused).show(1),
+            );
         }
     }
 

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use rusqlite::OptionalExtension;
 
 use super::{
-    Change, Recovered, SessionImage, Store, StoreError, StoredBlock, decode_deps, locate, wal_path,
+    Change, Recovered, SessionImage, Store, StoreError, StoredBlock, decode_deps, is_damage,
+    locate, wal_path,
 };
 use crate::protocol::SessionState;
 use crate::protocol::codec::{decode_value, encode_value, validate_value};
@@ -20,7 +21,7 @@ impl Store {
         let page_size: i64 = self
             .conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .map_err(|e| self.damaged(e))?;
+            .map_err(|e| self.read_error(e))?;
         let problems: Vec<String> =
             match self
                 .conn
@@ -31,7 +32,9 @@ impl Store {
                 }) {
                 Ok(problems) => problems,
                 // SQLite gives up on some damage without saying where it is.
-                Err(e) => vec![self.locate(&e.to_string(), page_size)],
+                Err(e) if is_damage(&e) => vec![self.locate(&e.to_string(), page_size)],
+                // It could not read the file: not damage.
+                Err(e) => return Err(self.read_error(e)),
             };
         if problems.len() == 1 && problems[0] == "ok" {
             return Ok(());
@@ -79,7 +82,7 @@ impl Store {
         let count: i64 = self
             .conn
             .query_row("SELECT count(*) FROM datablocks", [], |r| r.get(0))
-            .map_err(|e| self.damaged(e))?;
+            .map_err(|e| self.read_error(e))?;
         let mut recovered = Recovered::default();
         match state {
             SessionState::Waiting if count > 0 => {
@@ -139,7 +142,7 @@ impl Store {
                 r.get(0)
             })
             .optional()
-            .map_err(|e| self.damaged(e))?;
+            .map_err(|e| self.read_error(e))?;
         match value.as_deref() {
             None | Some("WAITING") => Ok(SessionState::Waiting),
             Some("SRV_SYNC") => Ok(SessionState::SrvSync),
@@ -154,7 +157,7 @@ impl Store {
             .prepare(
                 "SELECT uuid, type_id, owner, deps, revision, data FROM datablocks ORDER BY seq",
             )
-            .map_err(|e| self.damaged(e))?;
+            .map_err(|e| self.read_error(e))?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((
@@ -167,7 +170,7 @@ impl Store {
                 ))
             })
             .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-            .map_err(|e| self.damaged(e))?;
+            .map_err(|e| self.read_error(e))?;
         let mut blocks = Vec::with_capacity(rows.len());
         for (uuid, type_id, owner, deps, revision, data) in rows {
             let deps = decode_deps(&deps).map_err(|m| self.bad_row("datablocks", &uuid, &m))?;
@@ -194,7 +197,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare("SELECT uuid, revision, deps, patch FROM patches ORDER BY uuid, revision")
-            .map_err(|e| self.damaged(e))?;
+            .map_err(|e| self.read_error(e))?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((
@@ -207,7 +210,7 @@ impl Store {
                 ))
             })
             .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-            .map_err(|e| self.damaged(e))?;
+            .map_err(|e| self.read_error(e))?;
         let mut by_uuid: HashMap<String, Vec<PatchRow>> = HashMap::new();
         for (uuid, row) in rows {
             by_uuid.entry(uuid).or_default().push(row);

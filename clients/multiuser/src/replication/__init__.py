@@ -3,7 +3,7 @@ add-on is written against, speaking replication-serve's protocol.
 
 The add-on never touches the network itself; everything goes through this
 package's API. This package keeps that API and carries it over
-replication-serve protocol v1 (docs/protocol.md) with the project's Python
+replication-serve's protocol (docs/protocol.md) with the project's Python
 client, ``replication_client``: MessagePack on the wire, never pickle;
 changes sent as patches; ownership enforced by the server.
 

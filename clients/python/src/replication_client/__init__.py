@@ -1,4 +1,4 @@
-"""Python client of replication-serve, protocol version 1.
+"""Python client of replication-serve, protocol version 2.
 
 Start with :class:`Session`; see docs/python-client.md for examples,
 including driving a session from a Blender add-on timer.

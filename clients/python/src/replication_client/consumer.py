@@ -37,6 +37,7 @@ from .model import (
     AuthInfo,
     Datablock,
     User,
+    apply_presence,
     room_info_from_wire,
     room_joined_from_wire,
     user_from_wire,
@@ -234,6 +235,9 @@ class ConsumerHalf:
             events.append(Deleted(h["uuid"], h.get("sender") if rid is None else self.user))
         elif kind == "CLIENTS_STATE":
             self.users = tuple(user_from_wire(u) for u in h.get("users") or [])
+            events.append(UsersChanged(self.users))
+        elif kind == "PRESENCE":
+            self.users = apply_presence(self.users, h)
             events.append(UsersChanged(self.users))
         elif kind == "AUTH" and h.get("status") in ("LOBBY", "RUNNING"):
             self.ended = None

@@ -28,7 +28,7 @@ class ReplicationError(Exception):
 
 
 class ProtocolError(ReplicationError):
-    """The server sent something protocol version 1 does not allow."""
+    """The server sent something protocol version 2 does not allow."""
 
 
 class Timeout(ReplicationError):

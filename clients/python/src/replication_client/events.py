@@ -75,7 +75,8 @@ class OwnerChanged(Event):
 
 @dataclass(frozen=True)
 class UsersChanged(Event):
-    """A CLIENTS_STATE: the complete list of users with their presence."""
+    """A CLIENTS_STATE or a PRESENCE: the complete list of users with their
+    presence, after the change."""
 
     users: tuple[User, ...]
 

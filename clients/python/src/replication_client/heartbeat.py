@@ -10,7 +10,9 @@ holds the GIL longer than the server's timeout (a long operator started from
 a script) can still starve it.
 
 It also watches for the server's silence: no PING for longer than
-``timeout_ms`` means the server is gone (section 9).
+``timeout_ms`` means the server is gone (section 9), and answers the
+server's RESUME, which asks a new connection (libzmq reconnected the
+socket) to prove the session with its token (section 1).
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ class Heartbeat(threading.Thread):
         self._ready = threading.Event()
         self.answer_pings = True
         self.pings = 0
+        # The session token, set by the session after AUTH and on room
+        # switches; None while there is no session.
+        self.token: bytes | None = None
+        self._resume_due = False
         # Set by the session after AUTH; None while there is no session.
         self._watch: tuple[float, float] | None = None  # (start, allowed silence)
         self._last_ping = 0.0
@@ -73,6 +79,8 @@ class Heartbeat(threading.Thread):
             while not self._stopping.is_set():
                 if sock.poll(100, zmq.POLLIN):
                     self._drain(sock)
+                if self._resume_due:
+                    self._resume(sock)
                 self._check_silence()
         except zmq.ZMQError:
             pass  # the context is being destroyed
@@ -95,6 +103,16 @@ class Heartbeat(threading.Thread):
                 self._last_ping = time.monotonic()
                 if self.answer_pings:
                     sock.send(pack({"type": "PONG", "seq": msg.get("seq", 0)}))
+            elif isinstance(msg, dict) and msg.get("type") == "RESUME":
+                self._resume_due = True
+                self._resume(sock)
+
+    def _resume(self, sock: zmq.Socket) -> None:
+        token = self.token
+        if token is None:
+            return  # answered once AUTH has given the token
+        self._resume_due = False
+        sock.send(pack({"type": "RESUME", "token": token.decode("utf-8")}))
 
     def _check_silence(self) -> None:
         watch = self._watch

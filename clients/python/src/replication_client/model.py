@@ -4,7 +4,7 @@ takes in (the updates of :meth:`Session.push_many`)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = [
@@ -57,7 +57,7 @@ class Datablock:
 
 @dataclass(frozen=True)
 class User:
-    """One entry of CLIENTS_STATE."""
+    """One user of the room, as CLIENTS_STATE and PRESENCE describe it."""
 
     name: str
     admin: bool
@@ -152,6 +152,38 @@ def user_from_wire(entry: dict[str, Any]) -> User:
         metadata=entry.get("metadata", {}),
         latency_ms=entry.get("latency_ms"),
     )
+
+
+def apply_presence(users: tuple[User, ...], h: dict[str, Any]) -> tuple[User, ...]:
+    """The user list after a PRESENCE (protocol section 8): who left, who
+    joined, the changed statuses and metadata keys (a nil value removes the
+    key), and new latencies."""
+    left = set(h.get("left") or [])
+    joined = [user_from_wire(u) for u in h.get("joined") or []]
+    names = left | {u.name for u in joined}
+    changed = {c["name"]: c for c in h.get("changed") or [] if isinstance(c, dict)}
+    latency = h.get("latency") or {}
+    result = []
+    for user in [u for u in users if u.name not in names] + joined:
+        change = changed.get(user.name, {})
+        metadata = user.metadata
+        keys = change.get("metadata")
+        if isinstance(keys, dict):
+            metadata = dict(metadata) if isinstance(metadata, dict) else {}
+            for key, value in keys.items():
+                if value is None:
+                    metadata.pop(key, None)
+                else:
+                    metadata[key] = value
+        result.append(
+            replace(
+                user,
+                status=change.get("status", user.status),
+                metadata=metadata,
+                latency_ms=latency.get(user.name, user.latency_ms),
+            )
+        )
+    return tuple(result)
 
 
 def room_info_from_wire(entry: dict[str, Any]) -> RoomInfo:

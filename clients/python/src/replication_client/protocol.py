@@ -1,4 +1,4 @@
-"""Protocol version 1 constants and message framing (docs/protocol.md)."""
+"""Protocol version 2 constants and message framing (docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ __all__ = [
     "split_batch",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 DEFAULT_CHUNK_BYTES = 1 << 20
 """Used only until the AUTH reply announces ``chunk_bytes``."""
 MAX_BATCH = 1024

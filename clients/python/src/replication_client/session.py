@@ -158,7 +158,8 @@ class Session(WireHalf, ConsumerHalf):
         """Whether the client is an admin of :attr:`room` (a server admin,
         or the room's creator)."""
         self.users: tuple[User, ...] = ()
-        """The latest CLIENTS_STATE."""
+        """The room's users: the last CLIENTS_STATE, each PRESENCE since
+        applied to it."""
         self._replica = Replica()
         self._ids = itertools.count(1)
         self._transfers = itertools.count(1)
@@ -178,6 +179,9 @@ class Session(WireHalf, ConsumerHalf):
         self._reassembler = Reassembler()
         self._window = SnapshotWindow()
         self._silence: float | None = None
+        # Channels whose new connection the server asked to prove before
+        # AUTH gave a token.
+        self._resume_due: set[Channel] = set()
         # Room switches answered minus subscriber markers read (see wire.py),
         # the new rooms' subscriber messages held until their answer, and
         # whether a switch happened (ERRORs about old acknowledgements).

@@ -76,6 +76,7 @@ class WireHalf:
     _reassembler: Reassembler
     _window: SnapshotWindow
     _silence: float | None
+    _resume_due: set[Channel]
     _room_lag: int
     _held: list[list[Message]]
     _switched: bool
@@ -123,6 +124,11 @@ class WireHalf:
             if not isinstance(header, dict) or type(header.get("type")) is not str:
                 raise ProtocolError(f"not a message header: {header!r:.200}")
             payload = frames[1] if len(frames) > 1 else None
+            if header["type"] == "RESUME":
+                # A new connection of ours (libzmq reconnected the socket):
+                # not part of any stream, so not counted in the window.
+                self._resume(channel)
+                return
             if channel is Channel.SUBSCRIBER:
                 if header["type"] == "ROOM":
                     self._room_marker()
@@ -164,6 +170,14 @@ class WireHalf:
             )
             self._post(LocalError(err))
 
+    def _resume(self, channel: Channel) -> None:
+        """Proves a new connection on ``channel`` with the session token,
+        now or once AUTH has given one (protocol section 1)."""
+        if self._token is None:
+            self._resume_due.add(channel)
+            return
+        self._send_now(channel, message("RESUME", token=self._token.decode("utf-8")))
+
     def _room_marker(self) -> None:
         """Subscriber channel: the id-less ROOM. ``_room_lag`` counts the
         switch answers read minus the markers read: above 0, subscriber
@@ -197,6 +211,8 @@ class WireHalf:
             token = h.get("token")
             if isinstance(token, str):
                 self._token = token.encode("utf-8")
+                if self._heartbeat is not None:
+                    self._heartbeat.token = self._token
             # Unanswered pushes: their ACK or ERROR would have come first.
             dead = [
                 r for r in self._requests.values() if isinstance(r, Push) and not r.done.is_set()
@@ -312,7 +328,11 @@ class WireHalf:
         self._batches = self.auth.batches
         self._token = self.auth.token.encode("utf-8")
         if self._heartbeat is not None:
+            self._heartbeat.token = self._token
             self._heartbeat.watch(self.auth.timeout_ms, self.auth.heartbeat_ms)
+        due, self._resume_due = self._resume_due, set()
+        for channel in due:
+            self._resume(channel)
 
     def _resolve(self, req: Request, msg: Message) -> None:
         h = msg.header
@@ -330,6 +350,7 @@ class WireHalf:
             return
         self._token = None
         if self._heartbeat is not None:
+            self._heartbeat.token = None
             self._heartbeat.unwatch()
         self._room_lag = 0
         self._held.clear()

@@ -1,2 +1,2 @@
-"""The half of the package that speaks replication-serve protocol v1,
+"""The half of the package that speaks replication-serve's protocol,
 through the project's Python client (``replication_client``)."""
