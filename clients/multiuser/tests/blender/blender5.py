@@ -7,8 +7,8 @@ an artist's copy fails without them, whatever library it runs with:
 - ``bpy.types.GreasePencilv3``, now ``GreasePencil``: the add-on's grease
   pencil support names it at import, so the add-on does not enable;
 - ``Scene.grease_pencil`` (a scene's annotations), now ``Scene.annotation``:
-  the add-on dumps it with every scene, and reads it from a timer every
-  second, whose failure ends the session.
+  the add-on dumps it with every scene, and reads it from a timer whose
+  failure ends the session as soon as it is active.
 
 The tests give them back under their old names, as a release of the
 add-on for 5.0 would read the new ones, so that its session runs against
