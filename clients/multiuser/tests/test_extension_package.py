@@ -7,6 +7,7 @@ extension validation accepts it.
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import zipfile
@@ -190,3 +191,25 @@ def test_a_server_binary_is_refused_for_the_extension_with_the_reason(tmp_path):
     assert done.returncode == 1
     assert "replication-serve on PATH" in done.stderr
     assert not (tmp_path / "out.zip").exists()
+
+
+def test_the_extension_is_found_in_its_zip_as_the_extensions_platform_serves_it(tmp_path):
+    """The tool takes the release folder (the fixture's) or the extension's
+    own zip, whose files, manifest included, sit at its root."""
+    addon = release("0.6.9") / "multi_user"
+    served = tmp_path / "multi_user-0.6.9.zip"
+    with zipfile.ZipFile(served, "w") as z:
+        for path in sorted(addon.rglob("*")):
+            if path.is_file():
+                z.write(path, path.relative_to(addon).as_posix())
+    spec = importlib.util.spec_from_file_location("package_addon", TOOL)
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    found = tool.find_addon(served, tmp_path / "work")
+    assert (found / "blender_manifest.toml").read_bytes() == (
+        addon / "blender_manifest.toml"
+    ).read_bytes()
+    assert sorted(p.name for p in (found / "wheels").iterdir()) == sorted(
+        p.name for p in (addon / "wheels").iterdir()
+    )

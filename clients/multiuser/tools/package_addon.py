@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -194,24 +195,38 @@ def package_extension(addon: Path, build: Path, args: argparse.Namespace) -> dic
         raise PackagingError("the manifest lists no wheels")
     wheels = build / "wheels"
     wheels.mkdir(parents=True)
-    for source in (CLIENT_ROOT, PACKAGE_ROOT):
-        pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(source))
-    for python, platform in msgpack_targets(manifest, listed):
-        pip(
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--python-version",
-            python,
-            "--implementation",
-            "cp",
-            "--platform",
-            platform,
-            "--dest",
-            str(wheels),
-            f"msgpack=={MSGPACK_VERSION}",
-        )
+    # Two builds and a dozen downloads, mostly waiting on the index: a few
+    # at a time, each into a directory of its own.
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        jobs = [
+            pool.submit(
+                pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels / name), str(source)
+            )
+            for name, source in (("client", CLIENT_ROOT), ("ours", PACKAGE_ROOT))
+        ]
+        jobs += [
+            pool.submit(
+                pip,
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                python,
+                "--implementation",
+                "cp",
+                "--platform",
+                platform,
+                "--dest",
+                str(wheels / f"{python}-{platform}"),
+                f"msgpack=={MSGPACK_VERSION}",
+            )
+            for python, platform in msgpack_targets(manifest, listed)
+        ]
+        for job in jobs:
+            job.result()
+    for wheel in sorted(wheels.glob("*/*.whl")):
+        wheel.replace(wheels / wheel.name)
     kept = [w for w in listed if not w.startswith("replication-")]
     added = sorted(p.name for p in wheels.glob("*.whl") if p.name not in kept)
     files = collect(addon, "", skip={"wheels"})
