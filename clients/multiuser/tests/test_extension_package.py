@@ -178,18 +178,29 @@ def test_blender_validates_and_installs_the_extension(extension_zip, line, tmp_p
     assert "INSTALLED ['FINISHED'] True" in out, out
 
 
-def test_a_server_binary_is_refused_for_the_extension_with_the_reason(tmp_path):
+@pytest.mark.parametrize(
+    "options, reason",
+    [
+        (["--server-binary", "BINARY"], "replication-serve on PATH"),
+        (["--python", "3.10"], "--python: for Multi-User 0.5.x only"),
+        (["--platform", "windows", "--no-deps"], "--platform, --no-deps: for Multi-User 0.5.x"),
+    ],
+)
+def test_options_of_the_0_5_line_are_refused_for_the_extension_with_the_reason(
+    options, reason, tmp_path
+):
     binary = tmp_path / "replication-serve"
     binary.write_text("")
+    options = [str(binary) if o == "BINARY" else o for o in options]
     done = subprocess.run(
         [sys.executable, str(TOOL), str(release("0.6.9")), "-o", str(tmp_path / "out.zip")]
-        + ["--server-binary", str(binary)],
+        + options,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 1
-    assert "replication-serve on PATH" in done.stderr
+    assert reason in done.stderr
     assert not (tmp_path / "out.zip").exists()
 
 

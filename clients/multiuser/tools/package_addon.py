@@ -100,7 +100,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-o", "--output", required=True, help="the zip to write")
     parser.add_argument(
         "--python",
-        default=f"{sys.version_info[0]}.{sys.version_info[1]}",
         help="0.5.x: the Python version of the Blender it is for (Blender 3.x: 3.10; "
         "Debian's 3.4: 3.11; default: this Python's)",
     )
@@ -169,7 +168,8 @@ def package_legacy(addon: Path, build: Path, args: argparse.Namespace) -> dict[s
     if args.server_binary:
         add_server_binary(Path(args.server_binary), library / "replication" / "bin")
     if not args.no_deps:
-        target = ["--target", str(libs), "--only-binary=:all:", "--python-version", args.python]
+        python = args.python or f"{sys.version_info[0]}.{sys.version_info[1]}"
+        target = ["--target", str(libs), "--only-binary=:all:", "--python-version", python]
         target += ["--implementation", "cp"]
         if args.platform:
             target += ["--platform", PLATFORMS[args.platform]]
@@ -188,6 +188,13 @@ def package_extension(addon: Path, build: Path, args: argparse.Namespace) -> dic
         raise PackagingError(
             "--server-binary is for Multi-User 0.5.x: with the 0.6.x extension, hosting "
             "from Blender needs replication-serve on PATH (see docs/blender.md)"
+        )
+    legacy = [o for o, v in (("--python", args.python), ("--platform", args.platform)) if v]
+    legacy += ["--no-deps"] if args.no_deps else []
+    if legacy:
+        raise PackagingError(
+            f"{', '.join(legacy)}: for Multi-User 0.5.x only; the 0.6.x extension carries "
+            "wheels for every platform and Python it supports"
         )
     manifest = (addon / "blender_manifest.toml").read_text()
     listed = re.findall(r'"\./wheels/([^"]+\.whl)"', manifest)
