@@ -14,8 +14,12 @@ Usage: scripts/test.sh [--help]
 Builds the server and runs every test. Needs Rust (cargo), a C/C++
 compiler (libzmq is built from the bundled sources on the first run) and
 Python 3 with pip: the Python tests run in a virtual environment that this
-script creates in .venv. The Blender test also needs blender and xvfb-run
-(.ci/run installs them); without them it is reported as skipped.
+script creates in .venv. The Blender 3.4 tests also need blender and
+xvfb-run (.ci/run installs them); without them they are reported as
+skipped. The Blender 4.5 and 5.0 tests need Python 3.11: they run PyPI's
+bpy (Blender as a Python module), which this script installs once into
+$REPLICATION_BLENDER_SITE (default .venv/blender-site; about 2 GB) and
+reuses; where it cannot be installed they are reported as skipped.
 USAGE
 }
 
@@ -47,7 +51,13 @@ fi
 
 export REPLICATION_SERVE_BIN=$root/target/debug/replication-serve
 export REPLICATION_PYTHON=$venv/bin/python
-export REPLICATION_BLENDER_SITE=$venv/blender-site
+export REPLICATION_BLENDER_SITE=${REPLICATION_BLENDER_SITE:-$venv/blender-site}
+
+# Blender 4.5 and 5.0 as Python modules, for the Multi-User extension's
+# tests: large downloads, made once and kept.
+"$venv/bin/python" "$root/clients/multiuser/tests/bpy_module.py" ||
+    echo "warning: Blender as a Python module could not be installed;" \
+        "the Blender 4.5 and 5.0 tests will be skipped" >&2
 
 cargo test --all-targets --locked
 

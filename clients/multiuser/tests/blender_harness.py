@@ -85,6 +85,9 @@ class BlenderError(AssertionError):
 class Blender:
     """One Blender process with the add-on installed from ``addon_zip``."""
 
+    startup_deadline = T
+    """Seconds for Blender to start and install the add-on."""
+
     def __init__(self, name: str, addon_zip: Path, workdir: Path) -> None:
         self.name = name
         self.addon_zip = addon_zip
@@ -97,26 +100,15 @@ class Blender:
         self.ids = 0
         self.info: dict[str, Any] = {}
 
-    def start(self) -> Blender:
-        blender = require_blender()
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        listener.settimeout(1.0)
-        env = dict(
-            os.environ,
-            PATH=blender_path(),
-            TMPDIR=str(self.workdir),
-            BLENDER_USER_CONFIG=str(self.workdir / "config"),
-            BLENDER_USER_SCRIPTS=str(self.workdir / "scripts"),
-            BLENDER_USER_DATAFILES=str(self.workdir / "datafiles"),
-        )
-        command = [
+    def command(self, port: int) -> list[str]:
+        """The command that starts this Blender with its driver, which
+        connects back to ``port``."""
+        return [
             "xvfb-run",
             "-a",
             "-s",
             "-screen 0 1024x768x24",
-            blender,
+            require_blender(),
             "--factory-startup",
             "-noaudio",
             "-p",
@@ -127,38 +119,55 @@ class Blender:
             "--python",
             str(DRIVER),
             "--",
-            str(listener.getsockname()[1]),
+            str(port),
             str(self.addon_zip),
             self.name,
         ]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.workdir,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + T
-        try:
-            while self.conn is None:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"{self.name}: Blender exited early\n{self.log()}")
-                if time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"{self.name}: Blender did not start in {T} s\n{self.log()}"
-                    )
-                try:
-                    self.conn, _ = listener.accept()
-                except TimeoutError:
-                    continue
-        finally:
-            listener.close()
+
+    def environment(self) -> dict[str, str]:
+        return dict(
+            os.environ,
+            PATH=blender_path(),
+            TMPDIR=str(self.workdir),
+            BLENDER_USER_CONFIG=str(self.workdir / "config"),
+            BLENDER_USER_SCRIPTS=str(self.workdir / "scripts"),
+            BLENDER_USER_DATAFILES=str(self.workdir / "datafiles"),
+        )
+
+    def start(self) -> Blender:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            listener.settimeout(1.0)
+            command = self.command(listener.getsockname()[1])
+            with open(self.log_path, "wb") as log:
+                self.proc = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self.environment(),
+                    cwd=self.workdir,
+                    start_new_session=True,
+                )
+            deadline = time.monotonic() + self.startup_deadline
+            self._accept(listener, deadline)
+        assert self.conn is not None
         self.conn.settimeout(1.0)
         self.info = self._receive(deadline)
         return self
+
+    def _accept(self, listener: socket.socket, deadline: float) -> None:
+        assert self.proc is not None
+        while self.conn is None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name}: Blender exited early\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: Blender did not start in time\n{self.log()}")
+            try:
+                self.conn, _ = listener.accept()
+            except TimeoutError:
+                continue
 
     def log(self) -> str:
         try:

@@ -28,3 +28,11 @@ def addon_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if library() == "reference":
         return reference_package(release("0.5.8"), out, python)
     return package(release("0.5.8"), out, "--python", python)
+
+
+@pytest.fixture(scope="session")
+def extension_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Multi-User 0.6.9 extension as an artist installs it, with this
+    project's library in its wheels."""
+    out = tmp_path_factory.mktemp("extension") / "multi_user-0.6.9.zip"
+    return package(release("0.6.9"), out)

@@ -62,8 +62,10 @@ def test_host_and_join(server, users):
     assert bob.node("Cube").owner == "COMMON"
     assert set(bob.repository.graph) == set(alice.repository.graph)
     alice.until(lambda: set(alice.session.online_users) == {"alice", "bob"})
+    # Bob is listed from his login on, in the lobby; his ACTIVE follows.
+    alice.until(lambda: alice.session.online_users["bob"]["status"] == STATE_ACTIVE, others=(bob,))
     entry = alice.session.online_users["bob"]
-    assert entry["status"] == STATE_ACTIVE and entry["admin"] is False and entry["id"] == "bob"
+    assert entry["admin"] is False and entry["id"] == "bob"
 
 
 def test_a_change_travels_as_a_patch_and_others_apply_it(server, users):

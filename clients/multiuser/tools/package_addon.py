@@ -15,9 +15,12 @@ is this project's drop-in package, with what it needs:
   always has (that needs internet access).
 - Multi-User 0.6.x (an extension with ``blender_manifest.toml``, Blender
   4.3 or newer): the ``replication`` wheel is replaced with this package's
-  wheel and ``replication_client``'s, and msgpack wheels are added for
-  every platform and Python the add-on ships pyzmq for; the manifest's
-  ``wheels`` list says so.
+  wheel and ``replication_client``'s, and msgpack wheels (one version) are
+  added for every platform the manifest names and every Python the add-on
+  ships pyzmq for; the manifest's ``wheels`` list says so. The manifest
+  stays at the root of the zip, where Blender's "Install from Disk" looks
+  for it. The add-on's other wheels (pyzmq, and deepdiff, which its own
+  code imports) are kept as they are.
 
 The add-on's own code is copied byte for byte. Usage::
 
@@ -34,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -52,6 +56,19 @@ PLATFORMS = {
     "macos": "macosx_10_15_universal2",
     "macos-arm64": "macosx_11_0_arm64",
 }
+MSGPACK_VERSION = "1.2.4"
+"""The msgpack shipped in an extension, the same on every platform: recent
+releases have a wheel for each Blender platform and Python 3.11 to 3.13
+(for macOS one per architecture, no longer universal2)."""
+BLENDER_PLATFORMS = {
+    "linux-x64": "manylinux_2_28_x86_64",
+    "windows-x64": "win_amd64",
+    "macos-x64": "macosx_11_0_x86_64",
+    "macos-arm64": "macosx_11_0_arm64",
+}
+"""pip's platform for each of the extension platforms Blender names (the
+manifest's ``platforms``). pip also takes wheels for older glibc or macOS
+releases than the one named; Blender 4.2 and newer need macOS 11."""
 
 
 class PackagingError(Exception):
@@ -83,7 +100,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-o", "--output", required=True, help="the zip to write")
     parser.add_argument(
         "--python",
-        default=f"{sys.version_info[0]}.{sys.version_info[1]}",
         help="0.5.x: the Python version of the Blender it is for (Blender 3.x: 3.10; "
         "Debian's 3.4: 3.11; default: this Python's)",
     )
@@ -100,7 +116,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--server-binary",
-        help="also ship this replication-serve binary, for hosting from Blender "
+        help="0.5.x: also ship this replication-serve binary, for hosting from Blender "
         "without a replication-serve on PATH",
     )
     return parser.parse_args(argv)
@@ -152,7 +168,8 @@ def package_legacy(addon: Path, build: Path, args: argparse.Namespace) -> dict[s
     if args.server_binary:
         add_server_binary(Path(args.server_binary), library / "replication" / "bin")
     if not args.no_deps:
-        target = ["--target", str(libs), "--only-binary=:all:", "--python-version", args.python]
+        python = args.python or f"{sys.version_info[0]}.{sys.version_info[1]}"
+        target = ["--target", str(libs), "--only-binary=:all:", "--python-version", python]
         target += ["--implementation", "cp"]
         if args.platform:
             target += ["--platform", PLATFORMS[args.platform]]
@@ -165,30 +182,58 @@ def package_legacy(addon: Path, build: Path, args: argparse.Namespace) -> dict[s
 def package_extension(addon: Path, build: Path, args: argparse.Namespace) -> dict[str, Path]:
     """0.6.x: Blender installs the wheels the manifest lists, picking those
     for its platform and Python."""
+    if args.server_binary:
+        # Blender unpacks an extension's wheels without their file modes, so
+        # a server inside one could not be started.
+        raise PackagingError(
+            "--server-binary is for Multi-User 0.5.x: with the 0.6.x extension, hosting "
+            "from Blender needs replication-serve on PATH (see docs/blender.md)"
+        )
+    legacy = [o for o, v in (("--python", args.python), ("--platform", args.platform)) if v]
+    legacy += ["--no-deps"] if args.no_deps else []
+    if legacy:
+        raise PackagingError(
+            f"{', '.join(legacy)}: for Multi-User 0.5.x only; the 0.6.x extension carries "
+            "wheels for every platform and Python it supports"
+        )
     manifest = (addon / "blender_manifest.toml").read_text()
     listed = re.findall(r'"\./wheels/([^"]+\.whl)"', manifest)
     if not listed:
         raise PackagingError("the manifest lists no wheels")
     wheels = build / "wheels"
     wheels.mkdir(parents=True)
-    for source in (CLIENT_ROOT, PACKAGE_ROOT):
-        pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(source))
-    for python, platform in pyzmq_targets(listed):
-        pip(
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--python-version",
-            python,
-            "--implementation",
-            "cp",
-            "--platform",
-            platform,
-            "--dest",
-            str(wheels),
-            "msgpack",
-        )
+    # Two builds and a dozen downloads, mostly waiting on the index: a few
+    # at a time, each into a directory of its own.
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        jobs = [
+            pool.submit(
+                pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels / name), str(source)
+            )
+            for name, source in (("client", CLIENT_ROOT), ("ours", PACKAGE_ROOT))
+        ]
+        jobs += [
+            pool.submit(
+                pip,
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                python,
+                "--implementation",
+                "cp",
+                "--platform",
+                platform,
+                "--dest",
+                str(wheels / f"{python}-{platform}"),
+                f"msgpack=={MSGPACK_VERSION}",
+            )
+            for python, platform in msgpack_targets(manifest, listed)
+        ]
+        for job in jobs:
+            job.result()
+    for wheel in sorted(wheels.glob("*/*.whl")):
+        wheel.replace(wheels / wheel.name)
     kept = [w for w in listed if not w.startswith("replication-")]
     added = sorted(p.name for p in wheels.glob("*.whl") if p.name not in kept)
     files = collect(addon, "", skip={"wheels"})
@@ -205,16 +250,21 @@ def package_extension(addon: Path, build: Path, args: argparse.Namespace) -> dic
     return files
 
 
-def pyzmq_targets(wheels: list[str]) -> list[tuple[str, str]]:
-    """(Python version, platform tag) of every pyzmq wheel the add-on ships."""
-    out = []
-    for name in wheels:
-        match = re.match(r"pyzmq-[^-]+-cp(\d)(\d+)-cp\d+-(.+)\.whl$", name)
-        if match:
-            out.append((f"{match[1]}.{match[2]}", match[3]))
-    if not out:
+def msgpack_targets(manifest: str, wheels: list[str]) -> list[tuple[str, str]]:
+    """(Python version, pip platform) for each Python the add-on ships pyzmq
+    for and each platform the manifest names (all four when it names none)."""
+    pythons = sorted(
+        {f"{m[1]}.{m[2]}" for w in wheels if (m := re.match(r"pyzmq-[^-]+-cp(\d)(\d+)-", w))},
+        key=lambda v: tuple(int(n) for n in v.split(".")),
+    )
+    if not pythons:
         raise PackagingError("the manifest lists no pyzmq wheels to match")
-    return out
+    listed = re.search(r"^platforms\s*=\s*\[([^\]]*)\]", manifest, re.MULTILINE)
+    platforms = re.findall(r'"([^"]+)"', listed[1]) if listed else list(BLENDER_PLATFORMS)
+    unknown = [p for p in platforms if p not in BLENDER_PLATFORMS]
+    if unknown:
+        raise PackagingError(f"the manifest names platforms this tool has no wheels for: {unknown}")
+    return [(python, BLENDER_PLATFORMS[p]) for python in pythons for p in platforms]
 
 
 def add_server_binary(binary: Path, directory: Path) -> None:

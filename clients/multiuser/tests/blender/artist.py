@@ -1,20 +1,46 @@
 """What an artist does in Blender, as the add-on's operators and properties,
-and what the test reads back. Imported by driver.py inside Blender, once
-the add-on is enabled.
+and what the test reads back. Imported by the drivers inside Blender, once
+the add-on is enabled; the same for Multi-User 0.5.x (an add-on) and 0.6.x
+(an extension, whose operators were renamed).
 
 Everything that changes the add-on's state goes through its operators
-(``bpy.ops.session.*``) and preferences, as clicks in its panels would;
-edits to the scene are plain ``bpy`` changes, as an artist's tools make.
-Reading ``replication.interface.session`` is only observation.
+(``op``) and preferences, as clicks in its panels would; edits to the scene
+are plain ``bpy`` changes, as an artist's tools make. Reading
+``replication.interface.session`` is only observation.
 """
 
 import hashlib
 
 import bpy
 
+EXTENSION_OPERATORS = {
+    "firstlaunch.verify": "wm.session_firstlaunch_verify",
+    "session.host": "wm.session_host",
+    "session.connect": "wm.session_join",
+    "session.preset_server_add": "wm.session_save_server_preset",
+    "session.stop": "wm.session_quit",
+    "session.kick": "wm.session_user_kick",
+}
+"""The 0.6.x name of each 0.5.x operator used here."""
+
+
+def addon():
+    """The add-on's module: ``multi_user``, or ``bl_ext.REPO.multi_user``
+    for the extension."""
+    names = [a.module for a in bpy.context.preferences.addons]
+    return next(n for n in names if n.rpartition(".")[2] == "multi_user")
+
+
+def op(name):
+    """The add-on's operator called ``name`` in 0.5.x, in this version."""
+    if addon() != "multi_user":
+        name = EXTENSION_OPERATORS[name]
+    category, _, idname = name.partition(".")
+    return getattr(getattr(bpy.ops, category), idname)
+
 
 def prefs():
-    return bpy.context.preferences.addons["multi_user"].preferences
+    return bpy.context.preferences.addons[addon()].preferences
 
 
 def session():
@@ -32,7 +58,7 @@ def setup_user(name):
     prefs().username = name
     prefs().logging_level = "DEBUG"  # the add-on's "Log level" setting
     if prefs().is_first_launch:
-        bpy.ops.firstlaunch.verify()
+        op("firstlaunch.verify")()
 
 
 def host(port, admin_password="admin", server_password=""):
@@ -44,12 +70,12 @@ def host(port, admin_password="admin", server_password=""):
     p.host_use_server_password = bool(server_password)
     p.host_server_password = server_password
     p.init_method = "BLEND"
-    return bpy.ops.session.host()
+    return op("session.host")()
 
 
 def connect(port, ip="127.0.0.1", admin_password=None, server_password=None, name="test server"):
     """Adds a server preset (the "+" button), selects it, then "Connect"."""
-    bpy.ops.session.preset_server_add(
+    op("session.preset_server_add")(
         server_name=name,
         ip=ip,
         port=port,
@@ -61,11 +87,16 @@ def connect(port, ip="127.0.0.1", admin_password=None, server_password=None, nam
     presets = prefs().server_preset
     index = next(i for i, s in enumerate(presets) if s.server_name == name)
     bpy.context.window_manager.server_index = index
-    return bpy.ops.session.connect()
+    return op("session.connect")()
 
 
 def disconnect():
-    return bpy.ops.session.stop()
+    return op("session.stop")()
+
+
+def kick(user):
+    """The admin's "Kick" in the user list, confirmed."""
+    return op("session.kick")(user=user)
 
 
 def canonical(value):
@@ -159,4 +190,4 @@ def revisions():
 
 def reconnect():
     """ "Connect" again on the server preset last used."""
-    return bpy.ops.session.connect()
+    return op("session.connect")()
