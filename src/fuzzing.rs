@@ -110,8 +110,8 @@ pub fn session_file(data: &[u8]) {
 }
 
 /// The recorded database's rows: a data directory whose rows hold the
-/// input (state, datablock data, dependencies, revisions, patches), opened
-/// as at start-up.
+/// input (state, datablock data, dependencies, revisions, patches, the
+/// name of a data file), opened as at start-up.
 pub fn recorded_rows(data: &[u8]) {
     let dir = scratch("rows");
     let _ = std::fs::remove_dir_all(&dir);
@@ -148,10 +148,14 @@ fn write_rows(dir: &std::path::Path, data: &[u8]) -> Result<(), String> {
         let revision = revision
             .iter()
             .fold(0i64, |r, b| r.wrapping_mul(7).wrapping_add(i64::from(*b)));
+        // The last datablock names a data file (any name at all).
+        let file = (seq == 2)
+            .then(|| String::from_utf8_lossy(next()).into_owned())
+            .filter(|f| !f.is_empty());
         conn.execute(
-            "INSERT OR REPLACE INTO datablocks (uuid, seq, type_id, owner, deps, revision, data)
-             VALUES (?1, ?2, 'T', 'COMMON', ?3, ?4, ?5)",
-            rusqlite::params![format!("b{}", seq % 2), seq, deps, revision, block],
+            "INSERT OR REPLACE INTO datablocks (uuid, seq, type_id, owner, deps, revision, data, file)
+             VALUES (?1, ?2, 'T', 'COMMON', ?3, ?4, ?5, ?6)",
+            rusqlite::params![format!("b{}", seq % 2), seq, deps, revision, block, file],
         )
         .map_err(|e| e.to_string())?;
         let patch = next();
