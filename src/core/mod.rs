@@ -68,6 +68,11 @@ const GATHER_AFTER: usize = 16;
 /// Under light load turns hold a message or two and never pause; a full
 /// turn means more is waiting already, and does not pause either.
 const GATHER_PAUSE: Duration = Duration::from_micros(100);
+/// Longest the core goes without handing its thread back to the runtime.
+/// tokio only learns that a timer is due while the thread waits for
+/// events; under a flood the sockets are never empty, the loop never
+/// waits, and without this no PING would go out until the flood ended.
+const YIELD_EVERY: Duration = Duration::from_millis(1);
 /// An unfinished chunked transfer that receives nothing for this long is
 /// dropped: long enough for a 1 MiB chunk over a very slow link.
 const TRANSFER_IDLE: Duration = Duration::from_secs(120);
@@ -299,6 +304,7 @@ impl Core {
         autosave.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(TURN_MESSAGES);
         let recorded = self.rooms.wake().clone();
+        let mut yielded = std::time::Instant::now();
         loop {
             self.flush().await;
             if self.failure.is_some() {
@@ -338,6 +344,10 @@ impl Core {
                         // The core's own thread pauses, on purpose: a tokio
                         // timer would wait a whole millisecond.
                         std::thread::sleep(GATHER_PAUSE);
+                    }
+                    if yielded.elapsed() >= YIELD_EVERY {
+                        tokio::task::yield_now().await;
+                        yielded = std::time::Instant::now();
                     }
                 }
             }
