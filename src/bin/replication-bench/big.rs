@@ -220,9 +220,13 @@ pub fn run(setup: &Setup, plan: BigPlan) -> anyhow::Result<BigRun> {
     let ctx = zmq::Context::new();
     let port = server.port;
     let small = SmallTraffic::start(&ctx, port)?;
-    // Let the small traffic settle before the first big operation.
+    // Let the small traffic settle, then measure it alone: the floor that
+    // this machine's load sets, to read the figures below against.
     std::thread::sleep(Duration::from_secs(1));
     let mut ops = Vec::new();
+    let from = now_ns();
+    std::thread::sleep(Duration::from_secs(2));
+    ops.push(small.during("nothing", 0, from, now_ns()));
 
     let mut host = Client::connect_in(
         &ctx,

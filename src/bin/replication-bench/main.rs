@@ -603,12 +603,21 @@ fn big_rows(setup: &mut Setup, plan: &Plan, runs: usize, table: &mut Table) -> a
                 results.iter().filter_map(|r| r.ops.get(i)).map(f).collect()
             };
             let mb = op.bytes as f64 / 1e6;
-            table.row(
-                &format!("{name}: {} of {mb:.0} MB, room B", op.name),
-                "MB/s",
-                "",
-                Spread::of(&of(&|o| o.bytes as f64 / 1e6 / o.seconds)).show(0),
-            );
+            if op.bytes == 0 {
+                table.row(
+                    &format!("{name}: {} in room B (the floor)", op.name),
+                    "",
+                    "",
+                    String::new(),
+                );
+            } else {
+                table.row(
+                    &format!("{name}: {} of {mb:.0} MB, room B", op.name),
+                    "MB/s",
+                    "",
+                    Spread::of(&of(&|o| o.bytes as f64 / 1e6 / o.seconds)).show(0),
+                );
+            }
             table.row(
                 "  room A's small updates meanwhile: p50 / p99 / max",
                 "ms",
