@@ -5,7 +5,8 @@
 //! the turn with [`Recorder::commit`], which hands them to the recorder's
 //! thread as a numbered batch; the core holds back what depends on it
 //! until [`Recorder::committed`] reaches that number. Batches are committed
-//! in the order they were made, each as one transaction.
+//! in the order they were made; those that queued while the thread wrote
+//! the last go together, as one transaction.
 //!
 //! Committing on the core's thread was cheaper for small changes (no
 //! thread hop), but any write to a file can wait in the kernel while
@@ -198,18 +199,30 @@ impl Drop for Recorder {
 /// The recorder's thread: each batch as one transaction, in order.
 fn write_batches(mut store: Store, shared: &Shared, queue: &mpsc::Receiver<Batch>, wake: &Notify) {
     for batch in queue {
+        let Batch {
+            mut number,
+            mut changes,
+        } = batch;
+        // Batches that came while the last was written go together: one
+        // transaction and one flush for all of them, so that a large upload
+        // (a batch per turn) is written as one stream, not synced in
+        // pieces.
+        while let Ok(next) = queue.try_recv() {
+            number = next.number;
+            changes.extend(next.changes);
+        }
         let started = Instant::now();
-        let result = store.record(&batch.changes).and_then(|()| store.commit());
+        let result = store.record(&changes).and_then(|()| store.commit());
         let took = started.elapsed();
         // The batch's data is freed here, off the core's thread, when the
         // room no longer holds it.
-        drop(batch.changes);
+        drop(changes);
         let failed = result.is_err();
         {
             let mut progress = lock(&shared.progress);
             match result {
                 Ok(()) => {
-                    progress.committed = batch.number;
+                    progress.committed = number;
                     progress.timings.push(took);
                 }
                 // What waited for this batch never goes out.
@@ -228,4 +241,51 @@ fn write_batches(mut store: Store, shared: &Shared, queue: &mpsc::Receiver<Batch
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Durability;
+    use crate::protocol::SessionState;
+    use crate::store::StoredBlock;
+
+    fn put(uuid: &str, data: &'static [u8]) -> Change {
+        Change::Put(StoredBlock {
+            uuid: uuid.to_owned(),
+            type_id: "Object".to_owned(),
+            owner: "COMMON".to_owned(),
+            deps: Vec::new(),
+            revision: 1,
+            data: bytes::Bytes::from_static(data),
+        })
+    }
+
+    #[test]
+    fn batches_are_committed_in_order_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), Durability::Normal).unwrap();
+        let wake = Arc::new(Notify::new());
+        let mut recorder = Recorder::spawn(store, wake).unwrap();
+        assert_eq!(recorder.commit().unwrap(), None, "nothing recorded");
+        recorder.record([Change::State(SessionState::SrvSync), put("a", b"\x01")]);
+        assert_eq!(recorder.commit().unwrap(), Some(1));
+        recorder.record([put("b", b"\x02")]);
+        assert_eq!(recorder.commit().unwrap(), Some(2));
+        recorder.record([Change::State(SessionState::Active)]);
+        recorder.commit_and_wait().unwrap();
+        assert_eq!(recorder.committed(), 3);
+        assert!(!recorder.busy());
+        assert!(!recorder.take_timings().is_empty(), "each commit is timed");
+        drop(recorder);
+        let (_store, recovered) = Store::open(dir.path(), Durability::Normal).unwrap();
+        let uuids: Vec<String> = recovered
+            .image
+            .unwrap()
+            .blocks
+            .into_iter()
+            .map(|b| b.uuid)
+            .collect();
+        assert_eq!(uuids, ["a", "b"]);
+    }
 }

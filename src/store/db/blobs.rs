@@ -61,7 +61,8 @@ impl Blobs {
         })
     }
 
-    /// Writes `data` to a new file, flushed to the disk; returns its name.
+    /// Writes `data` to a new file; returns its name. [`Blobs::sync`]
+    /// flushes it.
     pub(super) fn write(&mut self, data: &[u8]) -> std::io::Result<String> {
         if self.written.is_empty() {
             std::fs::create_dir_all(&self.dir)?;
@@ -72,7 +73,6 @@ impl Blobs {
         let mut file = File::options().write(true).create_new(true).open(&path)?;
         self.written.push(name.clone());
         file.write_all(data)?;
-        file.sync_data()?;
         Ok(name)
     }
 
@@ -98,11 +98,16 @@ impl Blobs {
         self.obsolete.push(name);
     }
 
-    /// Before the transaction commits: the new files' names are on the disk
-    /// too.
+    /// Before the transaction commits: the new files, and their names, are
+    /// flushed to the disk. They are flushed together rather than each as
+    /// it is written, so that the disk takes them in one stream, as the
+    /// kernel writes them back meanwhile.
     pub(super) fn sync(&self) -> std::io::Result<()> {
         if self.written.is_empty() {
             return Ok(());
+        }
+        for name in &self.written {
+            File::open(self.dir.join(name))?.sync_data()?;
         }
         File::open(&self.dir)?.sync_all()
     }
