@@ -26,8 +26,8 @@ use common::*;
 use replication_serve::client::{Client, ClientError, Event};
 use replication_serve::protocol::codec::encode_value;
 use replication_serve::protocol::{
-    AuthStatus, Channel, DatablockHeader, ErrorCode, HeartbeatMessage, RefersTo, ServerMessage,
-    SessionState, UploadStatus, decode_header,
+    AuthStatus, Channel, DatablockHeader, ErrorCode, HeartbeatMessage, MAX_DEPS, RefersTo,
+    ServerMessage, SessionState, UploadStatus, decode_header,
 };
 use rmpv::Value;
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -1710,6 +1710,9 @@ fn bad_publisher_messages_with_a_valid_token_get_errors() {
     // (frames after the token, expected ERROR and what it refers to; None
     // for steps that must be accepted silently).
     type Expected = Option<(ErrorCode, RefersTo)>;
+    // One more than a datablock may depend on: a list that still fits
+    // the header limit, so the dependency limit is what refuses it.
+    let too_many_deps = format!("{} dependencies", MAX_DEPS + 1);
     let steps: Vec<(&str, Parts, Expected)> = vec![
         (
             "data that is not MessagePack",
@@ -1851,11 +1854,15 @@ fn bad_publisher_messages_with_a_valid_token_get_errors() {
             )),
         ),
         (
-            "5,000 dependencies",
+            &too_many_deps,
             vec![
                 header(&[(
                     "deps",
-                    Value::Array((0..5000).map(|i| Value::from(format!("d{i}"))).collect()),
+                    Value::Array(
+                        (0..=MAX_DEPS)
+                            .map(|i| Value::from(format!("d{i}")))
+                            .collect(),
+                    ),
                 )]),
                 data.clone(),
             ],
