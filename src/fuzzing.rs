@@ -55,8 +55,9 @@ pub fn patches(data: &[u8]) {
     }
 }
 
-/// Chunk reassembly: transfers announced and fed chunks in the order and
-/// sizes the input says.
+/// Chunk reassembly: transfers announced and fed chunks in the order,
+/// sizes and bytes the input says; whole data accepted chunk by chunk must
+/// also pass the check of a payload that arrives whole.
 pub fn chunks(data: &[u8]) {
     let limits = Limits {
         max_datablock_bytes: 1 << 16,
@@ -87,14 +88,27 @@ pub fn chunks(data: &[u8]) {
                     owner: None,
                     deps: None,
                 },
-                patch: false,
+                // A patch is not checked as one value; whole data is.
+                patch: op & 4 != 0,
                 base_revision: None,
             };
             let _ = transfers.begin(channel, transfer, chunks, size, pending, &limits);
         } else {
             let index = u32::from(input.next().unwrap_or(0));
-            let len = usize::from(input.next().unwrap_or(0)) * 64;
-            let _ = transfers.chunk(channel, transfer, index, &vec![0; len]);
+            // The chunk's bytes come from the input (zeros once it ends),
+            // so the value check meets every kind of MessagePack.
+            let len = usize::from(input.next().unwrap_or(0));
+            let bytes: Vec<u8> = (0..len).map(|_| input.next().unwrap_or(0)).collect();
+            if let Ok(Some((pending, whole))) = transfers.chunk(channel, transfer, index, &bytes)
+                && pending.whole_value()
+            {
+                // Checked chunk by chunk, it must be what the check of a
+                // whole payload accepts.
+                assert!(
+                    crate::protocol::validate_value(&whole).is_ok(),
+                    "accepted chunk by chunk, refused whole"
+                );
+            }
         }
         assert!(transfers.reserved() <= limits.max_transfer_bytes_per_client as u64);
     }
