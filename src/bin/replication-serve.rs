@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use replication_serve::cli::{Action, Sources};
 use replication_serve::config::Config;
+use replication_serve::security::key::KeyPair;
 use replication_serve::server::{Server, ServerError};
 use replication_serve::{cli, console, health, logging, report};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -21,6 +22,18 @@ fn main() -> ExitCode {
             let _ = std::io::stdout().write_all(text.as_bytes());
             ExitCode::SUCCESS
         }
+        Ok(Action::PrintPublicKey(path)) => match KeyPair::load_or_create(&path) {
+            Ok((pair, _)) => {
+                let key = pair.public();
+                println!("{key}");
+                println!("fingerprint {}", key.fingerprint());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("replication-serve: error: {}", report::one_line(&e));
+                ExitCode::FAILURE
+            }
+        },
         Ok(Action::HealthCheck(target)) => match health::check(&target) {
             Ok(line) => {
                 println!("{line}");
@@ -74,8 +87,15 @@ fn run(config: Config) -> anyhow::Result<()> {
         let interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
         let terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let server = Server::bind(config)?;
+        // On stdout rather than in the log: people copy it from here into
+        // their clients, and the log keeps the fingerprint.
+        if let Some(encrypting) = server.encrypting() {
+            let key = encrypting.pair.public();
+            println!("server public key: {key}");
+            println!("fingerprint:       {}", key.fingerprint());
+        }
         let shutdown = CancellationToken::new();
-        console::spawn(server.console_sender(), shutdown.clone())
+        console::spawn(server.console_sender(), server.security(), shutdown.clone())
             .context("cannot start the console")?;
         tokio::spawn(stop_on_signal(interrupt, terminate, shutdown.clone()));
         server.run(shutdown).await?;
