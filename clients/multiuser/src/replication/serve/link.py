@@ -32,6 +32,7 @@ from replication_client import (
     Reply,
     RequestFailed,
     ServerError,
+    ServerKeyError,
     Session,
     SessionEnded,
     SnapshotDone,
@@ -231,7 +232,12 @@ class Link:
 
     def _failed(self, event: RequestFailed) -> None:
         error = event.error
-        if event.kind == "auth":
+        if event.kind == "auth" and isinstance(error, ServerKeyError):
+            # A changed or wrong server key, or a client key not admitted:
+            # the message says what may be happening and what to do, and
+            # the add-on shows it in its dialog.
+            self.listener.on_ended(f"Failed to connect: {error}")
+        elif event.kind == "auth":
             reason = getattr(error, "reason", None) or str(error)
             self.listener.on_ended(f"Failed to connect, authentication refused: {reason}")
         elif event.kind == "right":
