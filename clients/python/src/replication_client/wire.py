@@ -99,7 +99,8 @@ class WireHalf:
             if keys is None or not keys.done.wait(timeout):
                 return
             if keys.error is not None:
-                if not self._key_failed:
+                # Requests made after the failure fail with it too.
+                if not self._key_failed or self._unanswered():
                     self._key_failed = True
                     self._end_session(str(keys.error), by_server=False, error=keys.error)
                 return
@@ -131,6 +132,10 @@ class WireHalf:
             except Exception as e:  # keep serving: one bad message must not stop replication
                 log.exception("error in the background thread")
                 self._post(LocalError(e))
+
+    def _unanswered(self) -> bool:
+        with self._requests_lock:
+            return any(not r.done.is_set() for r in self._requests.values())
 
     def _on_silence(self, silent: float) -> None:
         # Heartbeat thread: only flag it; the socket thread ends the session.

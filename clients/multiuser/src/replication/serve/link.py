@@ -94,6 +94,7 @@ class Link:
         self._pushes: dict[int, tuple[str, bool]] = {}  # request id -> (uuid, created)
         self._rights: dict[int, tuple[list[str], str]] = {}
         self._refused_creations: set[str] = set()
+        self._logged_in = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -222,6 +223,7 @@ class Link:
 
     def _reply(self, event: Reply) -> None:
         if event.kind == "auth":
+            self._logged_in = True
             self.listener.on_authenticated(event.result.status)
         elif event.kind == "update":
             self._pushes.pop(event.request_id, None)
@@ -330,7 +332,12 @@ class Link:
         self.remote.online_users = online_users(event.users)
 
     def _ended(self, event: SessionEnded) -> None:
-        self.listener.on_ended(event.reason)
+        # Before the login was answered, the session never began: the
+        # connection failed (a changed server key, say), as the add-on says.
+        if self._logged_in:
+            self.listener.on_ended(event.reason)
+        else:
+            self.listener.on_ended(f"Failed to connect: {event.reason}")
 
     def _local_error(self, event: LocalError) -> None:
         log.error("replication: %s", event.error)
