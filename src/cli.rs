@@ -14,9 +14,11 @@
 //! (`-pwd`, `-lf`, ...) are rewritten by [`normalize_args`] before clap parses.
 
 mod legacy;
+mod secrets;
 mod usage;
 
 pub use legacy::normalize_args;
+pub use secrets::move_to_environment;
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};

@@ -15,6 +15,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    hide_passwords();
     match cli::parse() {
         Ok(Action::Serve(config, sources)) => serve(*config, &sources),
         Ok(Action::PrintConfig(text)) => {
@@ -46,6 +47,32 @@ fn main() -> ExitCode {
         },
         Err(e) => e.exit(),
     }
+}
+
+/// Starts this binary again with the command line's passwords moved to its
+/// environment: the process list shows every process's arguments to every
+/// user of the machine, its environment only to its owner. Returns only
+/// when there is nothing to move or the restart failed (then the server
+/// runs as it is, and says so).
+fn hide_passwords() {
+    use std::os::unix::process::CommandExt;
+
+    let Some((args, moved)) = cli::move_to_environment(std::env::args_os()) else {
+        return;
+    };
+    let error = match std::env::current_exe() {
+        Ok(exe) => {
+            let mut command = std::process::Command::new(exe);
+            if let Some(name) = args.first() {
+                command.arg0(name);
+            }
+            command.args(args.iter().skip(1)).envs(moved).exec()
+        }
+        Err(e) => e,
+    };
+    eprintln!(
+        "replication-serve: warning: the password given on the command line stays visible in the process list (cannot start again without it: {error}); give it with REPLICATION_ADMIN_PASSWORD or a config file instead"
+    );
 }
 
 fn serve(config: Config, sources: &Sources) -> ExitCode {
