@@ -44,7 +44,8 @@ fn the_key_is_made_on_first_start_kept_private_and_shown_everywhere() {
     let data = tempfile::tempdir().unwrap();
     let printed = finish({
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_replication-serve"));
-        cmd.args(["--print-public-key", "--data-dir"]).arg(data.path());
+        cmd.args(["--print-public-key", "--data-dir"])
+            .arg(data.path());
         cmd
     });
     assert!(printed.status.success(), "{}", printed.stderr);
@@ -65,26 +66,35 @@ fn the_key_is_made_on_first_start_kept_private_and_shown_everywhere() {
     let (announced, fingerprint) = announced_key(&server);
     assert_eq!(announced, key);
     assert_eq!(fingerprint, key.fingerprint());
-    server.stderr.expect_from(0, "the fingerprint in the log", |l| {
-        l.contains(&format!("fingerprint={}", key.fingerprint()))
-    });
+    server
+        .stderr
+        .expect_from(0, "the fingerprint in the log", |l| {
+            l.contains(&format!("fingerprint={}", key.fingerprint()))
+        });
     let from = server.stdout.len();
     server.console("key");
-    server.stdout.expect_from(from, "the console's key", |l| {
-        l.contains(&key.to_text())
-    });
+    server
+        .stdout
+        .expect_from(from, "the console's key", |l| l.contains(&key.to_text()));
     server.stdout.expect_from(from, "and its fingerprint", |l| {
         l.contains(&key.fingerprint())
     });
     let secret = secret_text(&key_file);
     assert!(!server.stdout.text().contains(&secret));
     assert!(!server.stderr.text().contains(&secret));
-    assert!(!server.stderr.text().contains(&key.to_text()), "the log has the fingerprint only");
+    assert!(
+        !server.stderr.text().contains(&key.to_text()),
+        "the log has the fingerprint only"
+    );
 
     // A key file others can read is refused, as SSH refuses such keys.
     drop(server);
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let refused = finish(server_on(data.path(), free_base_port(), &["--encryption", "required"]));
+    let refused = finish(server_on(
+        data.path(),
+        free_base_port(),
+        &["--encryption", "required"],
+    ));
     assert!(!refused.status.success());
     assert!(refused.stderr.contains("chmod 600"), "{}", refused.stderr);
 }
@@ -120,11 +130,18 @@ fn refused_client_keys_are_logged_by_fingerprint_and_the_list_reloads_on_command
         ..ClientOptions::new(port, name).trusting(ServerTrust::Key(key))
     };
     let mut refused = Client::connect(as_user("mallory", &mallory)).unwrap();
-    let error = refused.authenticate(std::time::Duration::from_secs(5)).err();
-    assert!(matches!(error, Some(ClientError::KeyNotAdmitted(_))), "{error:?}");
-    server.stderr.expect_from(0, "the refusal, by fingerprint", |l| {
-        l.contains("refused a client key") && l.contains(&mallory.public().fingerprint())
-    });
+    let error = refused
+        .authenticate(std::time::Duration::from_secs(5))
+        .err();
+    assert!(
+        matches!(error, Some(ClientError::KeyNotAdmitted(_))),
+        "{error:?}"
+    );
+    server
+        .stderr
+        .expect_from(0, "the refusal, by fingerprint", |l| {
+            l.contains("refused a client key") && l.contains(&mallory.public().fingerprint())
+        });
     assert!(!server.stderr.text().contains(&mallory.public().to_text()));
 
     // Listed, then read again at once by the console's reload-keys.
@@ -145,7 +162,9 @@ fn refused_client_keys_are_logged_by_fingerprint_and_the_list_reloads_on_command
     std::fs::write(&list, "not a key\n").unwrap();
     let from = server.stdout.len();
     server.console("reload-keys");
-    server.stdout.expect_from(from, "the bad line named", |l| l.contains("line 1"));
+    server
+        .stdout
+        .expect_from(from, "the bad line named", |l| l.contains("line 1"));
     let mut still = Client::connect(as_user("alice", &alice)).unwrap();
     assert_eq!(still.authenticate(T).unwrap(), AuthStatus::Lobby);
 }
@@ -159,7 +178,15 @@ fn no_password_shows_in_the_process_list_the_log_the_configuration_or_the_data()
         let mut cmd = server_on(
             data.path(),
             port,
-            &["-spwd", SERVER, "-lf", &log_arg, "-l", "DEBUG", "--open-rooms"],
+            &[
+                "-spwd",
+                SERVER,
+                "-lf",
+                &log_arg,
+                "-l",
+                "DEBUG",
+                "--open-rooms",
+            ],
         );
         // The last -pwd wins: the test's own admin password.
         cmd.args(["-pwd", ADMIN]);
@@ -171,7 +198,10 @@ fn no_password_shows_in_the_process_list_the_log_the_configuration_or_the_data()
         !cmdline.contains(ADMIN) && !cmdline.contains(SERVER),
         "{cmdline}"
     );
-    assert!(cmdline.contains("--open-rooms"), "the other options stay: {cmdline}");
+    assert!(
+        cmdline.contains("--open-rooms"),
+        "the other options stay: {cmdline}"
+    );
 
     // The passwords still work, from the environment now.
     let with = |options: ClientOptions| ClientOptions {
@@ -198,7 +228,9 @@ fn no_password_shows_in_the_process_list_the_log_the_configuration_or_the_data()
     }
     for secret in [ADMIN, SERVER, ROOM] {
         assert!(
-            !everything.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            !everything
+                .windows(secret.len())
+                .any(|w| w == secret.as_bytes()),
             "{secret} is in the data directory or the log"
         );
     }
@@ -210,7 +242,11 @@ fn no_password_shows_in_the_process_list_the_log_the_configuration_or_the_data()
     });
     assert!(printed.status.success(), "{}", printed.stderr);
     assert!(!printed.stdout.contains(ADMIN) && !printed.stdout.contains(SERVER));
-    assert!(printed.stdout.contains("encryption = \"on\""), "{}", printed.stdout);
+    assert!(
+        printed.stdout.contains("encryption = \"on\""),
+        "{}",
+        printed.stdout
+    );
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
