@@ -237,10 +237,7 @@ fn only_listed_client_keys_are_admitted_and_the_list_is_read_again_when_it_chang
     );
 
     let mut m = Client::connect(with_key("mallory", &mallory)).expect("connect");
-    let error = m
-        .authenticate(Duration::from_secs(5))
-        .err()
-        .expect("refused");
+    let error = m.authenticate(Duration::from_secs(5)).expect_err("refused");
     let message = error.to_string();
     assert!(matches!(error, ClientError::KeyNotAdmitted(_)), "{error:?}");
     assert!(

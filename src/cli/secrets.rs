@@ -19,11 +19,14 @@ const SECRETS: [(&str, &str); 2] = [
     (LONG_SERVER_PASSWORD, "REPLICATION_SERVER_PASSWORD"),
 ];
 
+/// Environment variables to set, each with its value.
+pub type Variables = Vec<(&'static str, OsString)>;
+
 /// The arguments without their passwords, and the variables to set, or
 /// `None` when no password is on the command line. The environment holds
 /// the command line's value, so it still wins over a variable of the same
 /// name that was set, as the command line does.
-pub fn move_to_environment<I, T>(args: I) -> Option<(Vec<OsString>, Vec<(&'static str, OsString)>)>
+pub fn move_to_environment<I, T>(args: I) -> Option<(Vec<OsString>, Variables)>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString>,

@@ -380,7 +380,7 @@ mod tests {
         );
         OpenOptions::new()
             .write(true)
-            .create(true)
+            .create_new(true)
             .mode(0o600)
             .open(&path)
             .unwrap()
