@@ -132,6 +132,12 @@ fn server_info(target: &HealthTarget) -> Result<String, String> {
         ..ClientOptions::new(target.ports[0], "health-check")
     };
     let mut client = Client::connect(options).map_err(|e| e.to_string())?;
+    // The fingerprint lets whoever runs the check compare it with the one
+    // the server's admin reads out.
+    let encryption = match client.server_key() {
+        Some(key) => format!("encrypted, fingerprint {}", key.fingerprint()),
+        None => "not encrypted".to_owned(),
+    };
     let answer = match client.server_info(HEALTH_DEADLINE) {
         Err(ClientError::Timeout(_))
             if matches!(
@@ -139,10 +145,9 @@ fn server_info(target: &HealthTarget) -> Result<String, String> {
                 Some(ClientError::KeyNotAdmitted(_))
             ) =>
         {
-            return Ok(
-                "serving: encrypted, and it admits only listed client keys, so this check could not ask SERVER_INFO"
-                    .to_owned(),
-            );
+            return Ok(format!(
+                "serving: {encryption}; it admits only listed client keys, so this check could not ask SERVER_INFO"
+            ));
         }
         other => other.map_err(|e| e.to_string())?,
     };
@@ -163,7 +168,7 @@ fn server_info(target: &HealthTarget) -> Result<String, String> {
             };
             Ok(format!(
                 "serving: replication-serve {server_version} ({protocol}), session {state}, \
-                 {users_online} users online, {datablocks} datablocks, {}",
+                 {users_online} users online, {datablocks} datablocks, {}, {encryption}",
                 if private { "private" } else { "public" }
             ))
         }

@@ -87,6 +87,21 @@ fn the_key_is_made_on_first_start_kept_private_and_shown_everywhere() {
         "the log has the fingerprint only"
     );
 
+    // The health check, run from a user's machine, shows it too.
+    let checked = finish({
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_replication-serve"));
+        cmd.args(["--health-check", "-p", &server.port.to_string()]);
+        cmd
+    });
+    assert!(checked.status.success(), "{}", checked.stderr);
+    assert!(
+        checked
+            .stdout
+            .contains(&format!("encrypted, fingerprint {}", key.fingerprint())),
+        "{}",
+        checked.stdout
+    );
+
     // A key file others can read is refused, as SSH refuses such keys.
     drop(server);
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
