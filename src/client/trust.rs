@@ -30,18 +30,32 @@ pub enum ServerTrust {
 }
 
 /// The known-servers file the Python client also uses:
-/// `$REPLICATION_KNOWN_SERVERS`, else `known_servers` in
-/// `$XDG_CONFIG_HOME/replication-serve` or `~/.config/replication-serve`.
+/// `$REPLICATION_KNOWN_SERVERS`, else `known_servers` in the client's
+/// configuration folder: `$REPLICATION_CONFIG_DIR`, else a
+/// `replication-serve` folder in the system's place for settings
+/// (`%APPDATA%` on Windows, `~/Library/Application Support` on macOS,
+/// `$XDG_CONFIG_HOME` or `~/.config` elsewhere), as the Python client
+/// looks for it.
 pub fn default_known_servers() -> PathBuf {
     let non_empty = |name| std::env::var_os(name).filter(|v| !v.is_empty());
     if let Some(file) = non_empty("REPLICATION_KNOWN_SERVERS") {
         return PathBuf::from(file);
     }
-    let dir = non_empty("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| non_empty("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .unwrap_or_default();
-    dir.join("replication-serve").join("known_servers")
+    if let Some(dir) = non_empty("REPLICATION_CONFIG_DIR") {
+        return PathBuf::from(dir).join("known_servers");
+    }
+    let home = || non_empty("HOME").map(PathBuf::from).unwrap_or_default();
+    let app_data = non_empty("APPDATA").filter(|_| cfg!(windows));
+    let base = if let Some(dir) = app_data {
+        PathBuf::from(dir)
+    } else if cfg!(target_os = "macos") {
+        home().join("Library").join("Application Support")
+    } else {
+        non_empty("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home().join(".config"))
+    };
+    base.join("replication-serve").join("known_servers")
 }
 
 /// `HOST:PORT` as the file writes it (IPv6 in brackets).
