@@ -36,7 +36,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
-use replication_serve::protocol::codec::{decode_value, encode_value};
+use replication_serve::protocol::codec::{decode_value, encode_value, header_type};
 use replication_serve::protocol::patch::Patch;
 use replication_serve::protocol::wire::with_payload;
 use replication_serve::protocol::{
@@ -1449,6 +1449,15 @@ proptest! {
             }
             _ => {}
         }
+    }
+
+    /// A reader of raw frames tells a server message's kind from its
+    /// `type` alone (the client answers RESUME that way): every message is
+    /// named as it decodes.
+    #[test]
+    fn the_type_of_a_server_message_reads_without_decoding_it(m in server_message()) {
+        let frame = encode(&m);
+        prop_assert_eq!(header_type(&frame), Some(server_name(&m).as_bytes()));
     }
 
     #[test]

@@ -7,9 +7,11 @@ mod child;
 mod common;
 
 use child::{server_on, start_listening};
-use common::{T, block, object};
-use replication_serve::client::ClientOptions;
-use replication_serve::protocol::{AuthStatus, Channel, ServerMessage};
+use common::{T, TestServer, admin, block, object};
+use replication_serve::client::{Client, ClientOptions};
+use replication_serve::protocol::{
+    AuthStatus, Channel, ServerMessage, SnapshotStep, SubscriberRequest, decode_header,
+};
 
 fn encode(value: &rmpv::Value) -> Vec<u8> {
     replication_serve::protocol::codec::encode_value(value).to_vec()
@@ -134,4 +136,45 @@ fn an_empty_message_only_asks_its_sender_to_resume() {
         host.poll_once(50).expect("poll");
     }
     host.lock(&["cube"], T).expect("lock after resuming");
+}
+
+/// A client that reads its subscriber channel as raw frames still proves a
+/// new connection there: the SNAPSHOT it sent on that connection before it
+/// read the server's RESUME is answered, and RESUME is not handed out as a
+/// stream message.
+#[test]
+fn a_raw_subscriber_reader_proves_a_new_connection() {
+    let server = TestServer::start();
+    let mut host = admin(&server, "host");
+    host.upload(&[block("cube", "Object", object("cube", [0.0; 3]))], T)
+        .expect("upload");
+    let mut raw = Client::connect(ClientOptions::new(server.port, "raw")).expect("connect");
+    raw.authenticate(T).expect("auth");
+    let before = raw.resumed();
+    // Whether the subscriber socket connected before or after AUTH was
+    // answered is up to the machine; an empty message makes the server
+    // take the connection for a new one either way, and hold what follows.
+    raw.send_raw(Channel::Subscriber, &[b""]).expect("send");
+    let snapshot = replication_serve::protocol::encode(&SubscriberRequest::Snapshot {
+        window: None,
+        batches: true,
+    });
+    raw.send_raw(Channel::Subscriber, &[&snapshot])
+        .expect("send SNAPSHOT");
+    let frames = raw
+        .next_subscriber_frames(T)
+        .expect("receive")
+        .expect("the snapshot stream");
+    let first: ServerMessage = decode_header(&frames[0], usize::MAX).expect("a header");
+    assert!(
+        matches!(
+            first,
+            ServerMessage::Snapshot {
+                step: SnapshotStep::Begin,
+                ..
+            }
+        ),
+        "the stream starts with BEGIN, not {first:?}"
+    );
+    assert!(raw.resumed() > before, "the client proved the connection");
 }

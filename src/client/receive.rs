@@ -2,6 +2,7 @@
 //! acknowledging snapshot windows, and waiting for events.
 
 use super::*;
+use crate::protocol::codec::header_type;
 
 impl Client {
     /// The next whole message, waiting at most `timeout`.
@@ -50,8 +51,10 @@ impl Client {
     }
 
     /// The next message on the subscriber channel as raw frames, without
-    /// decoding it; pings are still answered and command-channel messages
-    /// still queued as events. For tools that only count or sample traffic.
+    /// decoding it; pings are still answered, command-channel messages
+    /// still queued as events, and the server's RESUME answered on every
+    /// channel (it is never returned). For tools that only count or sample
+    /// traffic.
     pub fn next_subscriber_frames(
         &mut self,
         timeout: Duration,
@@ -124,20 +127,35 @@ impl Client {
     }
 
     /// One whole subscriber message if one is waiting, without blocking.
+    ///
+    /// The server's RESUME is answered here and not handed out: until the
+    /// client answers it, the server holds everything that comes from and
+    /// goes to this connection (a SNAPSHOT just sent, say), and a caller
+    /// that reads raw frames has no way to answer it.
     fn try_subscriber_frames(&mut self) -> Result<Option<Vec<zmq::Message>>, ClientError> {
-        let first = match self.subscriber.recv_msg(zmq::DONTWAIT) {
-            Ok(first) => first,
-            Err(zmq::Error::EAGAIN) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let mut more = first.get_more();
-        let mut frames = vec![first];
-        while more {
-            let part = self.subscriber.recv_msg(0)?;
-            more = part.get_more();
-            frames.push(part);
+        loop {
+            let first = match self.subscriber.recv_msg(zmq::DONTWAIT) {
+                Ok(first) => first,
+                Err(zmq::Error::EAGAIN) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let mut more = first.get_more();
+            let mut frames = vec![first];
+            while more {
+                let part = self.subscriber.recv_msg(0)?;
+                more = part.get_more();
+                frames.push(part);
+            }
+            // RESUME has no data frame: messages that carry data (every
+            // forwarded update) are passed on without a look at their header.
+            if let [header] = &frames[..]
+                && header_type(header) == Some(b"RESUME".as_slice())
+            {
+                self.resume(Channel::Subscriber)?;
+                continue;
+            }
+            return Ok(Some(frames));
         }
-        Ok(Some(frames))
     }
 
     /// Polls the sockets once and queues whatever arrived.

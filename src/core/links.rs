@@ -7,8 +7,8 @@
 //! reconnect). The server is told of every new connection in band, before
 //! anything that arrives on it (`ROUTER_NOTIFY`). A session trusts the
 //! connections its identity had when it authenticated; a connection made
-//! later on a channel is *unconfirmed*: what arrives on it is refused, and
-//! what the server would send on it is held, until it proves the session
+//! later on a channel is *unconfirmed*: what arrives on it waits (bounded),
+//! and what the server would send on it is held, until it proves the session
 //! by answering RESUME with the session token. A client that reconnects
 //! does that at once; a stranger who reused the identity cannot.
 

@@ -124,6 +124,13 @@ pub fn validate_header(bytes: &[u8]) -> Result<(), ProtocolError> {
     walk_header(bytes).map(|_| ())
 }
 
+/// The `type` of a header frame, without decoding the rest of it; `None`
+/// when the frame is not a valid header or names no single type. For
+/// readers that pass raw frames on and only pick out a few kinds.
+pub fn header_type(frame: &[u8]) -> Option<&[u8]> {
+    walk_header(frame).ok().flatten()
+}
+
 /// [`validate_header`]'s walk, which also notes the message's `type` on the
 /// way: the string, when the map has exactly one `type` key and its value
 /// is a string.

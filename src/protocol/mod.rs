@@ -38,8 +38,11 @@ pub const MAX_DEPTH: usize = 128;
 /// Longest user name, datablock uuid or type id, in bytes.
 pub const MAX_NAME_BYTES: usize = 128;
 
-/// Longest dependency list of one datablock.
-pub const MAX_DEPS: usize = 4096;
+/// Longest dependency list of one datablock. A scene or a collection of
+/// tens of thousands of objects depends on each of them; in practice the
+/// header limit (`max_header_bytes`, 1 MiB by default: about 27,000 uuids
+/// of 36 characters) binds first.
+pub const MAX_DEPS: usize = 65_536;
 
 /// Why a frame could not be turned into a message.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]

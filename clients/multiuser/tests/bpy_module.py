@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from installs import pip_into
+
 VERSIONS = {"4.5": "4.5.15", "5.0": "5.0.1"}
 """The ``bpy`` release the tests run for each Blender line (both are built
 for Python 3.11 only)."""
@@ -56,23 +58,7 @@ def install(line: str) -> Path:
         )
     partial = site.with_name(f"{site.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--only-binary=:all:",
-            "--target",
-            str(partial),
-            f"bpy=={version}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    done = pip_into(partial, "--only-binary=:all:", f"bpy=={version}", timeout=1800)
     if done.returncode != 0:
         shutil.rmtree(partial, ignore_errors=True)
         raise InstallError(f"pip could not install bpy=={version}:\n{done.stderr[-2000:]}")

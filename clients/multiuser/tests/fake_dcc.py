@@ -25,7 +25,21 @@ class Thing:
         self.name = name
         self.props = dict(props)
         self.children: list[Thing] = []
-        self.uuid = ""
+        self.world: World | None = None
+        self._uuid = ""
+
+    @property
+    def uuid(self) -> str:
+        return self._uuid
+
+    @uuid.setter
+    def uuid(self, value: str) -> None:
+        """The uuid the package stamps on a datablock, indexed by its world
+        (as Blender keeps an ID's properties), so that looking one up does
+        not scan the world."""
+        self._uuid = value
+        if self.world is not None:
+            self.world.by_uuid[value] = self
 
 
 class Scene(Thing):
@@ -37,9 +51,13 @@ class World:
 
     def __init__(self) -> None:
         self.things: list[Thing] = []
+        self.by_uuid: dict[str, Thing] = {}
 
     def new(self, kind: type[Thing], name: str, **props: Any) -> Thing:
-        thing = kind(name, **props)
+        return self.adopt(kind(name, **props))
+
+    def adopt(self, thing: Thing) -> Thing:
+        thing.world = self
         self.things.append(thing)
         return thing
 
@@ -65,12 +83,12 @@ def translation(world: World) -> DataTranslationProtocol:
         def load(data: dict[str, Any], datablock: Thing) -> None:
             datablock.name = data["name"]
             datablock.props = dict(data["props"])
-            by_uuid = {t.uuid: t for t in world.things}
+            by_uuid = world.by_uuid
             datablock.children = [by_uuid[u] for u in data["children"] if u in by_uuid]
 
         @staticmethod
         def resolve(data: dict[str, Any]) -> Thing | None:
-            return next((t for t in world.things if t.uuid == data.get("uuid")), None)
+            return world.by_uuid.get(data.get("uuid", ""))
 
         @staticmethod
         def resolve_deps(datablock: Thing) -> list[Thing]:

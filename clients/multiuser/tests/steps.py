@@ -4,11 +4,19 @@ Blenders driven through blender_harness."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from blender_harness import Blender
+from relay import SUBSCRIBER
 
 SEEN_WITHIN = 2.0
 """The acceptance bound for a change to show in the other Blender."""
+APPLY_DELAY = 0.25
+"""The add-on's "Apply delay" the tests set (its default is 1 s): received
+changes reach Blender on a timer of that period, so with the default a
+change waits up to a second for the timer's next tick whatever the
+library and the server do. A shorter period keeps SEEN_WITHIN about
+replication on a loaded machine; the benchmark keeps the default."""
 ACTIVE = 2  # replication.constants.STATE_ACTIVE
 INITIAL = 0
 
@@ -88,3 +96,39 @@ def grab(artist_blender: Blender, other: Blender, name: str, user: str) -> None:
     """The other user lets go of everything, then this one takes ``name``."""
     other.run("artist.select()")
     take(artist_blender, other, name, user)
+
+
+def one_holds_the_other_is_refused(pair: Any) -> None:
+    """Alice holds the cube: Bob cannot click it, and a script of his that
+    moves it sends nothing. Then both click it at once while Bob's view is
+    late (``pair.relay`` holds the broadcasts he would get): his add-on asks
+    for it too, and the server, which enforces ownership, refuses him."""
+    alice, bob = pair.alice, pair.bob
+    grab(alice, bob, "Cube", "alice")
+    bob.wait_until("bpy.data.objects['Cube'].hide_select", what="Bob cannot click Alice's cube")
+    cube = alice.eval("list(bpy.data.objects['Cube'].location)")
+    # A script of Bob's moves the cube anyway: his add-on keeps it to himself.
+    bob.run("bpy.data.objects['Cube'].location = (7.0, 7.0, 7.0)")
+    take(bob, alice, "Light", "bob")  # Alice keeps the cube selected
+    bob.run("bpy.data.objects['Light'].location.x = 11.0")
+    seen(alice, "bpy.data.objects['Light'].location.x == 11.0", "Bob's light")
+    # Bob's updates travel in order: had the cube's gone, it would be there.
+    assert alice.eval("list(bpy.data.objects['Cube'].location)") == cube
+
+    # Both click the cube at once: Bob's view is late (the relay holds the
+    # broadcasts he would get), so his add-on asks for it too, and the
+    # server, which enforces ownership, refuses him.
+    alice.run("artist.select()")
+    bob.wait_until("artist.owner('Cube') == 'COMMON' and not bpy.data.objects['Cube'].hide_select")
+    settle(alice, bob)
+    refusals = bob.log().count("refused")
+    with pair.relay.holding(SUBSCRIBER):
+        alice.run("artist.select('Cube')")
+        alice.wait_until("artist.owner('Cube') == 'alice'")
+        bob.run("artist.select('Cube', 'Light')")
+        deadline = time.monotonic() + 30
+        while bob.log().count("refused") == refusals:
+            assert time.monotonic() < deadline, f"no refusal in Bob's log\n{bob.log()}"
+            time.sleep(0.1)
+        assert bob.eval("artist.owner('Cube')") == "COMMON"  # still late
+    bob.wait_until("artist.owner('Cube') == 'alice' and bpy.data.objects['Cube'].hide_select")

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from installs import pip_into
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -154,47 +155,11 @@ def reference_package(source: Path, output: Path, python: str) -> Path:
     work = output.parent / "reference-build"
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(source / "multi_user", work / "multi_user")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--target",
-            str(work / "multi_user" / "libs"),
-            "--python-version",
-            python,
-            "--only-binary=:all:",
-            "--no-deps",
-            REFERENCE,
-            "pyzmq",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--target",
-            str(work / "multi_user" / "libs"),
-            "--no-deps",
-            "deepdiff==5.7.0",
-            "ordered-set==4.0.2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
+    libs = work / "multi_user" / "libs"
+    binary = ["--python-version", python, "--only-binary=:all:", "--no-deps", REFERENCE, "pyzmq"]
+    for args in (binary, ["--no-deps", "deepdiff==5.7.0", "ordered-set==4.0.2"]):
+        done = pip_into(libs, *args)
+        assert done.returncode == 0, done.stderr
     shutil.make_archive(str(output.with_suffix("")), "zip", work)
     return output
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from blender_harness import Blender
-from steps import ACTIVE, INITIAL, differences, seen, settle, take
+from steps import ACTIVE, APPLY_DELAY, INITIAL, differences, seen, settle, take
 from support import ADMIN_PASSWORD, Server, library
 
 pytestmark = pytest.mark.xfail(
@@ -28,12 +28,12 @@ def test_a_crashed_server_comes_back_with_the_scene(addon_zip: Path, tmp_path: P
     alice = Blender("alice", addon_zip, tmp_path).start()
     bob = Blender("bob", addon_zip, tmp_path).start()
     try:
-        alice.run("artist.setup_user('alice')")
+        alice.run(f"artist.setup_user('alice', {APPLY_DELAY})")
         alice.run(f"artist.connect({server.port}, admin_password={ADMIN_PASSWORD!r})")
         alice.wait_until("artist.state() == 10", what="Alice in the lobby")  # STATE_LOBBY
         alice.run("bpy.ops.session.init(init_method='BLEND')")
         alice.wait_until(f"artist.state() == {ACTIVE}", what="Alice's scene uploaded")
-        bob.run(f"artist.setup_user('bob'); artist.connect({server.port})")
+        bob.run(f"artist.setup_user('bob', {APPLY_DELAY}); artist.connect({server.port})")
         bob.wait_until(f"artist.state() == {ACTIVE}", what="Bob joined")
         bob.wait_until("None not in artist.dumps().values()", what="Bob's scene built")
         take(alice, bob, "Cube", "alice")

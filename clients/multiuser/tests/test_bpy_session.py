@@ -23,14 +23,22 @@ add-on's quirks the Blender 3.4 tests describe (steps.py) are the same in
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from module_harness import ModuleBlender
-from relay import SUBSCRIBER, Relay
-from steps import ACTIVE, INITIAL, differences, grab, seen, settle, take
+from relay import Relay
+from steps import (
+    ACTIVE,
+    APPLY_DELAY,
+    INITIAL,
+    differences,
+    grab,
+    one_holds_the_other_is_refused,
+    seen,
+    settle,
+)
 from support import free_base_port, library
 
 pytestmark = pytest.mark.skipif(
@@ -66,10 +74,10 @@ def pair(extension_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         bob.start()
         assert alice.info["blender"][:2] == [4, 5] and bob.info["blender"][:2] == [5, 0]
         port = free_base_port()
-        alice.run(f"artist.setup_user('alice'); artist.host({port})")
+        alice.run(f"artist.setup_user('alice', {APPLY_DELAY}); artist.host({port})")
         alice.wait_until(f"artist.state() == {ACTIVE}", what="the host's session is ACTIVE")
         relay = Relay(port).start()
-        bob.run(f"artist.setup_user('bob'); artist.connect({relay.port})")
+        bob.run(f"artist.setup_user('bob', {APPLY_DELAY}); artist.connect({relay.port})")
         bob.wait_until(f"artist.state() == {ACTIVE}", what="the late joiner's session is ACTIVE")
         yield Pair(alice, bob, relay)
     finally:
@@ -147,34 +155,7 @@ def test_edits_travel_both_ways(pair):
 
 def test_what_one_holds_the_other_cannot_change_until_released(pair):
     alice, bob = pair
-    grab(alice, bob, "Cube", "alice")
-    bob.wait_until("bpy.data.objects['Cube'].hide_select", what="Bob cannot click Alice's cube")
-    cube = alice.eval("list(bpy.data.objects['Cube'].location)")
-    # A script of Bob's moves the cube anyway: his add-on keeps it to himself.
-    bob.run("bpy.data.objects['Cube'].location = (7.0, 7.0, 7.0)")
-    take(bob, alice, "Light", "bob")  # Alice keeps the cube selected
-    bob.run("bpy.data.objects['Light'].location.x = 11.0")
-    seen(alice, "bpy.data.objects['Light'].location.x == 11.0", "Bob's light")
-    # Bob's updates travel in order: had the cube's gone, it would be there.
-    assert alice.eval("list(bpy.data.objects['Cube'].location)") == cube
-
-    # Both click the cube at once: Bob's view is late (the relay holds the
-    # broadcasts he would get), so his add-on asks for it too, and the
-    # server refuses him.
-    alice.run("artist.select()")
-    bob.wait_until("artist.owner('Cube') == 'COMMON' and not bpy.data.objects['Cube'].hide_select")
-    settle(alice, bob)
-    refusals = bob.log().count("refused")
-    with pair.relay.holding(SUBSCRIBER):
-        alice.run("artist.select('Cube')")
-        alice.wait_until("artist.owner('Cube') == 'alice'")
-        bob.run("artist.select('Cube', 'Light')")
-        deadline = time.monotonic() + 30
-        while bob.log().count("refused") == refusals:
-            assert time.monotonic() < deadline, f"no refusal in Bob's log\n{bob.log()}"
-            time.sleep(0.1)
-        assert bob.eval("artist.owner('Cube')") == "COMMON"  # still late
-    bob.wait_until("artist.owner('Cube') == 'alice' and bpy.data.objects['Cube'].hide_select")
+    one_holds_the_other_is_refused(pair)
     assert (alice.eval("artist.state()"), bob.eval("artist.state()")) == (ACTIVE, ACTIVE)
 
     # Alice lets go: Bob takes the cube, and his move now travels.

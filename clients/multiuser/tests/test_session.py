@@ -5,6 +5,7 @@ rolled back, ordering of releases behind edits, kicks and failures."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 
@@ -161,8 +162,7 @@ def test_a_datablock_the_server_refuses_is_marked(server, users):
         odd, alice.repository.rdp.get_implementation("Thing")
     )
     scene = alice.world.named("Scene")
-    thing = odd("Odd")
-    alice.world.things.append(thing)
+    thing = alice.world.adopt(odd("Odd"))
     scene.children.append(thing)
     scene_uuid = alice.uuid_of("Scene")
     porcelain.commit(alice.repository, scene_uuid)
@@ -279,3 +279,33 @@ def test_an_encrypted_session_and_a_changed_key_in_the_add_ons_words(tmp_path, s
     assert reason.startswith(f"Failed to connect: the server at {name} presents a different key")
     for part in (fingerprint(real), fingerprint(impostor), "intercepting", str(pins.path)):
         assert part in reason, reason
+
+
+def test_a_collection_of_ten_thousand_objects_keeps_every_dependency(server, users):
+    alice = User("alice", server.port, ADMIN_PASSWORD)
+    users.append(alice)
+    scene = alice.world.new(Scene, "Scene")
+    scene.children += [alice.world.new(Thing, f"T{i}") for i in range(10_000)]
+    porcelain.add(alice.repository, scene)
+    alice.connect()
+    alice.until(lambda: alice.session.state == STATE_LOBBY)
+    alice.session.init()
+    alice.until(alice.active, timeout=120, what="the upload")
+    bob = User("bob", server.port).connect()
+    users.append(bob)
+    bob.until(bob.active, timeout=120, what="the download")
+    scene_node = bob.repository.graph[alice.uuid_of("Scene")]
+    assert len(scene_node.dependencies) == 10_000
+    assert len(list(bob.repository.index_sorted)) == 10_001  # nothing orphaned
+
+
+def test_a_node_whose_dependencies_cannot_fit_a_header_is_not_sent(server, users, caplog):
+    alice, bob = host_scene(server, users)
+    link = alice.repository.remote.link
+    link.client.auth = dataclasses.replace(link.client.auth, max_header_bytes=64 * 1024)
+    scene = alice.world.named("Scene")
+    scene.children += [alice.world.new(Thing, f"T{i}") for i in range(3000)]
+    porcelain.commit(alice.repository, alice.uuid_of("Scene"))
+    porcelain.push(alice.repository, "origin", alice.uuid_of("Scene"))
+    assert alice.node("Scene").state == ERROR
+    assert "'Scene' uses 3002 datablocks, more than one datablock's header can list" in caplog.text

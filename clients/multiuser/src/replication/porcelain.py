@@ -72,18 +72,10 @@ def add(
             datablock.uuid = node.uuid
         except AttributeError:
             log.debug("cannot stamp a uuid on %s", type(datablock).__name__)
-    for dependency in rdp.resolve_deps(datablock):
-        if not dependency:
-            continue
-        known = repository.get_node_by_datablock(dependency)
-        if known is not None:
-            node.add_dependency(known.uuid)
-            continue
-        try:
-            node.add_dependency(add(repository, dependency, owner=node.owner))
-        except UnsupportedTypeError:
-            log.warning("skipping %s", type(dependency).__name__)
+    # Stored before its dependencies are walked, so that a datablock that
+    # uses itself through others is found instead of added again.
     repository.do_commit(node)
+    node.dependencies = _dependencies(repository, datablock, node.dependencies, node.owner)
     return node.uuid
 
 
@@ -121,18 +113,31 @@ def evaluate_node_dependencies(repository: Repository, node_id: str) -> None:
     node = repository.graph.get(node_id)
     if node is None or node.instance is None:
         return
+    node.dependencies = _dependencies(repository, node.instance, [], node.owner)
+
+
+def _dependencies(
+    repository: Repository, datablock: Any, known: list[str], owner: Any
+) -> list[str]:
+    """``known`` and the uuids of the datablocks ``datablock`` uses, in
+    order, adding a node for each that has none yet. A scene or collection
+    may use tens of thousands: the list is built once, not searched per
+    dependency."""
     rdp = repository.rdp
     assert rdp is not None
-    node.dependencies = []
-    for dependency in rdp.resolve_deps(node.instance):
-        known = repository.get_node_by_datablock(dependency)
-        if known is not None:
-            node.add_dependency(known.uuid)
+    out = dict.fromkeys(known)
+    for dependency in rdp.resolve_deps(datablock):
+        if not dependency:
+            continue
+        node = repository.get_node_by_datablock(dependency)
+        if node is not None:
+            out[node.uuid] = None
             continue
         try:
-            node.add_dependency(add(repository, dependency, owner=node.owner))
+            out[add(repository, dependency, owner=owner)] = None
         except UnsupportedTypeError:
             log.warning("skipping %s", type(dependency).__name__)
+    return list(out)
 
 
 def commit(repository: Repository, node_id: str) -> None:
@@ -208,8 +213,9 @@ def push(repository: Repository, remote: str, node_id: str, force: bool = False)
         dep = graph.get(uuid)
         if dep is None or dep.data is None:
             continue
-        if dep.state in (ADDED, COMMITED) or (uuid == node_id and force):
-            link.push(dep, force and uuid == node_id)
+        if (dep.state in (ADDED, COMMITED) or (uuid == node_id and force)) and link.push(
+            dep, force and uuid == node_id
+        ):
             dep.state = UP
 
 

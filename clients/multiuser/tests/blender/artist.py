@@ -53,10 +53,14 @@ def state():
     return session().state
 
 
-def setup_user(name):
-    """The first-launch panel: a user name, then "Continue"."""
+def setup_user(name, apply_delay=None):
+    """The first-launch panel: a user name, then "Continue". ``apply_delay``
+    is the add-on's "Apply delay" preference: the period of the timer that
+    loads received changes into Blender (1 s by default)."""
     prefs().username = name
     prefs().logging_level = "DEBUG"  # the add-on's "Log level" setting
+    if apply_delay is not None:
+        prefs().depsgraph_update_rate = apply_delay
     if prefs().is_first_launch:
         op("firstlaunch.verify")()
 

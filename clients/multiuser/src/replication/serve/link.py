@@ -59,6 +59,9 @@ click."""
 _RETRIED_ONE_BY_ONE = ("not_owner", "unknown_datablock")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _FULL_AFTER = ("stale_revision", "patch_failed")
+_HEADER_OVERHEAD = 1024
+"""Bytes of an UPDATE header besides its dependency list: its keys, a uuid
+and a type id of at most 128 bytes each, an owner, a revision."""
 
 
 class Listener(Protocol):
@@ -128,22 +131,25 @@ class Link:
                 node.uuid, _type_id(node), node.data, self._owner(node), list(node.dependencies)
             )
             for node in nodes
+            if self._fits(node)
         ]
         self.client.upload_nowait(blocks)
 
-    def push(self, node: Node, force: bool) -> None:
+    def push(self, node: Node, force: bool) -> bool:
         """Sends the node's committed data: a patch from the state the
         server has, or the whole data (a new datablock, ``force``, or a
-        change the patch cannot express)."""
+        change the patch cannot express). False when it cannot be sent."""
         block = self.client.blocks.get(node.uuid)
         pending, node.last_commit = node.last_commit, None
+        if not self._fits(node):
+            return False
         deps = list(node.dependencies)
         if block is None:
             rid = self.client.push(
                 node.uuid, node.data, type_id=_type_id(node), owner=self._owner(node), deps=deps
             )
             self._pushes[rid] = (node.uuid, True)
-            return
+            return True
         new_deps = deps if deps != block.deps else None
         ops = None
         # A patch is computed against ``pending.base``; it is only right for
@@ -152,7 +158,7 @@ class Link:
             ops = pending.ops if pending.ops is not None else diff(pending.base, node.data)
         if ops is not None:
             if not ops and new_deps is None:
-                return
+                return True
             try:
                 rid = self.client.push_patch(node.uuid, ops, base_revision=AUTO, deps=new_deps)
                 log.debug("pushed %s: a patch of %d operations", _name(node), len(ops))
@@ -161,10 +167,11 @@ class Link:
             else:
                 self._pushes[rid] = (node.uuid, False)
                 node.data = block.data  # the replica's value, now patched to the same state
-                return
+                return True
         rid = self.client.push(node.uuid, node.data, deps=new_deps)
         self._pushes[rid] = (node.uuid, False)
         log.debug("pushed %s whole", _name(node))
+        return True
 
     def change_owner(self, uuids: list[str], owner: str) -> None:
         known = [u for u in dict.fromkeys(uuids) if u in self.client.blocks]
@@ -201,6 +208,27 @@ class Link:
                 self._rights[self.client.change_owner_nowait(uuids, owner)] = (uuids, owner)
             else:
                 self.client.delete_nowait(uuids[0])
+
+    def _fits(self, node: Node) -> bool:
+        """Whether the node's header fits the server's limit. Its dependency
+        list travels in the header: a collection of tens of thousands of
+        objects may not fit, and the add-on needs every dependency on the
+        other side, so such a node is not sent, and says why."""
+        auth = self.client.auth
+        limit = auth.max_header_bytes if auth is not None else 1 << 20
+        size = _HEADER_OVERHEAD + sum(len(d.encode()) + 3 for d in node.dependencies)
+        if size <= limit:
+            return True
+        node.state = ERROR
+        log.error(
+            "%s uses %d datablocks, more than one datablock's header can list "
+            "(%d bytes; the server's max_header_bytes is %d): it is not sent",
+            _name(node),
+            len(node.dependencies),
+            size,
+            limit,
+        )
+        return False
 
     def _readable(self, message: str) -> str:
         """The server's message with the uuids it names replaced by the
