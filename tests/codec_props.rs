@@ -879,7 +879,7 @@ const COMMAND_NAMES: &[&str] = &[
 ];
 const PUBLISHER_NAMES: &[&str] = &["UPDATE", "CHUNK", "UPDATES"];
 const SUBSCRIBER_NAMES: &[&str] = &["SNAPSHOT", "SNAPSHOT_ACK", "FETCH", "RESUME"];
-const HEARTBEAT_NAMES: &[&str] = &["PING", "PONG", "RESUME"];
+const HEARTBEAT_NAMES: &[&str] = &["PING", "PONG", "RESUME", "SERVER_KEY"];
 const SERVER_NAMES: &[&str] = &[
     "SERVER_INFO",
     "AUTH",
@@ -1644,7 +1644,8 @@ proptest! {
             "transfer", "chunks", "size", "index", "uuids", "force", "reason", "window",
             "received", "seq", "patch", "base_revision", "users", "code", "refers_to",
             "entries", "revision", "sender", "protocol_version", "status", "latency_ms",
-            "batches", "datablocks", "updates", "lengths",
+            "batches", "datablocks", "updates", "lengths", "encryption", "public_key",
+            "fingerprint",
         ]), any_value(3)), 0..8),
     ) {
         let mut entries = vec![(Value::from("type"), Value::from(name))];
