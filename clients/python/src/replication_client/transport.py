@@ -8,7 +8,11 @@ socketpair wakes the background thread when something is queued, so
 requests leave at once instead of at the next poll timeout.
 
 The sockets connect once :meth:`open` knows whether and with which keys to
-encrypt (:mod:`.keys`); until then requests wait in the outbox.
+encrypt (:mod:`.keys`); until then requests wait in the outbox. They wait
+a little longer, until the subscriber socket's handshake is done (at most
+:data:`SUBSCRIBER_HEAD_START`): a subscriber connection the server sees
+only after AUTH must prove the session with RESUME (protocol section 1),
+which only a pumping session answers, so an idle session would be dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ __all__ = ["Transport"]
 
 Handler = Callable[[Channel, list[bytes]], None]
 
+# How long the outbox waits for the subscriber's handshake before sending
+# anyway (a server that does not answer yet; AUTH then waits in libzmq).
+SUBSCRIBER_HEAD_START = 1.0
+
 
 class Transport:
     def __init__(self, ctx: zmq.Context, host: str, port: int, identity: bytes) -> None:
@@ -47,6 +55,9 @@ class Transport:
         # Lets updates already queued reach the server when the session closes.
         self.publisher.setsockopt(zmq.LINGER, 1000)
         self._handshakes: zmq.Socket | None = None
+        # The subscriber's handshake, watched from open() until it is done.
+        self._connecting: zmq.Socket | None = None
+        self._hold_until = 0.0
         self._sockets = {
             Channel.COMMANDS: self.commands,
             Channel.SUBSCRIBER: self.subscriber,
@@ -71,9 +82,32 @@ class Transport:
             # A client key the server does not admit shows only here.
             self._handshakes = self.commands.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
             self._poller.register(self._handshakes, zmq.POLLIN)
-        for channel, sock in self._sockets.items():
-            sock.connect(f"tcp://{self._host}:{self._port + channel}")
+        self._connecting = self.subscriber.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._hold_until = time.monotonic() + SUBSCRIBER_HEAD_START
+        for channel in (Channel.SUBSCRIBER, Channel.PUBLISHER, Channel.COMMANDS):
+            self._sockets[channel].connect(f"tcp://{self._host}:{self._port + channel}")
         self.opened = True
+
+    def _holding(self) -> bool:
+        """Whether the outbox still waits for the subscriber's handshake."""
+        if self._connecting is None:
+            return False
+        done = time.monotonic() >= self._hold_until
+        while not done:
+            try:
+                recv_monitor_message(self._connecting, zmq.DONTWAIT)
+            except zmq.Again:
+                break
+            done = True
+        if done:
+            self._stop_watching_subscriber()
+        return not done
+
+    def _stop_watching_subscriber(self) -> None:
+        if self._connecting is not None:
+            self.subscriber.disable_monitor()
+            self._connecting.close()
+            self._connecting = None
 
     def refused_key(self) -> bool:
         """Whether the server refused this client's key since last asked
@@ -103,6 +137,8 @@ class Transport:
     def flush(self) -> bool:
         """Sends queued messages until libzmq pushes back (high-water mark).
         Pumping thread only. True when the outbox is empty."""
+        if self._holding():
+            return False
         while self.opened:
             with self._lock:
                 if not self._out:
@@ -145,6 +181,7 @@ class Transport:
         return handled
 
     def close(self) -> None:
+        self._stop_watching_subscriber()
         if self._handshakes is not None:
             self.commands.disable_monitor()
             self._handshakes.close()
