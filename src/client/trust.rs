@@ -116,6 +116,9 @@ pub fn pin(file: &Path, name: &str, key: PublicKey) -> Result<(), ClientError> {
         .map_err(fail)
 }
 
+/// How long to wait for SERVER_KEY's answer before asking again.
+const ASK_AGAIN: Duration = Duration::from_secs(1);
+
 /// What the server said about its key (SERVER_KEY on the heartbeat port,
 /// asked without encryption): its key, or `None` when it does not encrypt.
 pub fn ask_server_key(
@@ -127,25 +130,37 @@ pub fn ask_server_key(
     let socket = context.socket(zmq::DEALER)?;
     socket.set_linger(0)?;
     socket.connect(&format!("tcp://{host}:{heartbeat_port}"))?;
-    socket.send(
-        &encode(&HeartbeatMessage::ServerKey {
-            id: Some(1),
-            encryption: None,
-            public_key: None,
-            fingerprint: None,
-        })[..],
-        0,
-    )?;
+    let request = encode(&HeartbeatMessage::ServerKey {
+        id: Some(1),
+        encryption: None,
+        public_key: None,
+        fingerprint: None,
+    });
     let deadline = Instant::now() + timeout;
+    let mut next_ask = Instant::now();
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero()
-            || socket.poll(
-                zmq::POLLIN,
-                i64::try_from(left.as_millis()).unwrap_or(i64::MAX),
-            )? == 0
-        {
+        let now = Instant::now();
+        let left = deadline.saturating_duration_since(now);
+        if left.is_zero() {
             return Err(ClientError::Timeout(timeout));
+        }
+        if now >= next_ask {
+            // Asked again every second: a request sent while the server was
+            // starting, or on a connection cut before it was read, is lost,
+            // and asking twice costs nothing.
+            match socket.send(&request[..], zmq::DONTWAIT) {
+                Ok(()) | Err(zmq::Error::EAGAIN) => {}
+                Err(e) => return Err(e.into()),
+            }
+            next_ask = now + ASK_AGAIN;
+        }
+        let wait = left.min(next_ask.saturating_duration_since(now));
+        if socket.poll(
+            zmq::POLLIN,
+            i64::try_from(wait.as_millis()).unwrap_or(i64::MAX).max(1),
+        )? == 0
+        {
+            continue;
         }
         let frames = socket.recv_multipart(0)?;
         let Some(header) = frames.first() else {

@@ -96,21 +96,22 @@ class ServerProcess:
     def _wait_ready(self) -> bool:
         """Until it answers SERVER_INFO (False if the process exits)."""
         deadline = time.monotonic() + T
-        probe = Session("127.0.0.1", self.port, "probe")
-        try:
-            while time.monotonic() < deadline:
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    return False
-                try:
-                    probe.server_info(timeout=0.5)
-                    return True
-                except ClientKeyRefused:
-                    return True  # it answers, and admits only listed keys
-                except ReplicationError:
-                    continue
-        finally:
-            probe.close()
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                return False
+            # A session that gave up (no key answer while the server was
+            # still starting) stays ended: each try gets a new one.
+            probe = Session("127.0.0.1", self.port, "probe")
+            try:
+                probe.server_info(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+                return True
+            except ClientKeyRefused:
+                return True  # it answers, and admits only listed keys
+            except ReplicationError:
+                continue
+            finally:
+                probe.close()
         pytest.fail(f"the server did not answer SERVER_INFO within {T} s:\n{self.log()}")
 
     def log(self) -> str:

@@ -194,6 +194,10 @@ class ServerKeys:
         sock.curve_secretkey = self.client.secret
 
 
+#: Seconds between two SERVER_KEY requests while no answer came.
+ASK_AGAIN = 1.0
+
+
 def ask_server_key(
     ctx: zmq.Context,
     host: str,
@@ -208,14 +212,24 @@ def ask_server_key(
     try:
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(f"tcp://{host}:{port + 3}")
-        sock.send(pack({"type": "SERVER_KEY", "id": 1}))
         deadline = time.monotonic() + timeout
+        next_ask = 0.0
         while True:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0 or (stop is not None and stop.is_set()):
                 raise Timeout(
                     f"no answer from {server_name(host, port)} (port {port + 3}) within {timeout:g} s"
                 )
+            if now >= next_ask:
+                # Asked again every second: a request sent while the server
+                # was starting, or on a connection cut before it was read,
+                # is lost, and asking twice costs nothing.
+                try:
+                    sock.send(pack({"type": "SERVER_KEY", "id": 1}), zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+                next_ask = now + ASK_AGAIN
             if not sock.poll(int(min(left, 0.1) * 1000) + 1, zmq.POLLIN):
                 continue
             try:
