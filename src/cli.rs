@@ -14,9 +14,11 @@
 //! (`-pwd`, `-lf`, ...) are rewritten by [`normalize_args`] before clap parses.
 
 mod legacy;
+mod secrets;
 mod usage;
 
 pub use legacy::normalize_args;
+pub use secrets::move_to_environment;
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -30,8 +32,8 @@ use clap::{Arg, ArgMatches, Args, Command, CommandFactory, FromArgMatches, Parse
 
 use crate::config::file::{ConfigFile, ConfigFileError};
 use crate::config::{
-    Config, ConfigError, DEFAULT_PORT, DEFAULT_TIMEOUT_MS, Durability, Interval, LogLevel,
-    MetricsAddress, render,
+    Config, ConfigError, DEFAULT_PORT, DEFAULT_TIMEOUT_MS, Durability, Encryption, Interval,
+    LogLevel, MetricsAddress, render,
 };
 use legacy::{LONG_ADMIN_PASSWORD, LONG_LOG_FILE, LONG_SERVER_PASSWORD};
 
@@ -60,6 +62,14 @@ pub struct Cli {
     /// Print the configuration the server would run with, as TOML with passwords masked, and exit
     #[arg(long = "print-config", conflicts_with = "health_check")]
     print_config: bool,
+
+    /// Print the server's public key and its fingerprint (making the key pair when there is none yet), and exit
+    #[arg(
+        long = "print-public-key",
+        conflicts_with_all = ["health_check", "print_config"],
+        help_heading = "Encryption"
+    )]
+    print_public_key: bool,
 
     /// Ask a running server whether it is serving (all four ports and a SERVER_INFO request), then exit: 0 if it is, 1 if not
     #[arg(long = "health-check", help_heading = "Checking a server")]
@@ -248,6 +258,35 @@ struct Settings {
     )]
     metrics: Option<MetricsAddress>,
 
+    /// off: no encryption. on: CURVE on all four ports unless the server listens on loopback only. required: CURVE always, loopback too
+    #[arg(
+        long = "encryption",
+        env = "REPLICATION_ENCRYPTION",
+        value_name = "MODE",
+        default_value_t = Config::default().encryption,
+        value_parser = EncryptionParser,
+        help_heading = "Encryption"
+    )]
+    encryption: Encryption,
+
+    /// The server's key pair, made there on first start (readable by its owner only) [default: DATA_DIR/server.key]
+    #[arg(
+        long = "server-key",
+        env = "REPLICATION_SERVER_KEY",
+        value_name = "FILE",
+        help_heading = "Encryption"
+    )]
+    server_key: Option<PathBuf>,
+
+    /// Admit only the client public keys listed in FILE, one per line with a comment (read again when it changes, or with the console's reload-keys)
+    #[arg(
+        long = "authorized-keys",
+        env = "REPLICATION_AUTHORIZED_KEYS",
+        value_name = "FILE",
+        help_heading = "Encryption"
+    )]
+    authorized_keys: Option<PathBuf>,
+
     /// Where `save` and autosave write session files [default: DATA_DIR/backups]
     #[arg(
         long = "backup-dir",
@@ -266,6 +305,9 @@ pub enum Action {
     PrintConfig(String),
     /// Ask the server at this address whether it is serving.
     HealthCheck(HealthTarget),
+    /// Print the server's public key (made if need be) from this file, and
+    /// exit.
+    PrintPublicKey(PathBuf),
 }
 
 /// Where `--health-check` looks for a server.
@@ -311,7 +353,9 @@ pub struct Sources {
 }
 
 /// The keys [`Sources`] keeps.
-const START_KEYS: [&str; 8] = [
+const START_KEYS: [&str; 10] = [
+    "server_key",
+    "authorized_keys",
     "port",
     "bind",
     "data_dir",
@@ -438,6 +482,9 @@ where
         );
         text.push_str(&render::to_toml(&config, |key| origins.note(key))?);
         return Ok(Action::PrintConfig(text));
+    }
+    if cli.print_public_key {
+        return Ok(Action::PrintPublicKey(config.server_key_file()));
     }
     if cli.health_check {
         let ports = config.ports().map_err(invalid)?;
@@ -593,6 +640,17 @@ impl Settings {
             origins.record("backup_dir", given);
             config.backup_dir = Some(path);
         }
+        if origins.record("encryption", given) {
+            config.encryption = self.encryption;
+        }
+        if let Some(path) = self.server_key {
+            origins.record("server_key", given);
+            config.server_key = Some(path);
+        }
+        if let Some(path) = self.authorized_keys {
+            origins.record("authorized_keys", given);
+            config.authorized_keys = Some(path);
+        }
         if let Some(path) = self.log_file {
             origins.record("log_file", given);
             config.log_file = Some(path);
@@ -605,6 +663,8 @@ impl Settings {
         config.data_dir = config.data_dir.filter(|p| !p.as_os_str().is_empty());
         config.load = config.load.filter(|p| !p.as_os_str().is_empty());
         config.backup_dir = config.backup_dir.filter(|p| !p.as_os_str().is_empty());
+        config.server_key = config.server_key.filter(|p| !p.as_os_str().is_empty());
+        config.authorized_keys = config.authorized_keys.filter(|p| !p.as_os_str().is_empty());
         // Unless the file fixes it, the heartbeat follows the timeout: at
         // most a quarter of it, which leaves a client several pings before
         // it is dropped even when the timeout is set far below the default.
@@ -629,6 +689,34 @@ fn after_help() -> String {
     );
     help.push_str(&legacy::help());
     help
+}
+
+/// Parses `--encryption` with [`Encryption`]'s own `FromStr`, listing the
+/// modes in `--help`.
+#[derive(Clone)]
+struct EncryptionParser;
+
+impl TypedValueParser for EncryptionParser {
+    type Value = Encryption;
+
+    fn parse_ref(
+        &self,
+        cmd: &Command,
+        arg: Option<&Arg>,
+        value: &OsStr,
+    ) -> Result<Encryption, clap::Error> {
+        StringValueParser::new()
+            .try_map(|s| s.parse::<Encryption>())
+            .parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(
+            ["off", "on", "required"]
+                .into_iter()
+                .map(PossibleValue::new),
+        ))
+    }
 }
 
 /// Parses `-l` with [`LogLevel`]'s own `FromStr`, so the command line accepts

@@ -75,6 +75,14 @@ pub struct Config {
     /// Where the HTTP listener for `/metrics` and `/status` listens; `None`
     /// turns it off.
     pub metrics: Option<MetricsAddress>,
+    /// Whether the four ports use CURVE (see [`Config::encrypts`]).
+    pub encryption: Encryption,
+    /// The server's key file; `None` for `server.key` in the data
+    /// directory, made on first start.
+    pub server_key: Option<PathBuf>,
+    /// Admit only the client keys listed in this file (one per line with a
+    /// comment); `None` admits any client key.
+    pub authorized_keys: Option<PathBuf>,
     /// Resource limits that protect the server from clients.
     pub limits: Limits,
 }
@@ -101,6 +109,9 @@ impl Default for Config {
             keep_rooms: false,
             fresh: false,
             metrics: None,
+            encryption: Encryption::On,
+            server_key: None,
+            authorized_keys: None,
             limits: Limits::default(),
         }
     }
@@ -214,6 +225,24 @@ impl Config {
     }
 
     /// Ping interval as a duration.
+    /// Whether the server encrypts: always with `required`, never with
+    /// `off`, and with `on` unless it listens on loopback only (nothing
+    /// then leaves the machine; docs/hosting.md has the reasoning).
+    pub fn encrypts(&self) -> bool {
+        match self.encryption {
+            Encryption::Off => false,
+            Encryption::On => !self.bind.is_loopback(),
+            Encryption::Required => true,
+        }
+    }
+
+    /// Where the server's key pair is kept.
+    pub fn server_key_file(&self) -> PathBuf {
+        self.server_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("server.key"))
+    }
+
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms)
     }
@@ -271,6 +300,17 @@ impl Config {
                 key: "data_dir",
                 reason: "must not be empty".into(),
             });
+        }
+        for (key, path) in [
+            ("server_key", &self.server_key),
+            ("authorized_keys", &self.authorized_keys),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must not be empty".into(),
+                });
+            }
         }
         if self.fresh && self.load.is_some() {
             return Err(ConfigError::Invalid {
@@ -415,6 +455,50 @@ impl std::fmt::Display for MetricsAddress {
 }
 
 /// How far a recorded change is flushed before it is forwarded.
+/// `--encryption`: off, on (unless the server listens on loopback only),
+/// or required (always, loopback too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Encryption {
+    Off,
+    On,
+    Required,
+}
+
+impl FromStr for Encryption {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" => Ok(Self::Off),
+            "on" => Ok(Self::On),
+            "required" => Ok(Self::Required),
+            _ => Err(ConfigError::Invalid {
+                key: "encryption",
+                reason: format!("{s:?}: use off, on or required"),
+            }),
+        }
+    }
+}
+
+impl TryFrom<String> for Encryption {
+    type Error = ConfigError;
+
+    fn try_from(s: String) -> Result<Self, ConfigError> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for Encryption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Off => "off",
+            Self::On => "on",
+            Self::Required => "required",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", try_from = "String")]
 pub enum Durability {

@@ -1,5 +1,5 @@
 //! The admin console on stdin: `help`, `users`, `rooms`, `locks`, `kick`,
-//! `close`, `status`, `save`, `reset`, `exit`.
+//! `close`, `status`, `save`, `reset`, `key`, `reload-keys`, `exit`.
 //!
 //! On a terminal it uses rustyline (history, line editing) and routes log
 //! lines above the prompt so they never garble what the admin is typing;
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::ConsoleRequest;
 use crate::core::rooms::DEFAULT_ROOM;
+use crate::security::Security;
 
 mod format;
 use format::human_bytes;
@@ -70,6 +71,16 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "after asking: save a room's scene (default: the default room) to the backup directory, disconnect its users and start it empty, waiting for a new upload",
     ),
     (
+        "key",
+        "key",
+        "the server's public key and its fingerprint, for clients to check they reach this server",
+    ),
+    (
+        "reload-keys",
+        "reload-keys",
+        "read the --authorized-keys file again (it is also read when it changes)",
+    ),
+    (
         "exit",
         "exit",
         "disconnect everyone and stop the server (also: quit, Ctrl+C)",
@@ -104,6 +115,8 @@ pub enum ConsoleCommand {
         path: Option<PathBuf>,
         room: Option<String>,
     },
+    Key,
+    ReloadKeys,
     Exit,
 }
 
@@ -175,6 +188,8 @@ pub fn parse(line: &str) -> Result<ConsoleCommand, String> {
             })
         }
         "exit" | "quit" | "stop" => no_args(ConsoleCommand::Exit),
+        "key" => no_args(ConsoleCommand::Key),
+        "reload-keys" => no_args(ConsoleCommand::ReloadKeys),
         "kick" => {
             let (user, more) = match rest.split_once(char::is_whitespace) {
                 Some((u, r)) => (u, Some(r.trim().to_owned()).filter(|r| !r.is_empty())),
@@ -234,6 +249,7 @@ pub fn help(topic: Option<&str>) -> String {
 pub fn execute(
     command: ConsoleCommand,
     server: &mpsc::Sender<ConsoleRequest>,
+    security: &Security,
     shutdown: &CancellationToken,
     confirm: &mut dyn FnMut(&str) -> bool,
 ) -> Option<String> {
@@ -259,6 +275,8 @@ pub fn execute(
             }
         }
         ConsoleCommand::Reset(room) => reset(room, server, confirm),
+        ConsoleCommand::Key => security.describe(),
+        ConsoleCommand::ReloadKeys => security.reload(),
         ConsoleCommand::Rooms => match ask(server, ConsoleRequest::Rooms) {
             Some(rooms) => format_rooms(&rooms),
             None => SHUTTING_DOWN.into(),
@@ -376,22 +394,27 @@ const SHUTTING_DOWN: &str = "the server is shutting down\n";
 /// Starts the console on its own thread (stdin reads block).
 pub fn spawn(
     server: mpsc::Sender<ConsoleRequest>,
+    security: Security,
     shutdown: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("console".into())
         .spawn(move || {
             if std::io::stdin().is_terminal() {
-                run_terminal(&server, &shutdown);
+                run_terminal(&server, &security, &shutdown);
             } else {
-                run_plain(&server, &shutdown);
+                run_plain(&server, &security, &shutdown);
             }
         })
 }
 
 /// Plain lines from a pipe; replies on stdout. A question is answered by
 /// the next line.
-fn run_plain(server: &mpsc::Sender<ConsoleRequest>, shutdown: &CancellationToken) {
+fn run_plain(
+    server: &mpsc::Sender<ConsoleRequest>,
+    security: &Security,
+    shutdown: &CancellationToken,
+) {
     let stdin = std::io::stdin();
     let mut line = String::new();
     let mut confirm = |question: &str| {
@@ -415,7 +438,7 @@ fn run_plain(server: &mpsc::Sender<ConsoleRequest>, shutdown: &CancellationToken
             }
         }
         let output = match parse(&line) {
-            Ok(command) => execute(command, server, shutdown, &mut confirm),
+            Ok(command) => execute(command, server, security, shutdown, &mut confirm),
             Err(e) => Some(format!("{e}\n")),
         };
         let mut stdout = std::io::stdout().lock();
@@ -430,7 +453,11 @@ fn run_plain(server: &mpsc::Sender<ConsoleRequest>, shutdown: &CancellationToken
 }
 
 /// rustyline on a terminal; logs are printed above the prompt.
-fn run_terminal(server: &mpsc::Sender<ConsoleRequest>, shutdown: &CancellationToken) {
+fn run_terminal(
+    server: &mpsc::Sender<ConsoleRequest>,
+    security: &Security,
+    shutdown: &CancellationToken,
+) {
     use rustyline::ExternalPrinter;
     use rustyline::error::ReadlineError;
 
@@ -438,7 +465,7 @@ fn run_terminal(server: &mpsc::Sender<ConsoleRequest>, shutdown: &CancellationTo
         Ok(e) => e,
         Err(e) => {
             tracing::warn!(error = %e, "cannot open the terminal console; falling back to plain input");
-            return run_plain(server, shutdown);
+            return run_plain(server, security, shutdown);
         }
     };
     if let Ok(mut printer) = editor.create_external_printer() {
@@ -464,7 +491,7 @@ fn run_terminal(server: &mpsc::Sender<ConsoleRequest>, shutdown: &CancellationTo
                     editor.readline(prompt).is_ok_and(|answer| is_yes(&answer))
                 };
                 let output = match parse(&line) {
-                    Ok(command) => execute(command, server, shutdown, &mut confirm),
+                    Ok(command) => execute(command, server, security, shutdown, &mut confirm),
                     Err(e) => Some(format!("{e}\n")),
                 };
                 match output {

@@ -33,6 +33,18 @@ pub fn needed(limits: &Limits) -> u64 {
         .saturating_add(BASE)
 }
 
+/// What an encrypting server needs: its heartbeat port is relayed
+/// (`security::front`), which takes two descriptors more per connection
+/// there (the client's and the relay's own to the heartbeat socket), and
+/// three for a connection that has not logged in, whose libzmq end the
+/// transport's caps do not count.
+pub fn needed_encrypted(limits: &Limits) -> u64 {
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    needed(limits)
+        .saturating_add(2u64.saturating_mul(count(limits.max_users_total)))
+        .saturating_add(3u64.saturating_mul(count(limits.max_unauthenticated_total)))
+}
+
 /// Why the server cannot hold its configured limits.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DescriptorError {

@@ -7,7 +7,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use crate::cli::HealthTarget;
-use crate::client::{Client, ClientOptions};
+use crate::client::{Client, ClientError, ClientOptions, ServerTrust};
 use crate::protocol::{Channel, PROTOCOL_VERSION, ServerMessage};
 
 /// How long `--health-check` waits for each answer. Short enough for a
@@ -123,15 +123,35 @@ fn server_info(target: &HealthTarget) -> Result<String, String> {
     } else {
         target.host.clone()
     };
+    // The check sends no secret, so the key the server gives is enough:
+    // it only needs the session to be encrypted like any other.
     let options = ClientOptions {
         host,
+        trust: ServerTrust::Unchecked,
+        key_timeout: HEALTH_DEADLINE,
         ..ClientOptions::new(target.ports[0], "health-check")
     };
     let mut client = Client::connect(options).map_err(|e| e.to_string())?;
-    match client
-        .server_info(HEALTH_DEADLINE)
-        .map_err(|e| e.to_string())?
-    {
+    // The fingerprint lets whoever runs the check compare it with the one
+    // the server's admin reads out.
+    let encryption = match client.server_key() {
+        Some(key) => format!("encrypted, fingerprint {}", key.fingerprint()),
+        None => "not encrypted".to_owned(),
+    };
+    let answer = match client.server_info(HEALTH_DEADLINE) {
+        Err(ClientError::Timeout(_))
+            if matches!(
+                client.handshake_refusal(),
+                Some(ClientError::KeyNotAdmitted(_))
+            ) =>
+        {
+            return Ok(format!(
+                "serving: {encryption}; it admits only listed client keys, so this check could not ask SERVER_INFO"
+            ));
+        }
+        other => other.map_err(|e| e.to_string())?,
+    };
+    match answer {
         ServerMessage::ServerInfo {
             protocol_version,
             server_version,
@@ -148,7 +168,7 @@ fn server_info(target: &HealthTarget) -> Result<String, String> {
             };
             Ok(format!(
                 "serving: replication-serve {server_version} ({protocol}), session {state}, \
-                 {users_online} users online, {datablocks} datablocks, {}",
+                 {users_online} users online, {datablocks} datablocks, {}, {encryption}",
                 if private { "private" } else { "public" }
             ))
         }

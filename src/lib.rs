@@ -27,13 +27,16 @@
 //!   for `/metrics` and `/status`.
 //! - [`client`]: a blocking Rust client, used by the tests and tools.
 //! - [`store`]: durable sessions: the data directory and session files.
+//! - [`security`]: CURVE encryption: the server's key pair, the admitted
+//!   client keys (ZAP), and the heartbeat port's front with the key service.
 //! - [`server`]: wires the pieces together: `run(config, shutdown)`.
-// Five audited exceptions: registering a socket's descriptor with tokio's
+// Six audited exceptions: registering a socket's descriptor with tokio's
 // reactor (`Transport::new`), frames that libzmq sends to several clients
 // from one buffer (`transport::shared`), libzmq options the zmq crate does
 // not expose (`transport::sockets`), setting the allocator's thresholds
-// (`memory`), and reading, shutting down and draining the connections and
-// listeners libzmq owns (`transport::connections`).
+// (`memory`), reading, shutting down and draining the connections and
+// listeners libzmq owns (`transport::connections`), and deriving a public
+// key from a secret one (`security::key`).
 #![deny(unsafe_code)]
 
 pub mod cli;
@@ -51,6 +54,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod report;
 pub mod room;
+pub mod security;
 pub mod server;
 pub mod store;
 pub mod transport;

@@ -14,12 +14,15 @@ use crate::metrics::http::{self, HttpError};
 use crate::metrics::{Metrics, MetricsError};
 use crate::protocol::SessionState;
 use crate::room::Room;
+use crate::security::front::{self, Front};
+use crate::security::service::{KeyService, Service};
+use crate::security::{self as security, Encrypting, Security, SecurityError};
 use crate::store::Change;
 use crate::store::SessionImage;
 use crate::store::db::{Store, StoreError};
 use crate::store::file::{FileError, SaveInfo, read_session, write_session};
 use crate::store::recorder::Recorder;
-use crate::transport::{BindError, Sockets, Transport, TransportLimits};
+use crate::transport::{BindError, EncryptedParts, Sockets, Transport, TransportLimits};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,8 @@ pub enum ServerError {
     Http(#[from] HttpError),
     #[error(transparent)]
     Descriptors(#[from] DescriptorError),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
 impl ServerError {
@@ -67,6 +72,11 @@ impl ServerError {
             Self::Load(_) | Self::TooBig { .. } => Some("load"),
             Self::Backup(_) | Self::FreshBackup(_) => Some("backup_dir"),
             Self::Http(_) => Some("metrics"),
+            Self::Security(
+                SecurityError::AuthorizedKeys(_) | SecurityError::KeysWithoutEncryption(_),
+            ) => Some("authorized_keys"),
+            Self::Security(SecurityError::Key(_)) => Some("server_key"),
+            Self::Security(SecurityError::NoCurve(_)) => Some("encryption"),
             Self::Thread(_) | Self::Metrics(_) | Self::Descriptors(_) => None,
         }
     }
@@ -83,6 +93,15 @@ pub struct Server {
     metrics: Arc<Metrics>,
     /// The metrics listener, bound, when `--metrics` asks for one.
     metrics_listener: Option<std::net::TcpListener>,
+    /// The key pair and admitted keys, when the server encrypts.
+    encrypting: Option<Encrypting>,
+    /// The heartbeat port's listener and the security thread's sockets,
+    /// when the server encrypts.
+    encrypted: Option<EncryptedParts>,
+    /// What the console asks about keys.
+    security: Security,
+    /// The console's requests to read the authorized keys again.
+    reloads: std::sync::mpsc::Receiver<security::service::Reload>,
 }
 
 impl Server {
@@ -91,7 +110,12 @@ impl Server {
     pub fn bind(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
         let ports = config.ports()?;
-        let needed = descriptors::needed(&config.limits);
+        let encrypting = security::prepare(&config)?;
+        let needed = if encrypting.is_some() {
+            descriptors::needed_encrypted(&config.limits)
+        } else {
+            descriptors::needed(&config.limits)
+        };
         let open_files = descriptors::ensure(needed)?;
         if let Some(before) = open_files.raised_from {
             tracing::info!(
@@ -101,7 +125,10 @@ impl Server {
             );
         }
         let metrics = Arc::new(Metrics::new()?);
-        let sockets = Sockets::bind(&config)?;
+        let mut sockets = Sockets::bind(&config, encrypting.as_ref())?;
+        let encrypted = sockets.take_encrypted();
+        let (reload_tx, reloads) = std::sync::mpsc::sync_channel(4);
+        let security = Security::new(encrypting.as_ref(), reload_tx);
         let metrics_listener = config.metrics.map(|a| http::bind(a.0)).transpose()?;
         let rooms = open_rooms(&config)?;
         let (console_tx, console_rx) = mpsc::channel(16);
@@ -114,7 +141,21 @@ impl Server {
             rooms,
             metrics,
             metrics_listener,
+            encrypting,
+            encrypted,
+            security,
+            reloads,
         })
+    }
+
+    /// What the console's `key` and `reload-keys` use.
+    pub fn security(&self) -> Security {
+        self.security.clone()
+    }
+
+    /// The key pair the server encrypts with, when it does.
+    pub fn encrypting(&self) -> Option<&Encrypting> {
+        self.encrypting.as_ref()
     }
 
     /// Where the metrics listener listens, if there is one (with the port
@@ -150,6 +191,10 @@ impl Server {
             rooms,
             metrics,
             metrics_listener,
+            encrypting,
+            encrypted,
+            security: _,
+            reloads,
         } = self;
         let transport = Transport::new(
             sockets,
@@ -170,6 +215,7 @@ impl Server {
         // Only the console's own senders (and the listener's) should keep
         // the channel open.
         drop(console_tx);
+        let (service, front) = start_security(&config, encrypted, reloads, &listening)?;
         tracing::info!(
             bind = %config.bind,
             commands = ports[0],
@@ -178,9 +224,11 @@ impl Server {
             heartbeat = ports[3],
             private = config.server_password.is_some(),
             timeout_ms = config.timeout_ms,
+            encryption = if encrypting.is_some() { "curve" } else { "off" },
             "replication-serve {} listening",
             env!("CARGO_PKG_VERSION")
         );
+        log_encryption(&config, encrypting.as_ref());
         if exposes_default_password(&config) {
             tracing::warn!(
                 bind = %config.bind,
@@ -198,12 +246,74 @@ impl Server {
             .run(console_rx, shutdown)
             .await;
         listening.cancel();
+        // Both stop at once (the front on the token, the thread within a
+        // tick); joined off the runtime's thread.
+        let _ = tokio::task::spawn_blocking(move || drop((front, service))).await;
         if let Some(thread) = listener {
             // It stops at once once cancelled; nothing to report if not.
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         result?;
         Ok(())
+    }
+}
+
+/// Starts the security thread (authorized keys, key service) and the
+/// heartbeat port's front, when the server encrypts.
+fn start_security(
+    config: &Config,
+    encrypted: Option<EncryptedParts>,
+    reloads: std::sync::mpsc::Receiver<security::service::Reload>,
+    shutdown: &CancellationToken,
+) -> Result<(Option<Service>, Option<Front>), ServerError> {
+    let Some(parts) = encrypted else {
+        // Nothing answers `reload-keys`: the console says so itself.
+        drop(reloads);
+        return Ok((None, None));
+    };
+    let EncryptedParts {
+        heartbeat,
+        backends,
+        key_service,
+        zap,
+    } = parts;
+    let service = Service::spawn(zap, Some::<KeyService>(key_service), reloads)?;
+    let limits = &config.limits;
+    let caps = front::Caps {
+        per_address: limits
+            .max_unauthenticated_per_address
+            .saturating_add(limits.max_users),
+        total: limits
+            .max_unauthenticated_total
+            .saturating_add(limits.max_users_total),
+    };
+    let front = Front::spawn(heartbeat, backends, caps, shutdown.child_token())?;
+    Ok((Some(service), Some(front)))
+}
+
+/// Says at start how the server encrypts: the fingerprint (the public key
+/// itself goes to stdout, from the binary), or why it does not.
+fn log_encryption(config: &Config, encrypting: Option<&Encrypting>) {
+    match encrypting {
+        Some(e) => {
+            tracing::info!(
+                fingerprint = %e.pair.public().fingerprint(),
+                key_file = %e.key_file.display(),
+                created = e.created,
+                authorized_keys = ?e.authorized.as_ref().map(|(p, k)| format!("{} ({} keys)", p.display(), k.len())),
+                "encryption: CURVE on all four ports; clients check the server by this fingerprint"
+            );
+        }
+        None if config.encryption == crate::config::Encryption::Off => {
+            if !config.bind.is_loopback() {
+                tracing::warn!(
+                    "encryption is off (--encryption off): passwords and the scene travel in clear; use it only on a network you trust, or a VPN"
+                );
+            }
+        }
+        None => tracing::info!(
+            "encryption: off, since the server listens on loopback only; --encryption required encrypts there too"
+        ),
     }
 }
 

@@ -201,7 +201,7 @@ fn snapshot_step() -> impl Strategy<Value = SnapshotStep> {
     ]
 }
 
-const ALL_ERROR_CODES: [ErrorCode; 27] = [
+const ALL_ERROR_CODES: [ErrorCode; 28] = [
     ErrorCode::Malformed,
     ErrorCode::InvalidMessage,
     ErrorCode::TooLarge,
@@ -229,6 +229,7 @@ const ALL_ERROR_CODES: [ErrorCode; 27] = [
     ErrorCode::UnknownRoom,
     ErrorCode::NotInRoom,
     ErrorCode::WrongRoomPassword,
+    ErrorCode::EncryptionRequired,
 ];
 
 /// Exhaustive on purpose: adding an ErrorCode fails to compile here, as a
@@ -262,6 +263,7 @@ fn error_code_wire_name(code: ErrorCode) -> &'static str {
         ErrorCode::UnknownRoom => "unknown_room",
         ErrorCode::NotInRoom => "not_in_room",
         ErrorCode::WrongRoomPassword => "wrong_room_password",
+        ErrorCode::EncryptionRequired => "encryption_required",
     }
 }
 
@@ -525,6 +527,14 @@ fn heartbeat_message() -> BoxedStrategy<HeartbeatMessage> {
         any::<u64>().prop_map(|seq| HeartbeatMessage::Ping { seq }),
         any::<u64>().prop_map(|seq| HeartbeatMessage::Pong { seq }),
         opt(text()).prop_map(|token| HeartbeatMessage::Resume { token }),
+        (opt(any::<u64>()), opt(text()), opt(text()), opt(text())).prop_map(
+            |(id, encryption, public_key, fingerprint)| HeartbeatMessage::ServerKey {
+                id,
+                encryption,
+                public_key,
+                fingerprint,
+            }
+        ),
     ]
     .boxed()
 }
@@ -823,6 +833,7 @@ fn heartbeat_name(m: &HeartbeatMessage) -> &'static str {
         HeartbeatMessage::Ping { .. } => "PING",
         HeartbeatMessage::Pong { .. } => "PONG",
         HeartbeatMessage::Resume { .. } => "RESUME",
+        HeartbeatMessage::ServerKey { .. } => "SERVER_KEY",
     }
 }
 
@@ -868,7 +879,7 @@ const COMMAND_NAMES: &[&str] = &[
 ];
 const PUBLISHER_NAMES: &[&str] = &["UPDATE", "CHUNK", "UPDATES"];
 const SUBSCRIBER_NAMES: &[&str] = &["SNAPSHOT", "SNAPSHOT_ACK", "FETCH", "RESUME"];
-const HEARTBEAT_NAMES: &[&str] = &["PING", "PONG", "RESUME"];
+const HEARTBEAT_NAMES: &[&str] = &["PING", "PONG", "RESUME", "SERVER_KEY"];
 const SERVER_NAMES: &[&str] = &[
     "SERVER_INFO",
     "AUTH",
@@ -1633,7 +1644,8 @@ proptest! {
             "transfer", "chunks", "size", "index", "uuids", "force", "reason", "window",
             "received", "seq", "patch", "base_revision", "users", "code", "refers_to",
             "entries", "revision", "sender", "protocol_version", "status", "latency_ms",
-            "batches", "datablocks", "updates", "lengths",
+            "batches", "datablocks", "updates", "lengths", "encryption", "public_key",
+            "fingerprint",
         ]), any_value(3)), 0..8),
     ) {
         let mut entries = vec![(Value::from("type"), Value::from(name))];

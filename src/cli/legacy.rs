@@ -94,7 +94,7 @@ fn legacy_target(arg: &OsStr) -> Option<(&'static str, Option<OsString>)> {
 }
 
 /// The part of `arg` after its first `prefix_len` ASCII characters.
-fn split_after(arg: &OsStr, prefix_len: usize) -> Option<OsString> {
+pub(super) fn split_after(arg: &OsStr, prefix_len: usize) -> Option<OsString> {
     if let Some(s) = arg.to_str() {
         return s.get(prefix_len..).map(OsString::from);
     }
@@ -120,7 +120,7 @@ fn split_after(arg: &OsStr, prefix_len: usize) -> Option<OsString> {
 /// Whether the token after `arg` will be read by clap as `arg`'s value: `arg`
 /// is an option that takes a value and has none attached (`--port`, `-p`, or
 /// a cluster of short flags ending in one, like `-hp`).
-fn expects_separate_value(cmd: &Command, arg: &str) -> bool {
+pub(super) fn expects_separate_value(cmd: &Command, arg: &str) -> bool {
     if let Some(long) = arg.strip_prefix("--") {
         return !long.contains('=') && long_takes_value(cmd, long);
     }

@@ -8,6 +8,7 @@
 mod presence;
 mod receive;
 mod requests;
+pub mod trust;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -25,6 +26,13 @@ use crate::protocol::{
     SnapshotStep, SubscriberRequest, UploadStatus, UploadStep, UserState, codec::encode_value,
     decode_header, decode_server, encode,
 };
+use crate::security::key::{KeyPair, PublicKey};
+pub use trust::ServerTrust;
+
+/// libzmq's monitor events (zmq.h): the server refused the client's key
+/// (ZAP), or the handshake failed its protocol.
+const HANDSHAKE_FAILED_AUTH: i32 = 0x4000;
+const HANDSHAKE_FAILED_PROTOCOL: i32 = 0x2000;
 
 /// Largest header the client accepts from a server.
 const MAX_HEADER: usize = 64 << 20;
@@ -50,6 +58,19 @@ pub enum ClientError {
     Disconnected(String),
     #[error("not authenticated")]
     NotAuthenticated,
+    /// The server presents another key than the one given.
+    #[error("{0}")]
+    WrongServerKey(String),
+    /// The server presents another key than the one pinned on first use.
+    #[error("{0}")]
+    ChangedServerKey(String),
+    /// The server admits only listed client keys, and not this one.
+    #[error("{0}")]
+    KeyNotAdmitted(String),
+    #[error("the known-servers file {0}")]
+    KnownServers(String),
+    #[error("cannot make a client key: {0}")]
+    ClientKey(String),
 }
 
 /// Who connects, and how.
@@ -69,6 +90,13 @@ pub struct ClientOptions {
     /// hands them out as single UPDATE and DATABLOCK events either way;
     /// only raw frames ([`Client::next_subscriber_frames`]) show them.
     pub batches: bool,
+    /// How the server's key is known (plain, given, pinned on first use).
+    pub trust: ServerTrust,
+    /// The client's own key pair, for servers that admit only listed keys;
+    /// a new one for each client when `None`.
+    pub client_key: Option<KeyPair>,
+    /// How long connecting waits for the server's SERVER_KEY answer.
+    pub key_timeout: Duration,
 }
 
 impl ClientOptions {
@@ -84,7 +112,15 @@ impl ClientOptions {
             room: None,
             room_password: None,
             batches: true,
+            trust: ServerTrust::Plain,
+            client_key: None,
+            key_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// The same, encrypting with `trust`.
+    pub fn trusting(self, trust: ServerTrust) -> Self {
+        Self { trust, ..self }
     }
 
     /// The same, joining (or creating) room `room`.
@@ -187,6 +223,13 @@ pub struct Client {
     /// (see [`Client::take_ping_gap`]).
     last_ping: Option<Instant>,
     ping_gap: Duration,
+    /// The key the sockets encrypt with, when they do.
+    server_key: Option<PublicKey>,
+    /// The client's public key, when encrypting.
+    client_key: Option<PublicKey>,
+    /// The commands socket's handshake events, when encrypting: a refused
+    /// client key shows only there.
+    handshakes: Option<zmq::Socket>,
 }
 
 #[derive(Debug, Default)]
@@ -212,19 +255,58 @@ impl Client {
         // libzmq reserves identities that start with a zero byte.
         identity[0] = identity[0].max(1);
         let base = options.port;
+        let server_key = trust::decide(
+            &options.trust,
+            context,
+            &options.host,
+            base.saturating_add(3),
+            options.key_timeout,
+        )?;
+        let pair = match (server_key, &options.client_key) {
+            (None, _) => None,
+            (Some(_), Some(pair)) => Some(pair.clone()),
+            (Some(_), None) => {
+                Some(KeyPair::generate().map_err(|e| ClientError::ClientKey(e.to_string()))?)
+            }
+        };
+        let secure = |s: &zmq::Socket| -> Result<(), zmq::Error> {
+            if let (Some(server), Some(pair)) = (server_key, &pair) {
+                s.set_curve_serverkey(server.as_bytes())?;
+                s.set_curve_publickey(pair.public().as_bytes())?;
+                s.set_curve_secretkey(pair.secret_bytes())?;
+            }
+            Ok(())
+        };
         let endpoint = |offset: u16| format!("tcp://{}:{}", options.host, base + offset);
         let dealer = |offset: u16| -> Result<zmq::Socket, zmq::Error> {
             let s = context.socket(zmq::DEALER)?;
             s.set_identity(&identity)?;
             s.set_linger(0)?;
+            secure(&s)?;
             s.connect(&endpoint(offset))?;
             Ok(s)
         };
-        let commands = dealer(0)?;
+        let commands = context.socket(zmq::DEALER)?;
+        commands.set_identity(&identity)?;
+        commands.set_linger(0)?;
+        secure(&commands)?;
+        // Watched before it connects, so that no handshake goes unseen.
+        let handshakes = match server_key {
+            Some(_) => {
+                let address = format!("inproc://client-handshakes-{}", rand::rng().random::<u64>());
+                commands.monitor(&address, HANDSHAKE_FAILED_AUTH | HANDSHAKE_FAILED_PROTOCOL)?;
+                let monitor = context.socket(zmq::PAIR)?;
+                monitor.connect(&address)?;
+                Some(monitor)
+            }
+            None => None,
+        };
+        commands.connect(&endpoint(0))?;
         let subscriber = dealer(1)?;
         let publisher = context.socket(zmq::PUSH)?;
         // Lets queued updates reach the server when the client closes.
         publisher.set_linger(1000)?;
+        secure(&publisher)?;
         publisher.connect(&endpoint(2))?;
         let heartbeat = dealer(3)?;
         Ok(Self {
@@ -250,7 +332,46 @@ impl Client {
             serviced: Instant::now(),
             last_ping: None,
             ping_gap: Duration::ZERO,
+            server_key,
+            client_key: pair.map(|p| p.public()),
+            handshakes,
         })
+    }
+
+    /// The key the client encrypts with, when it does.
+    pub fn server_key(&self) -> Option<PublicKey> {
+        self.server_key
+    }
+
+    /// Why the server refused the encrypted handshake, if it did: a
+    /// client key it does not admit, or a handshake that did not decrypt.
+    pub fn handshake_refusal(&self) -> Option<ClientError> {
+        let monitor = self.handshakes.as_ref()?;
+        let mut refusal = None;
+        while let Ok(frames) = monitor.recv_multipart(zmq::DONTWAIT) {
+            let event = frames
+                .first()
+                .and_then(|f| f.get(0..2))
+                .and_then(|b| <[u8; 2]>::try_from(b).ok())
+                .map(|b| i32::from(u16::from_ne_bytes(b)));
+            let name = trust::server_name(&self.options.host, self.options.port);
+            let key = self.client_key.map(|k| k.to_text()).unwrap_or_default();
+            let fingerprint = self.client_key.map(|k| k.fingerprint()).unwrap_or_default();
+            match event {
+                Some(HANDSHAKE_FAILED_AUTH) => {
+                    refusal = Some(ClientError::KeyNotAdmitted(format!(
+                        "the server at {name} admits only the client keys its admin listed, and not this one: send the admin your public key {key} (fingerprint {fingerprint})"
+                    )));
+                }
+                Some(HANDSHAKE_FAILED_PROTOCOL) if refusal.is_none() => {
+                    refusal = Some(ClientError::WrongServerKey(format!(
+                        "the encrypted handshake with the server at {name} failed: the server key used may be wrong"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        refusal
     }
 
     /// The room this client is in, as the server last said (`None` before

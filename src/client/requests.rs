@@ -31,7 +31,13 @@ impl Client {
             batches: self.options.batches,
         };
         self.send(Channel::Commands, &request, None)?;
-        match self.reply(id, timeout)?.message {
+        let reply = match self.reply(id, timeout) {
+            Err(ClientError::Timeout(t)) => {
+                return Err(self.handshake_refusal().unwrap_or(ClientError::Timeout(t)));
+            }
+            other => other?,
+        };
+        match reply.message {
             ServerMessage::Auth {
                 status: AuthStatus::Failed,
                 code,

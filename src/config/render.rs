@@ -38,6 +38,22 @@ pub fn to_toml(
     if config.metrics.is_none() {
         out.push_str("# metrics is not set: no HTTP listener for /metrics and /status\n");
     }
+    if config.server_key.is_none() && config.encrypts() {
+        out.push_str(&format!(
+            "# server_key is not set: the server's key pair is kept in {}\n",
+            config.server_key_file().display()
+        ));
+    }
+    out.push_str(if config.encrypts() {
+        "# the server encrypts: CURVE on all four ports\n"
+    } else {
+        "# the server does not encrypt: passwords and the scene travel in clear\n"
+    });
+    if config.encrypts() && config.authorized_keys.is_none() {
+        out.push_str(
+            "# authorized_keys is not set: any client key is admitted (every session is still encrypted)\n",
+        );
+    }
     if config.backup_dir.is_none() {
         out.push_str(&format!(
             "# backup_dir is not set: session files are saved in {}\n",
@@ -110,6 +126,7 @@ mod tests {
         assert!(text.contains("\ntimeout_ms = 5000\n"), "{text}");
         assert!(text.contains("# server_password is not set"), "{text}");
         assert!(text.contains("# log_file is not set"), "{text}");
+        assert!(text.contains("# authorized_keys is not set"), "{text}");
         let back = ConfigFile::parse(Path::new("printed"), &text).unwrap();
         assert_eq!(back.config().admin_password, MASK);
     }

@@ -80,6 +80,25 @@ impl Core {
                     (ClientMessage::Subscriber(request), _, Some(id)) => {
                         self.subscriber(id, request).await;
                     }
+                    // Answered with or without a session: a client asks it
+                    // before it connects (protocol section 18).
+                    (
+                        ClientMessage::Heartbeat(HeartbeatMessage::ServerKey { id, .. }),
+                        Some(identity),
+                        _,
+                    ) => {
+                        let answer = self.transport.server_key_answer(id);
+                        self.send(Command::Deliver {
+                            channel: Channel::Heartbeat,
+                            to: Recipients::One(identity),
+                            wire: Wire {
+                                header: encode(&answer),
+                                payload: None,
+                                batchable: false,
+                            },
+                        })
+                        .await;
+                    }
                     (ClientMessage::Heartbeat(msg), Some(identity), Some(id)) => {
                         self.heartbeat_message(id, identity, msg).await;
                     }
@@ -616,7 +635,7 @@ impl Core {
                     }
                 }
             }
-            HeartbeatMessage::Resume { .. } => {}
+            HeartbeatMessage::Resume { .. } | HeartbeatMessage::ServerKey { .. } => {}
             HeartbeatMessage::Ping { seq } => {
                 self.send(Command::Deliver {
                     channel: Channel::Heartbeat,

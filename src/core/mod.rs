@@ -11,6 +11,7 @@ mod links;
 mod old_clients;
 mod payloads;
 mod reset;
+mod room_password;
 pub mod rooms;
 pub(crate) mod transfers;
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use rmpv::Value;
 
-use super::auth::Secret;
+use super::room_password::RoomPassword;
 use super::{Core, protocol_error};
 use crate::config::{Config, Limits};
 use crate::protocol::{AuthStatus, ErrorCode, RoomInfo, SessionState, check_name};
@@ -33,7 +33,7 @@ pub struct RoomEntry {
     /// Stays when its last user leaves.
     pub keep_open: bool,
     /// Needed to join, besides the server's password.
-    pub password: Option<Secret>,
+    pub password: Option<RoomPassword>,
     /// Changed since its last autosave.
     pub changed_since_autosave: bool,
     /// Its users are to be told of changes to the user list.
@@ -218,8 +218,19 @@ pub fn open_recorded(
         };
         let mut entry = RoomEntry::new(room, None);
         entry.keep_open = store.setting("keep_open")?.as_deref() == Some("true");
-        entry.password = store.setting("password")?.as_deref().map(Secret::new);
+        let recorded = store.setting("password")?;
         entry.store = Some(Recorder::spawn(store, wake.clone())?);
+        if let Some(text) = recorded {
+            let (password, rewrite) = RoomPassword::from_record(&text);
+            if rewrite {
+                entry.record_setting("password", Some(password.recorded().to_owned()));
+                if let Some(store) = &mut entry.store {
+                    store.commit_and_wait()?;
+                }
+                tracing::info!(room = name, "the room's password is now recorded hashed");
+            }
+            entry.password = Some(password);
+        }
         tracing::info!(
             room = name,
             datablocks = entry.room.status().datablocks,
@@ -406,9 +417,10 @@ impl Core {
         };
         let mut entry = RoomEntry::new(Room::new(self.config.limits.clone()), store);
         entry.room.set_recording(entry.store.is_some());
-        entry.password = password.as_deref().map(Secret::new);
+        entry.password = password.as_deref().map(RoomPassword::new);
+        let hashed = entry.password.as_ref().map(|p| p.recorded().to_owned());
         entry.record_setting("name", Some(name.to_owned()));
-        entry.record_setting("password", password);
+        entry.record_setting("password", hashed);
         self.recording_open |= entry.store.is_some();
         tracing::info!(room = name, "room created");
         self.rooms.insert(name, entry);

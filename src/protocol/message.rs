@@ -138,6 +138,9 @@ pub enum ErrorCode {
     /// The request needs a room and the client has left its room.
     NotInRoom,
     WrongRoomPassword,
+    /// Sent by an encrypting server's key service to a client that came
+    /// without encryption for anything but SERVER_KEY.
+    EncryptionRequired,
 }
 
 /// Where a payload travels: in the message's data frame, or in CHUNK messages
@@ -437,6 +440,20 @@ pub enum HeartbeatMessage {
     Resume {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+    },
+    /// From a client, with or without a session: how does this server
+    /// encrypt, and with which key? The answer has the same type, with
+    /// `encryption` (`"curve"` or `"none"`) and, when encrypted, the
+    /// server's public key (Z85) and its fingerprint.
+    ServerKey {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        encryption: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        public_key: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<String>,
     },
 }
 

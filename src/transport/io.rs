@@ -11,6 +11,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use super::connections::{self, Connections, Verdict};
 use super::outbox::Outbox;
 use super::shared::{INLINE_MAX, SharedFrame};
+use super::sockets::ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL;
 use super::{ClientMessage, Command, Frame, Identity, Inbound, Sockets, TransportLimits};
 use crate::metrics::Traffic;
 use crate::protocol::{
@@ -47,6 +48,40 @@ pub(super) struct Io {
     traffic: Traffic,
     /// The connections the listeners accepted, and their caps.
     connections: Connections,
+    /// Handshakes that failed since they were last reported.
+    handshakes: FailedHandshakes,
+}
+
+/// Failed handshakes on encrypted ports, reported at most every minute:
+/// a refused client's libzmq retries by itself, on every channel.
+#[derive(Default)]
+struct FailedHandshakes {
+    /// Plain clients (no CURVE) on an encrypted port.
+    plain: usize,
+    /// CURVE handshakes that did not decrypt: a wrong server key.
+    wrong_key: usize,
+    reported: Option<Instant>,
+}
+
+impl FailedHandshakes {
+    fn report(&mut self) {
+        if self.plain + self.wrong_key == 0
+            || self
+                .reported
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        tracing::warn!(
+            without_encryption = self.plain,
+            wrong_server_key = self.wrong_key,
+            "refused connections whose handshake failed: clients without encryption, or with another server's key (the fingerprint at start, or the console's key, tells the right one)"
+        );
+        *self = Self {
+            reported: Some(Instant::now()),
+            ..Self::default()
+        };
+    }
 }
 
 impl Io {
@@ -63,7 +98,13 @@ impl Io {
             pending: VecDeque::new(),
             traffic,
             connections: Connections::new(caps),
+            handshakes: FailedHandshakes::default(),
         }
+    }
+
+    /// The SERVER_KEY answer (protocol section 18).
+    pub(super) fn server_key_answer(&self, id: Option<u64>) -> crate::protocol::HeartbeatMessage {
+        crate::security::service::key_answer(id, self.sockets.public_key)
     }
 
     pub(super) fn command(&mut self, command: Command) {
@@ -347,13 +388,22 @@ impl Io {
     /// past a cap) and lost, listeners, and failures to accept.
     pub(super) fn read_monitors(&mut self) {
         let mut out_of_descriptors = false;
-        for monitor in &self.sockets.monitors {
+        for (monitor, &relayed) in self.sockets.monitors.iter().zip(&self.sockets.relayed) {
             while let Ok(frames) = monitor.recv_multipart(zmq::DONTWAIT) {
                 let Some((event, value)) = frames.first().and_then(|f| monitor_event(f)) else {
                     continue;
                 };
                 let fd = i32::try_from(value).unwrap_or(-1);
                 match event {
+                    zmq_sys::ZMQ_EVENT_ACCEPTED if relayed => {}
+                    e if e == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL as u32 => {
+                        if value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH {
+                            self.handshakes.plain += 1;
+                        } else if value == ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC {
+                            self.handshakes.wrong_key += 1;
+                        }
+                        self.handshakes.report();
+                    }
                     zmq_sys::ZMQ_EVENT_ACCEPTED => {
                         let Some(address) = connections::peer(fd) else {
                             continue;
@@ -401,6 +451,11 @@ impl Io {
         drop(self.sockets);
     }
 }
+
+/// libzmq's protocol errors (zmq.h) for a plain client on a CURVE port, and
+/// for a CURVE handshake that does not decrypt.
+const ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: u32 = 0x1100_0002;
+const ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: u32 = 0x1100_0001;
 
 /// A monitor event's first frame: the event (16 bits) and its value (32
 /// bits), in the machine's byte order.

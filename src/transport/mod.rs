@@ -38,7 +38,7 @@ use crate::protocol::{
     Wire,
 };
 
-pub use sockets::{BindError, Sockets};
+pub use sockets::{BindError, EncryptedParts, Sockets};
 
 /// A client's routing identity, the same on its three DEALER sockets.
 pub type Identity = Bytes;
@@ -282,6 +282,11 @@ impl Transport {
         // already, and would never signal the next ones.
         io.read_monitors();
         Ok(Self { signals, io })
+    }
+
+    /// The answer to SERVER_KEY: how this server encrypts, and its key.
+    pub fn server_key_answer(&self, id: Option<u64>) -> HeartbeatMessage {
+        self.io.server_key_answer(id)
     }
 
     /// Carries out a command at once: messages go to libzmq, or to the

@@ -1,10 +1,14 @@
 //! Creating and binding the four sockets with the options a public server
 //! needs.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::config::Config;
 use crate::protocol::Channel;
+use crate::security::Encrypting;
+use crate::security::front::Backends;
+use crate::security::key::PublicKey;
+use crate::security::service::{KEY_SERVICE_MAX_MESSAGE, KeyService, ZAP_ENDPOINT, Zap};
 
 /// Messages queued per connection inside libzmq. Our own outboxes hold the
 /// rest, where they can be counted and bounded.
@@ -29,7 +33,17 @@ const ZMQ_NOTIFY_CONNECT: i32 = 1;
 const MONITORED: i32 = zmq_sys::ZMQ_EVENT_LISTENING as i32
     | zmq_sys::ZMQ_EVENT_ACCEPTED as i32
     | zmq_sys::ZMQ_EVENT_ACCEPT_FAILED as i32
-    | zmq_sys::ZMQ_EVENT_DISCONNECTED as i32;
+    | zmq_sys::ZMQ_EVENT_DISCONNECTED as i32
+    | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH;
+/// libzmq's events for a connection whose handshake failed: its protocol
+/// (a plain client on an encrypted port, a wrong server key), or the
+/// authentication (a client key not admitted).
+pub(super) const ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL: i32 = 0x2000;
+pub(super) const ZMQ_EVENT_HANDSHAKE_FAILED_AUTH: i32 = 0x4000;
+/// The ZAP domain of the server's sockets: with one set, libzmq asks the
+/// handler about every CURVE client.
+const ZAP_DOMAIN: &str = "replication-serve";
 
 /// The four bound sockets. Each keeps its libzmq context alive, so the
 /// context ends when the last socket closes.
@@ -39,6 +53,23 @@ pub struct Sockets {
     /// Each socket's monitor: the connections its listener accepts and
     /// loses, and its failures to accept.
     pub(super) monitors: [zmq::Socket; 4],
+    /// Which sockets' connections come through the heartbeat front on
+    /// loopback: the front caps those per real address, so the transport
+    /// does not count them.
+    pub(super) relayed: [bool; 4],
+    /// The server's public key, when the sockets use CURVE.
+    pub(super) public_key: Option<PublicKey>,
+    /// What the security thread and the front take over, when encrypting.
+    encrypted: Option<EncryptedParts>,
+}
+
+/// An encrypting server's sockets and listener outside the four.
+pub struct EncryptedParts {
+    /// The public heartbeat port, served by the front.
+    pub heartbeat: std::net::TcpListener,
+    pub backends: Backends,
+    pub key_service: KeyService,
+    pub zap: Option<Zap>,
 }
 
 impl std::fmt::Debug for Sockets {
@@ -82,9 +113,28 @@ pub enum BindError {
 
 impl Sockets {
     /// Creates and binds the four sockets on `config.bind`, ports base..base+3.
-    pub fn bind(config: &Config) -> Result<Self, BindError> {
+    pub fn bind(config: &Config, encrypting: Option<&Encrypting>) -> Result<Self, BindError> {
         let ports = config.ports()?;
         let context = zmq::Context::new();
+        // Bound before any socket listens, so that no handshake can happen
+        // without it.
+        let zap = match encrypting.and_then(|e| e.authorized.as_ref()) {
+            Some((path, keys)) => {
+                let err = |source| BindError::Socket {
+                    channel: "authentication",
+                    source,
+                };
+                let socket = context.socket(zmq::REP).map_err(err)?;
+                socket.set_linger(0).map_err(err)?;
+                socket.bind(ZAP_ENDPOINT).map_err(err)?;
+                Some(Zap {
+                    socket,
+                    path: path.clone(),
+                    keys: keys.clone(),
+                })
+            }
+            None => None,
+        };
         let max_frame = i64::try_from(config.limits.max_frame_bytes()).unwrap_or(i64::MAX);
         let make = |channel: Channel| -> Result<(zmq::Socket, zmq::Socket), BindError> {
             let name = channel.name();
@@ -123,13 +173,26 @@ impl Sockets {
             if config.bind.is_ipv6() {
                 socket.set_ipv6(true).map_err(err)?;
             }
+            if let Some(encrypting) = encrypting {
+                socket.set_curve_server(true).map_err(err)?;
+                socket
+                    .set_curve_secretkey(encrypting.pair.secret_bytes())
+                    .map_err(err)?;
+                if zap.is_some() {
+                    socket.set_zap_domain(ZAP_DOMAIN).map_err(err)?;
+                }
+            }
             // Before binding, so that the listener's own event is seen.
             let endpoint = format!("inproc://monitor-{name}");
             socket.monitor(&endpoint, MONITORED).map_err(err)?;
             let monitor = context.socket(zmq::PAIR).map_err(err)?;
             monitor.connect(&endpoint).map_err(err)?;
             let port = ports[channel as usize];
+            // An encrypting server's heartbeat socket listens on loopback,
+            // behind the front that serves the public port.
+            let relayed = encrypting.is_some() && channel == Channel::Heartbeat;
             let endpoint = match config.bind {
+                _ if relayed => "tcp://127.0.0.1:*".to_owned(),
                 IpAddr::V4(a) => format!("tcp://{a}:{port}"),
                 IpAddr::V6(a) => format!("tcp://[{a}]:{port}"),
             };
@@ -152,11 +215,87 @@ impl Sockets {
         let (s1, m1) = make(Channel::Subscriber)?;
         let (s2, m2) = make(Channel::Publisher)?;
         let (s3, m3) = make(Channel::Heartbeat)?;
+        let encrypted = match encrypting {
+            Some(encrypting) => {
+                let heartbeat_port = ports[Channel::Heartbeat as usize];
+                let heartbeat = bind_front(config.bind, heartbeat_port)?;
+                let key_service = bind_key_service(&context, encrypting.pair.public())?;
+                Some(EncryptedParts {
+                    heartbeat,
+                    backends: Backends {
+                        curve: last_endpoint(&s3, "heartbeat")?,
+                        plain: last_endpoint(&key_service.socket, "key service")?,
+                    },
+                    key_service,
+                    zap,
+                })
+            }
+            None => None,
+        };
         Ok(Self {
             sockets: [s0, s1, s2, s3],
             monitors: [m0, m1, m2, m3],
+            relayed: [false, false, false, encrypted.is_some()],
+            public_key: encrypting.map(|e| e.pair.public()),
+            encrypted,
         })
     }
+
+    /// Hands over what the security thread and the front serve, once.
+    pub fn take_encrypted(&mut self) -> Option<EncryptedParts> {
+        self.encrypted.take()
+    }
+}
+
+/// The public heartbeat port of an encrypting server, for the front.
+fn bind_front(addr: IpAddr, port: u16) -> Result<std::net::TcpListener, BindError> {
+    std::net::TcpListener::bind(SocketAddr::new(addr, port)).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            BindError::InUse {
+                port,
+                channel: Channel::Heartbeat.name(),
+                addr,
+            }
+        } else {
+            BindError::Bind {
+                addr,
+                port,
+                channel: Channel::Heartbeat.name(),
+                source: zmq::Error::from_raw(source.raw_os_error().unwrap_or(libc::EINVAL)),
+            }
+        }
+    })
+}
+
+/// The key service's plain socket, on a loopback port of its own.
+fn bind_key_service(context: &zmq::Context, public: PublicKey) -> Result<KeyService, BindError> {
+    let err = |source| BindError::Socket {
+        channel: "key service",
+        source,
+    };
+    let socket = context.socket(zmq::ROUTER).map_err(err)?;
+    socket.set_linger(0).map_err(err)?;
+    socket
+        .set_maxmsgsize(KEY_SERVICE_MAX_MESSAGE)
+        .map_err(err)?;
+    socket.set_sndhwm(HWM).map_err(err)?;
+    socket.set_rcvhwm(HWM).map_err(err)?;
+    socket.set_handshake_ivl(HANDSHAKE_MS).map_err(err)?;
+    socket.bind("tcp://127.0.0.1:*").map_err(err)?;
+    Ok(KeyService { socket, public })
+}
+
+/// The loopback address a socket bound with a wildcard port got.
+fn last_endpoint(socket: &zmq::Socket, channel: &'static str) -> Result<SocketAddr, BindError> {
+    let err = |source| BindError::Socket { channel, source };
+    let endpoint = socket
+        .get_last_endpoint()
+        .map_err(err)?
+        .map_err(|_| err(zmq::Error::EINVAL))?;
+    endpoint
+        .strip_prefix("tcp://")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| err(zmq::Error::EINVAL))
 }
 
 /// Sets how many bytes libzmq reads per call on the socket's connections.
@@ -220,7 +359,7 @@ mod tests {
                 port: rand::random_range(20_000u16..60_000),
                 ..Config::default()
             };
-            match Sockets::bind(&config) {
+            match Sockets::bind(&config, None) {
                 Ok(sockets) => return (sockets, config.port),
                 Err(BindError::InUse { .. }) => continue,
                 Err(e) => panic!("cannot bind: {e}"),

@@ -10,6 +10,16 @@ from blender_harness import blender_python
 from support import Server, library, package, reference_package, release
 
 
+@pytest.fixture(scope="session", autouse=True)
+def client_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Known servers, client keys and the key of a server hosted from
+    Blender go to folders of the test run, never the user's own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REPLICATION_CONFIG_DIR", str(tmp_path_factory.mktemp("client-config")))
+        patch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
+        yield
+
+
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[list[Server]]:
     """Servers a test starts; stopped at teardown."""

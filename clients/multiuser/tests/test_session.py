@@ -246,6 +246,41 @@ def test_the_add_on_can_test_the_session_for_truth():
     assert Session()
 
 
+def test_an_encrypted_session_and_a_changed_key_in_the_add_ons_words(tmp_path, servers):
+    # What an artist meets: the first connection trusts the server's key;
+    # later, a server on that address with another key is refused, and the
+    # reason the add-on shows in its dialog says what may be happening and
+    # how to accept a new key.
+    import zmq
+
+    from replication_client.keys import KnownServers, fingerprint
+
+    server = Server(
+        tmp_path, None, "--encryption", "required", "--server-key", str(tmp_path / "server.key")
+    ).start()
+    servers.append(server)
+    alice = User("alice", server.port, ADMIN_PASSWORD)
+    porcelain.add(alice.repository, alice.world.new(Scene, "Scene"))
+    alice.connect()
+    alice.until(lambda: alice.session.state == STATE_LOBBY, what="the lobby")
+    assert alice.session.repository.remote.link.client.encrypted
+    pins = KnownServers()
+    name = f"127.0.0.1:{server.port}"
+    real = pins.get(name)
+    assert real is not None, "the key was pinned on first use"
+    alice.session.disconnect(reason="user")
+
+    impostor = zmq.curve_keypair()[0]
+    pins.path.write_text(pins.path.read_text().replace(real.decode(), impostor.decode()))
+    bob = User("bob", server.port)
+    bob.connect()
+    bob.until(lambda: bob.session.state == STATE_INITIAL, what="the refusal")
+    [reason] = bob.exits
+    assert reason.startswith(f"Failed to connect: the server at {name} presents a different key")
+    for part in (fingerprint(real), fingerprint(impostor), "intercepting", str(pins.path)):
+        assert part in reason, reason
+
+
 def test_a_collection_of_ten_thousand_objects_keeps_every_dependency(server, users):
     alice = User("alice", server.port, ADMIN_PASSWORD)
     users.append(alice)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from replication_client import Event, ReplicationError, Session
+from replication_client import ClientKeyRefused, Event, ReplicationError, Session
 
 REPO = Path(__file__).resolve().parents[3]
 T = 20.0
@@ -59,6 +59,7 @@ class ServerProcess:
     def __init__(self, log_dir: Path, args: list[str]) -> None:
         self.args = args
         self.log_path = log_dir / "server.log"
+        self.stdout_path = log_dir / "server.out"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -67,7 +68,7 @@ class ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATION_")}
         for _ in range(20):
             self.port = free_base_port()
-            with open(self.log_path, "wb") as log:
+            with open(self.log_path, "wb") as log, open(self.stdout_path, "wb") as out:
                 self.proc = subprocess.Popen(
                     [
                         str(server_binary()),
@@ -81,7 +82,7 @@ class ServerProcess:
                         *self.args,
                     ],
                     stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
+                    stdout=out,
                     stderr=log,
                     env=env,
                 )
@@ -95,23 +96,30 @@ class ServerProcess:
     def _wait_ready(self) -> bool:
         """Until it answers SERVER_INFO (False if the process exits)."""
         deadline = time.monotonic() + T
-        probe = Session("127.0.0.1", self.port, "probe")
-        try:
-            while time.monotonic() < deadline:
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    return False
-                try:
-                    probe.server_info(timeout=0.5)
-                    return True
-                except ReplicationError:
-                    continue
-        finally:
-            probe.close()
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                return False
+            # A session that gave up (no key answer while the server was
+            # still starting) stays ended: each try gets a new one.
+            probe = Session("127.0.0.1", self.port, "probe")
+            try:
+                probe.server_info(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+                return True
+            except ClientKeyRefused:
+                return True  # it answers, and admits only listed keys
+            except ReplicationError:
+                continue
+            finally:
+                probe.close()
         pytest.fail(f"the server did not answer SERVER_INFO within {T} s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def stdout(self) -> str:
+        """What the server printed (its public key, when it encrypts)."""
+        return self.stdout_path.read_text(errors="replace")
 
     def stop(self) -> None:
         """SIGTERM (the server says goodbye to its users), then SIGKILL."""
@@ -123,6 +131,16 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def client_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Known servers, client keys and the key of a server hosted from
+    Blender go to folders of the test run, never the user's own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REPLICATION_CONFIG_DIR", str(tmp_path_factory.mktemp("client-config")))
+        patch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
+        yield
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use replication_serve::client::{Client, ClientError, ClientOptions};
 
-use crate::server::ServerProcess;
+use crate::server::{self, ServerProcess};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -75,9 +75,12 @@ pub fn run(
     let mut owner = if matches!(attack, Attack::RoomJoin) {
         let mut options = ClientOptions::admin(port, "owner", "admin").in_room("vault");
         options.room_password = Some("right".into());
-        let mut owner = Client::connect_in(&context, options)?;
+        let mut owner = Client::connect_in(&context, server::client(options))?;
         owner.authenticate(WAIT)?;
-        let mut guesser = Client::connect_in(&context, ClientOptions::new(port, "guesser"))?;
+        let mut guesser = Client::connect_in(
+            &context,
+            server::client(ClientOptions::new(port, "guesser")),
+        )?;
         guesser.authenticate(WAIT)?;
         joiner = Some(guesser);
         Some(owner)
@@ -88,9 +91,12 @@ pub fn run(
     // refused login leaves the sockets free to try again.
     let mut guesser = Client::connect_in(
         &context,
-        with_server_password(ClientOptions::admin(port, "guesser", "guess")),
+        server::client(with_server_password(ClientOptions::admin(
+            port, "guesser", "guess",
+        ))),
     )?;
-    let mut member = Client::connect_in(&context, ClientOptions::new(port, "member"))?;
+    let mut member =
+        Client::connect_in(&context, server::client(ClientOptions::new(port, "member")))?;
     let (mut checked, mut refused, mut n) = (0, 0, 0u64);
     let started = Instant::now();
     while started.elapsed().as_secs_f64() < seconds {

@@ -40,6 +40,10 @@ struct Cli {
     /// First base port to try.
     #[arg(long, default_value_t = 42000)]
     port: u16,
+    /// Servers encrypt (CURVE on all four ports, --encryption required) and
+    /// every client does too: what encryption costs, against a run without.
+    #[arg(long)]
+    encryption: bool,
 }
 
 #[derive(Subcommand)]
@@ -145,6 +149,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Cmd::Forwarder { port, readers }) = cli.command {
         return ceiling::serve_forwarder(port, readers);
+    }
+    if cli.encryption {
+        server::encrypt();
     }
     let binary = match cli.server {
         Some(path) => path,

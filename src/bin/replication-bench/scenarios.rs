@@ -14,7 +14,7 @@ use replication_serve::protocol::patch::{Patch, PatchOp, PathStep};
 use rmpv::Value;
 
 use crate::proxy::DelayProxy;
-use crate::server::{CpuMeter, ServerProcess};
+use crate::server::{self, CpuMeter, ServerProcess};
 use crate::stats::{TimedPayload, now_ns, quantile};
 
 /// Deadline for anything a scenario waits for.
@@ -78,7 +78,10 @@ impl Setup {
 }
 
 fn admin(ctx: &zmq::Context, port: u16) -> anyhow::Result<Client> {
-    let mut c = Client::connect_in(ctx, ClientOptions::admin(port, "host", "admin"))?;
+    let mut c = Client::connect_in(
+        ctx,
+        server::client(ClientOptions::admin(port, "host", "admin")),
+    )?;
     c.authenticate(WAIT)?;
     Ok(c)
 }
@@ -88,7 +91,7 @@ fn joiner(ctx: &zmq::Context, port: u16, name: &str) -> anyhow::Result<Client> {
 }
 
 fn joiner_with(ctx: &zmq::Context, options: ClientOptions) -> anyhow::Result<Client> {
-    let mut c = Client::connect_in(ctx, options)?;
+    let mut c = Client::connect_in(ctx, server::client(options))?;
     c.authenticate(WAIT)?;
     c.download(WAIT, |_, _| {})?;
     Ok(c)
@@ -150,7 +153,7 @@ pub fn late_join(
         batches,
         ..ClientOptions::new(port, "joiner")
     };
-    let mut joiner = Client::connect_in(&ctx, options)?;
+    let mut joiner = Client::connect_in(&ctx, server::client(options))?;
     joiner.authenticate(WAIT)?;
     let got = joiner.download(WAIT, |_, _| {})?;
     let seconds = started.elapsed().as_secs_f64();
@@ -310,9 +313,11 @@ pub fn fanout(
     host.upload(&[block("stroke", Value::Nil)], WAIT)?;
     let ready = Arc::new(Barrier::new(2));
     let options = (0..readers)
-        .map(|i| ClientOptions {
-            batches: batching.readers,
-            ..ClientOptions::new(server.port, &format!("reader-{i}"))
+        .map(|i| {
+            server::client(ClientOptions {
+                batches: batching.readers,
+                ..ClientOptions::new(server.port, &format!("reader-{i}"))
+            })
         })
         .collect();
     let slowest = Arc::new(AtomicU64::new(0));
@@ -531,7 +536,10 @@ pub fn crowd(
         }));
     }
     let stalled_client = if stalled {
-        let mut c = Client::connect_in(&ctx, ClientOptions::new(server.port, "stalled"))?;
+        let mut c = Client::connect_in(
+            &ctx,
+            server::client(ClientOptions::new(server.port, "stalled")),
+        )?;
         c.authenticate(WAIT)?;
         c.subscribe(None)?;
         Some(c)
@@ -650,7 +658,10 @@ pub fn recovery(
         let started = Instant::now();
         let second = ServerProcess::start(&setup.binary, setup.first_port, &args)?;
         let serving_s = started.elapsed().as_secs_f64();
-        let mut joiner = Client::connect_in(&ctx, ClientOptions::new(second.port, "joiner"))?;
+        let mut joiner = Client::connect_in(
+            &ctx,
+            server::client(ClientOptions::new(second.port, "joiner")),
+        )?;
         joiner.authenticate(WAIT)?;
         let got = joiner.download(WAIT, |_, _| {})?;
         let joined_s = started.elapsed().as_secs_f64();

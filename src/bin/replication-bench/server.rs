@@ -3,11 +3,30 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use replication_serve::client::{Client, ClientOptions};
+use replication_serve::client::{Client, ClientOptions, ServerTrust};
+
+/// Whether the servers under test encrypt (`--encryption`): they then use
+/// CURVE on all four ports, and every client of the tool does too.
+static ENCRYPTED: AtomicBool = AtomicBool::new(false);
+
+/// Makes every server and client of this run encrypt.
+pub fn encrypt() {
+    ENCRYPTED.store(true, Ordering::Relaxed);
+}
+
+/// `options`, encrypting when the run does (with the key the server gives:
+/// the tool measures, it does not need to check whom it talks to).
+pub fn client(options: ClientOptions) -> ClientOptions {
+    if ENCRYPTED.load(Ordering::Relaxed) {
+        options.trusting(ServerTrust::Unchecked)
+    } else {
+        options
+    }
+}
 
 /// A running `replication-serve` on free local ports.
 pub struct ServerProcess {
@@ -22,6 +41,19 @@ impl ServerProcess {
     /// extra arguments, and waits until it answers SERVER_INFO.
     pub fn start(binary: &Path, first_port: u16, extra: &[&str]) -> anyhow::Result<Self> {
         let mut port = first_port;
+        let encrypted = ENCRYPTED.load(Ordering::Relaxed);
+        let in_memory = !extra.contains(&"--data-dir");
+        // A server in memory has no data directory to keep its key in: it
+        // gets a scratch one, removed with the server.
+        let key_dir = (encrypted && in_memory).then(scratch_dir);
+        let mut encryption = Vec::new();
+        if encrypted {
+            encryption.extend(["--encryption".to_owned(), "required".to_owned()]);
+        }
+        if let Some(dir) = &key_dir {
+            encryption.push("--server-key".to_owned());
+            encryption.push(dir.join("server.key").display().to_string());
+        }
         for _ in 0..50 {
             port = free_base(port);
             let mut child = Command::new(binary)
@@ -34,19 +66,20 @@ impl ServerProcess {
                     "ERROR",
                 ])
                 .args(extra)
-                .args((!extra.contains(&"--data-dir")).then_some("--in-memory"))
+                .args(&encryption)
+                .args(in_memory.then_some("--in-memory"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .with_context(|| format!("cannot start {}", binary.display()))?;
-            let mut probe = Client::connect(ClientOptions::new(port, "probe"))?;
+            let mut probe = Client::connect(client(ClientOptions::new(port, "probe")))?;
             match probe.server_info(Duration::from_secs(5)) {
                 Ok(_) => {
                     return Ok(Self {
                         child,
                         port,
-                        scratch: None,
+                        scratch: key_dir,
                     });
                 }
                 Err(_) => {

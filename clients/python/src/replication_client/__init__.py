@@ -8,6 +8,8 @@ from . import patch
 from .codec import PairMap, pack, unpack
 from .errors import (
     AuthenticationError,
+    ChangedServerKey,
+    ClientKeyRefused,
     Disconnected,
     NotAuthenticated,
     PatchError,
@@ -18,9 +20,11 @@ from .errors import (
     ReplicationError,
     RequestRefused,
     RoomLeft,
+    ServerKeyError,
     ServerRefused,
     Timeout,
     UploadIncomplete,
+    WrongServerKey,
 )
 from .events import (
     Deleted,
@@ -49,6 +53,7 @@ from .model import (
     RoomJoined,
     User,
 )
+from .keys import fingerprint
 from .protocol import PROTOCOL_VERSION
 from .session import AUTO, Session
 
@@ -61,6 +66,8 @@ __all__ = [
     "PROTOCOL_VERSION",
     "AuthInfo",
     "AuthenticationError",
+    "ChangedServerKey",
+    "ClientKeyRefused",
     "Datablock",
     "Deleted",
     "Disconnected",
@@ -85,6 +92,7 @@ __all__ = [
     "RoomJoined",
     "RoomLeft",
     "ServerError",
+    "ServerKeyError",
     "ServerRefused",
     "Session",
     "SessionEnded",
@@ -96,6 +104,8 @@ __all__ = [
     "UploadIncomplete",
     "User",
     "UsersChanged",
+    "WrongServerKey",
+    "fingerprint",
     "pack",
     "patch",
     "unpack",

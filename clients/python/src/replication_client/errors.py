@@ -20,6 +20,10 @@ __all__ = [
     "PatchError",
     "PatchMalformed",
     "PatchFailed",
+    "ServerKeyError",
+    "WrongServerKey",
+    "ChangedServerKey",
+    "ClientKeyRefused",
 ]
 
 
@@ -145,3 +149,27 @@ class PatchMalformed(PatchError):
 
 class PatchFailed(PatchError):
     """An operation failed on the value; nothing was changed."""
+
+
+class ServerKeyError(ReplicationError):
+    """Encryption could not be set up as asked: the message says why and
+    what to do (``reason`` is the same text, as for refused logins)."""
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+
+class WrongServerKey(ServerKeyError):
+    """The server presents another key than the one given."""
+
+
+class ChangedServerKey(ServerKeyError):
+    """The server presents another key than the one pinned for its host and
+    port on first use: someone may be in the middle, or the server has a
+    new key. The message says how to accept a new key deliberately."""
+
+
+class ClientKeyRefused(ServerKeyError):
+    """The server admits only the client keys its admin listed, and not
+    this client's; the message carries the public key to send the admin."""

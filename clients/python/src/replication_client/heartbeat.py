@@ -24,6 +24,7 @@ from collections.abc import Callable
 import zmq
 
 from .codec import pack, unpack
+from .keys import KeyResolver
 
 __all__ = ["Heartbeat"]
 
@@ -35,8 +36,10 @@ class Heartbeat(threading.Thread):
         endpoint: str,
         identity: bytes,
         on_silence: Callable[[float], None],
+        keys: KeyResolver | None = None,
     ) -> None:
         super().__init__(name="replication-heartbeat", daemon=True)
+        self._keys = keys
         self._ctx = ctx
         self._endpoint = endpoint
         self._identity = identity
@@ -74,8 +77,16 @@ class Heartbeat(threading.Thread):
         try:
             sock.setsockopt(zmq.ROUTING_ID, self._identity)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(self._endpoint)
             self._ready.set()
+            # Connects once it is known whether, and how, to encrypt.
+            while self._keys is not None and not self._keys.done.wait(0.1):
+                if self._stopping.is_set():
+                    return
+            if self._keys is not None and self._keys.error is not None:
+                return  # the session fails with the error; nothing to answer
+            if self._keys is not None and self._keys.keys is not None:
+                self._keys.keys.apply(sock)
+            sock.connect(self._endpoint)
             while not self._stopping.is_set():
                 if sock.poll(100, zmq.POLLIN):
                     self._drain(sock)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -49,6 +50,7 @@ from .events import (
 )
 from .heartbeat import Heartbeat
 from .inbox import Message, Push, Request
+from .keys import KeyResolver, KnownServers
 from .model import (
     AUTO,
     COMMON,
@@ -111,6 +113,17 @@ class Session(WireHalf, ConsumerHalf):
     snapshot's datablocks in batches (DATABLOCKS, section 16); both are
     read exactly as the same updates or datablocks one by one, so turning
     it off changes only the traffic.
+
+    Encryption (protocol section 18): a server that encrypts is asked for
+    its key first. ``server_key`` is that key as its admin gave it (40
+    characters of Z85); without it the key is trusted on first use and
+    pinned for the host and port in ``known_servers`` (default:
+    :func:`keys.default_known_servers_file`), and a server there that later
+    presents another key is refused with :class:`ChangedServerKey`.
+    ``client_key`` is the file of this client's own key pair (made on first
+    use; default :func:`keys.default_client_key_file`), which servers with
+    a list of admitted keys check. ``encrypt=False`` never asks, for a
+    server known not to encrypt.
     Nothing touches the network until :meth:`connect` (called by the
     first request).
     """
@@ -128,6 +141,11 @@ class Session(WireHalf, ConsumerHalf):
         room: str | None = None,
         room_password: str | None = None,
         batches: bool = True,
+        server_key: str | bytes | None = None,
+        known_servers: str | os.PathLike[str] | None = None,
+        client_key: str | os.PathLike[str] | None = None,
+        encrypt: bool = True,
+        key_timeout: float = 10.0,
     ) -> None:
         if not user:
             raise ValueError("a user name is required")
@@ -141,6 +159,11 @@ class Session(WireHalf, ConsumerHalf):
         self.initial_room = room
         """The room :meth:`authenticate` asks for (None: the default one)."""
         self.room_password = room_password
+        self.server_key = server_key
+        self.known_servers = KnownServers(known_servers)
+        self.client_key_file = client_key
+        self.encrypt = encrypt
+        self.key_timeout = key_timeout
         self.batches = batches
         """Whether AUTH asks for batches of updates and SNAPSHOT for
         batches of datablocks; :attr:`auth` tells whether the server
@@ -167,6 +190,8 @@ class Session(WireHalf, ConsumerHalf):
         self._ctx: zmq.Context | None = None
         self._transport: Transport | None = None
         self._heartbeat: Heartbeat | None = None
+        self._keys: KeyResolver | None = None
+        self._key_failed = False
         # wire half (socket thread)
         self._token: bytes | None = None
         self._chunk_bytes = DEFAULT_CHUNK_BYTES
@@ -222,12 +247,26 @@ class Session(WireHalf, ConsumerHalf):
         if self._closed:
             raise NotAuthenticated("the session is closed; create a new Session")
         self._ctx = zmq.Context()
+        if self.encrypt:
+            self._keys = KeyResolver(
+                self._ctx,
+                self.host,
+                self.port,
+                server_key=self.server_key,
+                known_servers=self.known_servers,
+                client_key=self.client_key_file,
+                timeout=self.key_timeout,
+            )
+            self._keys.start()
         self._transport = Transport(self._ctx, self.host, self.port, self._identity)
+        if self._keys is None:
+            self._transport.open(None)
         self._heartbeat = Heartbeat(
             self._ctx,
             f"tcp://{self.host}:{self.port + Channel.HEARTBEAT}",
             self._identity,
             self._on_silence,
+            self._keys,
         )
         self._heartbeat.start_and_wait()
 
@@ -238,6 +277,8 @@ class Session(WireHalf, ConsumerHalf):
         returns nothing and requests raise."""
         self._closed = True
         self.stop_background()
+        if self._keys is not None:
+            self._keys.stop()
         stuck = False
         if self._heartbeat is not None:
             self._heartbeat.stop()
@@ -283,6 +324,19 @@ class Session(WireHalf, ConsumerHalf):
             self._transport.wakeup()
         self._bg.join(5.0)
         self._bg = None
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the connection is encrypted (known once the server
+        answered SERVER_KEY)."""
+        return self._keys is not None and self._keys.keys is not None
+
+    @property
+    def server_fingerprint(self) -> str | None:
+        """The fingerprint of the server's key, once known; compare it with
+        the one the server's admin reads you."""
+        keys = self._keys.keys if self._keys is not None else None
+        return keys.fingerprint if keys is not None else None
 
     @property
     def answer_pings(self) -> bool:

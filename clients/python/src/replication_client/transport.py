@@ -6,6 +6,13 @@ and only the thread that pumps the transport touches the sockets: the
 add-on's thread in :meth:`Session.poll`, or the background thread. A
 socketpair wakes the background thread when something is queued, so
 requests leave at once instead of at the next poll timeout.
+
+The sockets connect once :meth:`open` knows whether and with which keys to
+encrypt (:mod:`.keys`); until then requests wait in the outbox. They wait
+a little longer, until the subscriber socket's handshake is done (at most
+:data:`SUBSCRIBER_HEAD_START`): a subscriber connection the server sees
+only after AUTH must prove the session with RESUME (protocol section 1),
+which only a pumping session answers, so an idle session would be dropped.
 """
 
 from __future__ import annotations
@@ -17,29 +24,40 @@ from collections import deque
 from collections.abc import Callable
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
+from .keys import ServerKeys
 from .protocol import Channel
 
 __all__ = ["Transport"]
 
 Handler = Callable[[Channel, list[bytes]], None]
 
+# How long the outbox waits for the subscriber's handshake before sending
+# anyway (a server that does not answer yet; AUTH then waits in libzmq).
+SUBSCRIBER_HEAD_START = 1.0
+
 
 class Transport:
     def __init__(self, ctx: zmq.Context, host: str, port: int, identity: bytes) -> None:
-        def dealer(channel: Channel) -> zmq.Socket:
+        def dealer() -> zmq.Socket:
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.ROUTING_ID, identity)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(f"tcp://{host}:{port + channel}")
             return sock
 
-        self.commands = dealer(Channel.COMMANDS)
-        self.subscriber = dealer(Channel.SUBSCRIBER)
+        self._host = host
+        self._port = port
+        self.opened = False
+        self.commands = dealer()
+        self.subscriber = dealer()
         self.publisher = ctx.socket(zmq.PUSH)
         # Lets updates already queued reach the server when the session closes.
         self.publisher.setsockopt(zmq.LINGER, 1000)
-        self.publisher.connect(f"tcp://{host}:{port + Channel.PUBLISHER}")
+        self._handshakes: zmq.Socket | None = None
+        # The subscriber's handshake, watched from open() until it is done.
+        self._connecting: zmq.Socket | None = None
+        self._hold_until = 0.0
         self._sockets = {
             Channel.COMMANDS: self.commands,
             Channel.SUBSCRIBER: self.subscriber,
@@ -54,6 +72,54 @@ class Transport:
         self._poller.register(self.commands, zmq.POLLIN)
         self._poller.register(self.subscriber, zmq.POLLIN)
         self._poller.register(self._wake_r.fileno(), zmq.POLLIN)
+
+    def open(self, keys: ServerKeys | None) -> None:
+        """Connects the sockets, encrypting with ``keys`` when given.
+        Pumping thread only."""
+        if keys is not None:
+            for sock in self._sockets.values():
+                keys.apply(sock)
+            # A client key the server does not admit shows only here.
+            self._handshakes = self.commands.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+            self._poller.register(self._handshakes, zmq.POLLIN)
+        self._connecting = self.subscriber.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._hold_until = time.monotonic() + SUBSCRIBER_HEAD_START
+        for channel in (Channel.SUBSCRIBER, Channel.PUBLISHER, Channel.COMMANDS):
+            self._sockets[channel].connect(f"tcp://{self._host}:{self._port + channel}")
+        self.opened = True
+
+    def _holding(self) -> bool:
+        """Whether the outbox still waits for the subscriber's handshake."""
+        if self._connecting is None:
+            return False
+        done = time.monotonic() >= self._hold_until
+        while not done:
+            try:
+                recv_monitor_message(self._connecting, zmq.DONTWAIT)
+            except zmq.Again:
+                break
+            done = True
+        if done:
+            self._stop_watching_subscriber()
+        return not done
+
+    def _stop_watching_subscriber(self) -> None:
+        if self._connecting is not None:
+            self.subscriber.disable_monitor()
+            self._connecting.close()
+            self._connecting = None
+
+    def refused_key(self) -> bool:
+        """Whether the server refused this client's key since last asked
+        (a ZAP refusal of the encrypted handshake). Pumping thread only."""
+        refused = False
+        while self._handshakes is not None:
+            try:
+                event = recv_monitor_message(self._handshakes, zmq.DONTWAIT)
+            except zmq.Again:
+                break
+            refused |= event.get("event") == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        return refused
 
     def enqueue(self, channel: Channel, frames: list[bytes]) -> None:
         """Queues one message; any thread may call this."""
@@ -71,7 +137,9 @@ class Transport:
     def flush(self) -> bool:
         """Sends queued messages until libzmq pushes back (high-water mark).
         Pumping thread only. True when the outbox is empty."""
-        while True:
+        if self._holding():
+            return False
+        while self.opened:
             with self._lock:
                 if not self._out:
                     return True
@@ -82,6 +150,7 @@ class Transport:
                 return False
             with self._lock:
                 self._out.popleft()
+        return False
 
     def pump(self, timeout: float, budget: float, handle: Handler) -> int:
         """Sends what is queued, waits up to ``timeout`` seconds for input, then
@@ -112,6 +181,10 @@ class Transport:
         return handled
 
     def close(self) -> None:
+        self._stop_watching_subscriber()
+        if self._handshakes is not None:
+            self.commands.disable_monitor()
+            self._handshakes.close()
         for sock in self._sockets.values():
             sock.close()
         self._wake_r.close()

@@ -37,6 +37,7 @@ import zmq
 from .codec import pack, unpack
 from .errors import (
     AuthenticationError,
+    ClientKeyRefused,
     Disconnected,
     ProtocolError,
     ReplicationError,
@@ -46,6 +47,7 @@ from .errors import (
 from .events import LocalError
 from .heartbeat import Heartbeat
 from .inbox import ANSWERS, Abandoned, Ended, Message, Push, Request
+from .keys import KeyResolver, server_name
 from .model import AuthInfo
 from .protocol import BATCH_KINDS, DEFAULT_CHUNK_BYTES, Channel, message, split_batch
 from .stream import Reassembler, SnapshotWindow
@@ -62,6 +64,10 @@ class WireHalf:
 
     auth: AuthInfo | None
     room: str | None
+    host: str
+    port: int
+    _keys: KeyResolver | None
+    _key_failed: bool
     _transport: Transport | None
     _heartbeat: Heartbeat | None
     _token: bytes | None
@@ -88,10 +94,30 @@ class WireHalf:
         transport = self._transport
         if transport is None:
             return
+        if not transport.opened:
+            keys = self._keys
+            if keys is None or not keys.done.wait(timeout):
+                return
+            if keys.error is not None:
+                # Requests made after the failure fail with it too.
+                if not self._key_failed or self._unanswered():
+                    self._key_failed = True
+                    self._end_session(str(keys.error), by_server=False, error=keys.error)
+                return
+            transport.open(keys.keys)
         if self._silence is not None:
             silent, self._silence = self._silence, None
             self._end_session(f"no PING from the server for {silent:.1f} s", by_server=False)
         transport.pump(timeout, budget, self._on_wire)
+        if transport.refused_key() and self._token is None:
+            assert self._keys is not None and self._keys.keys is not None
+            client = self._keys.keys.client
+            error = ClientKeyRefused(
+                f"the server at {server_name(self.host, self.port)} admits only the client keys "
+                "its admin listed, and not this one: send the admin your public key "
+                f"{client.public.decode()} (fingerprint {client.fingerprint})"
+            )
+            self._end_session(str(error), by_server=True, error=error)
 
     def _bg_loop(self) -> None:
         while not self._bg_stop.is_set():
@@ -106,6 +132,10 @@ class WireHalf:
             except Exception as e:  # keep serving: one bad message must not stop replication
                 log.exception("error in the background thread")
                 self._post(LocalError(e))
+
+    def _unanswered(self) -> bool:
+        with self._requests_lock:
+            return any(not r.done.is_set() for r in self._requests.values())
 
     def _on_silence(self, silent: float) -> None:
         # Heartbeat thread: only flag it; the socket thread ends the session.
@@ -344,9 +374,12 @@ class WireHalf:
             req.answer = msg
         req.done.set()
 
-    def _end_session(self, reason: str, by_server: bool) -> None:
-        """Socket thread: forget the session and fail what waits for it."""
-        if self._token is None and not by_server:
+    def _end_session(
+        self, reason: str, by_server: bool, error: ReplicationError | None = None
+    ) -> None:
+        """Socket thread: forget the session and fail what waits for it
+        (with ``error``, else :class:`Disconnected`)."""
+        if self._token is None and not by_server and error is None:
             return
         self._token = None
         if self._heartbeat is not None:
@@ -356,7 +389,7 @@ class WireHalf:
         self._held.clear()
         self._reassembler.clear()
         self._window = SnapshotWindow()
-        error = Disconnected(reason, by_server)
+        error = error or Disconnected(reason, by_server)
         with self._requests_lock:
             # Requests already answered keep their answer (the consumer has
             # yet to take it); only the unanswered ones fail.
@@ -421,3 +454,4 @@ class WireHalf:
             self._uploads.pop(rid, None)
         up.finish(datablocks, error)
         self._post(up)
+

@@ -32,6 +32,7 @@ from replication_client import (
     Reply,
     RequestFailed,
     ServerError,
+    ServerKeyError,
     Session,
     SessionEnded,
     SnapshotDone,
@@ -96,6 +97,7 @@ class Link:
         self._pushes: dict[int, tuple[str, bool]] = {}  # request id -> (uuid, created)
         self._rights: dict[int, tuple[list[str], str]] = {}
         self._refused_creations: set[str] = set()
+        self._logged_in = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -249,6 +251,7 @@ class Link:
 
     def _reply(self, event: Reply) -> None:
         if event.kind == "auth":
+            self._logged_in = True
             self.listener.on_authenticated(event.result.status)
         elif event.kind == "update":
             self._pushes.pop(event.request_id, None)
@@ -259,7 +262,12 @@ class Link:
 
     def _failed(self, event: RequestFailed) -> None:
         error = event.error
-        if event.kind == "auth":
+        if event.kind == "auth" and isinstance(error, ServerKeyError):
+            # A changed or wrong server key, or a client key not admitted:
+            # the message says what may be happening and what to do, and
+            # the add-on shows it in its dialog.
+            self.listener.on_ended(f"Failed to connect: {error}")
+        elif event.kind == "auth":
             reason = getattr(error, "reason", None) or str(error)
             self.listener.on_ended(f"Failed to connect, authentication refused: {reason}")
         elif event.kind == "right":
@@ -352,7 +360,12 @@ class Link:
         self.remote.online_users = online_users(event.users)
 
     def _ended(self, event: SessionEnded) -> None:
-        self.listener.on_ended(event.reason)
+        # Before the login was answered, the session never began: the
+        # connection failed (a changed server key, say), as the add-on says.
+        if self._logged_in:
+            self.listener.on_ended(event.reason)
+        else:
+            self.listener.on_ended(f"Failed to connect: {event.reason}")
 
     def _local_error(self, event: LocalError) -> None:
         log.error("replication: %s", event.error)
