@@ -55,8 +55,9 @@ pub fn patches(data: &[u8]) {
     }
 }
 
-/// Chunk reassembly: transfers announced and fed chunks in the order and
-/// sizes the input says.
+/// Chunk reassembly: transfers announced and fed chunks in the order,
+/// sizes and bytes the input says; whole data accepted chunk by chunk must
+/// also pass the check of a payload that arrives whole.
 pub fn chunks(data: &[u8]) {
     let limits = Limits {
         max_datablock_bytes: 1 << 16,
@@ -87,14 +88,27 @@ pub fn chunks(data: &[u8]) {
                     owner: None,
                     deps: None,
                 },
-                patch: false,
+                // A patch is not checked as one value; whole data is.
+                patch: op & 4 != 0,
                 base_revision: None,
             };
             let _ = transfers.begin(channel, transfer, chunks, size, pending, &limits);
         } else {
             let index = u32::from(input.next().unwrap_or(0));
-            let len = usize::from(input.next().unwrap_or(0)) * 64;
-            let _ = transfers.chunk(channel, transfer, index, &vec![0; len]);
+            // The chunk's bytes come from the input (zeros once it ends),
+            // so the value check meets every kind of MessagePack.
+            let len = usize::from(input.next().unwrap_or(0));
+            let bytes: Vec<u8> = (0..len).map(|_| input.next().unwrap_or(0)).collect();
+            if let Ok(Some((pending, whole))) = transfers.chunk(channel, transfer, index, &bytes)
+                && pending.whole_value()
+            {
+                // Checked chunk by chunk, it must be what the check of a
+                // whole payload accepts.
+                assert!(
+                    crate::protocol::validate_value(&whole).is_ok(),
+                    "accepted chunk by chunk, refused whole"
+                );
+            }
         }
         assert!(transfers.reserved() <= limits.max_transfer_bytes_per_client as u64);
     }
@@ -110,8 +124,8 @@ pub fn session_file(data: &[u8]) {
 }
 
 /// The recorded database's rows: a data directory whose rows hold the
-/// input (state, datablock data, dependencies, revisions, patches), opened
-/// as at start-up.
+/// input (state, datablock data, dependencies, revisions, patches, the
+/// name of a data file), opened as at start-up.
 pub fn recorded_rows(data: &[u8]) {
     let dir = scratch("rows");
     let _ = std::fs::remove_dir_all(&dir);
@@ -148,10 +162,14 @@ fn write_rows(dir: &std::path::Path, data: &[u8]) -> Result<(), String> {
         let revision = revision
             .iter()
             .fold(0i64, |r, b| r.wrapping_mul(7).wrapping_add(i64::from(*b)));
+        // The last datablock names a data file (any name at all).
+        let file = (seq == 2)
+            .then(|| String::from_utf8_lossy(next()).into_owned())
+            .filter(|f| !f.is_empty());
         conn.execute(
-            "INSERT OR REPLACE INTO datablocks (uuid, seq, type_id, owner, deps, revision, data)
-             VALUES (?1, ?2, 'T', 'COMMON', ?3, ?4, ?5)",
-            rusqlite::params![format!("b{}", seq % 2), seq, deps, revision, block],
+            "INSERT OR REPLACE INTO datablocks (uuid, seq, type_id, owner, deps, revision, data, file)
+             VALUES (?1, ?2, 'T', 'COMMON', ?3, ?4, ?5, ?6)",
+            rusqlite::params![format!("b{}", seq % 2), seq, deps, revision, block, file],
         )
         .map_err(|e| e.to_string())?;
         let patch = next();

@@ -21,6 +21,7 @@ use crate::store::Change;
 use crate::store::SessionImage;
 use crate::store::db::{Store, StoreError};
 use crate::store::file::{FileError, SaveInfo, read_session, write_session};
+use crate::store::recorder::Recorder;
 use crate::transport::{BindError, EncryptedParts, Sockets, Transport, TransportLimits};
 
 /// Why the server could not start.
@@ -326,9 +327,12 @@ fn exposes_default_password(config: &Config) -> bool {
 fn open_rooms(config: &Config) -> Result<Rooms, ServerError> {
     let (room, store) = open_default_room(config)?;
     let mut rooms = Rooms::default();
+    let store = store
+        .map(|s| Recorder::spawn(s, rooms.wake().clone()))
+        .transpose()?;
     rooms.insert(DEFAULT_ROOM, RoomEntry::new(room, store));
     if !config.in_memory {
-        for (name, entry) in rooms::open_recorded(config, &config.data_dir())? {
+        for (name, entry) in rooms::open_recorded(config, &config.data_dir(), rooms.wake())? {
             if name == DEFAULT_ROOM {
                 tracing::warn!("a recorded room is named like the default room; it was not opened");
                 continue;
@@ -376,8 +380,8 @@ fn start_fresh(config: &Config, rooms: &mut Rooms) -> Result<(), ServerError> {
         entry.room = Room::new(config.limits.clone());
         entry.room.set_name(DEFAULT_ROOM);
         if let Some(store) = &mut entry.store {
-            store.record(&[Change::Clear, Change::State(SessionState::Waiting)])?;
-            store.commit()?;
+            store.record([Change::Clear, Change::State(SessionState::Waiting)]);
+            store.commit_and_wait()?;
         }
     }
     for (room, file) in &saved {

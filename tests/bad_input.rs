@@ -2037,13 +2037,27 @@ fn bad_publisher_messages_with_a_valid_token_get_errors() {
             vec![chunk(61, 0), data.clone()],
             Some((ErrorCode::TransferFailed, chunk_refers(61))),
         ),
-        // Chunks that reassemble into something that is not MessagePack.
+        // Data that is not MessagePack is refused at the chunk that shows
+        // it, about the UPDATE, and the transfer is aborted.
         ("announce transfer 44", vec![announce(44, 2, 4)], None),
-        ("chunk 0 of 44", vec![chunk(44, 0), vec![0xc1, 0xc1]], None),
         (
-            "chunk 1 of 44 completing garbage",
-            vec![chunk(44, 1), vec![0xc1, 0xc1]],
+            "chunk 0 of 44 is garbage",
+            vec![chunk(44, 0), vec![0xc1, 0xc1]],
             Some((ErrorCode::Malformed, update_t(44))),
+        ),
+        (
+            "chunk 1 of the aborted transfer 44",
+            vec![chunk(44, 1), vec![0xc1, 0xc1]],
+            Some((ErrorCode::TransferFailed, chunk_refers(44))),
+        ),
+        // Chunks that each read well but hold more than one value: refused
+        // when the last one arrives.
+        ("announce transfer 46", vec![announce(46, 2, 2)], None),
+        ("chunk 0 of 46", vec![chunk(46, 0), vec![0x01]], None),
+        (
+            "chunk 1 of 46 is a second value",
+            vec![chunk(46, 1), vec![0x02]],
+            Some((ErrorCode::Malformed, update_t(46))),
         ),
     ];
     for (what, parts, expected) in steps {

@@ -33,6 +33,10 @@ fn every_benchmark_scenario_runs() {
         "stalled",
         "recorded, normal",
         "recorded, strict",
+        "initial upload of",
+        "late join of",
+        "UPDATE of",
+        "dd bs=1M",
         "took from this machine",
     ] {
         assert!(stdout.contains(measure), "no {measure:?} row:\n{stdout}");

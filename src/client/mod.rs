@@ -39,6 +39,9 @@ const MAX_HEADER: usize = 64 << 20;
 /// While a tool reads only subscriber messages, the other sockets (pings to
 /// answer, command replies to queue) are read at least this often.
 const SERVICE_EVERY: Duration = Duration::from_millis(100);
+/// Most bytes reserved at once for a chunked payload the server announces:
+/// larger ones still arrive, growing as they do.
+const MAX_RESERVE: usize = 1 << 30;
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +219,10 @@ pub struct Client {
     /// [`Client::next_subscriber_frames_of`], which waits on the subscriber
     /// socket alone.
     serviced: Instant,
+    /// When the last PING arrived, and the longest wait between two so far
+    /// (see [`Client::take_ping_gap`]).
+    last_ping: Option<Instant>,
+    ping_gap: Duration,
     /// The key the sockets encrypt with, when they do.
     server_key: Option<PublicKey>,
     /// The client's public key, when encrypting.
@@ -323,6 +330,8 @@ impl Client {
             users: Vec::new(),
             received: [0; 4],
             serviced: Instant::now(),
+            last_ping: None,
+            ping_gap: Duration::ZERO,
             server_key,
             client_key: pair.map(|p| p.public()),
             handshakes,
@@ -392,6 +401,12 @@ impl Client {
     /// Bytes received on `channel` so far (header and data frames).
     pub fn received_bytes(&self, channel: Channel) -> u64 {
         self.received[channel as usize]
+    }
+
+    /// The longest time between two PINGs received since the last call, as
+    /// the client read them: how late the server's heartbeat was.
+    pub fn take_ping_gap(&mut self) -> Duration {
+        std::mem::take(&mut self.ping_gap)
     }
 
     /// The routing identity of the client's DEALER sockets.

@@ -187,8 +187,14 @@ impl Client {
             return Ok(());
         };
         match decode_header(header, MAX_HEADER)? {
-            HeartbeatMessage::Ping { seq } if self.answer_pings => {
-                self.send(Channel::Heartbeat, &HeartbeatMessage::Pong { seq }, None)?;
+            HeartbeatMessage::Ping { seq } => {
+                let now = Instant::now();
+                if let Some(last) = self.last_ping.replace(now) {
+                    self.ping_gap = self.ping_gap.max(now.duration_since(last));
+                }
+                if self.answer_pings {
+                    self.send(Channel::Heartbeat, &HeartbeatMessage::Pong { seq }, None)?;
+                }
             }
             HeartbeatMessage::Resume { token: None } => self.resume(Channel::Heartbeat)?,
             _ => {}
@@ -294,12 +300,16 @@ impl Client {
             _ => PayloadSpec::Inline,
         };
         match chunked {
-            PayloadSpec::Chunked { transfer, .. } => {
+            PayloadSpec::Chunked { transfer, size, .. } => {
+                // The whole payload in one allocation, so that it is not
+                // copied again as it grows (up to the largest frame the
+                // client accepts: a server is not trusted with more).
+                let size = usize::try_from(size).unwrap_or(0).min(MAX_RESERVE);
                 self.partial.insert(
                     transfer,
                     Partial {
                         message,
-                        data: BytesMut::new(),
+                        data: BytesMut::with_capacity(size),
                     },
                 );
             }

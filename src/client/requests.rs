@@ -229,8 +229,19 @@ impl Client {
         block: &Block,
         timeout: Duration,
     ) -> Result<u64, ClientError> {
+        self.update_raw_confirmed(block, &encode_value(&block.data), timeout)
+    }
+
+    /// Sends already-encoded data for a datablock and waits until the
+    /// server has applied it; returns the new revision.
+    pub fn update_raw_confirmed(
+        &mut self,
+        block: &Block,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<u64, ClientError> {
         let id = self.next_id();
-        self.send_update(block, &encode_value(&block.data), Some(id))?;
+        self.send_update(block, data, Some(id))?;
         self.ack(id, timeout)
     }
 

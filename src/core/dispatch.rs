@@ -71,7 +71,6 @@ impl Core {
                 };
                 match (message, identity, sender) {
                     (ClientMessage::Command(request), Some(identity), _) => {
-                        let payload = payload.as_deref().map(owned);
                         self.command(identity, sender, peer_address, request, payload)
                             .await;
                     }
@@ -158,7 +157,7 @@ impl Core {
         sender: Option<ClientId>,
         peer_address: Option<String>,
         request: CommandRequest,
-        payload: Option<Bytes>,
+        payload: Option<Frame>,
     ) {
         let refers_to = RefersTo {
             kind: Some(request.kind().to_owned()),
@@ -369,7 +368,7 @@ impl Core {
         &mut self,
         id: ClientId,
         request: CommandRequest,
-        payload: Option<Bytes>,
+        payload: Option<Frame>,
     ) -> Result<(), RoomError> {
         match request {
             CommandRequest::JoinRoom {
@@ -451,13 +450,15 @@ impl Core {
                     })?;
                     let spec = BlockSpec::checked(uuid, type_id, owner, deps).map_err(invalid)?;
                     let pending = Pending::UploadSet { req_id, spec };
+                    let payload = payload.as_deref().map(owned);
                     self.datablock_message(id, Channel::Commands, pending, &chunk, payload)
                         .await;
                     Effects::default()
                 }
             }
             CommandRequest::Chunk { transfer, index } => {
-                self.chunk_message(id, Channel::Commands, transfer, index, payload)
+                // Copied once, from libzmq's frame into the transfer.
+                self.chunk_message(id, Channel::Commands, transfer, index, payload.as_deref())
                     .await;
                 Effects::default()
             }
@@ -532,7 +533,6 @@ impl Core {
                 self.update(id, update, payload.map(owned)).await;
             }
             PublisherMessage::Chunk { transfer, index } => {
-                let payload = payload.map(owned);
                 self.chunk_message(id, Channel::Publisher, transfer, index, payload)
                     .await;
             }

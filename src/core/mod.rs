@@ -6,6 +6,7 @@ mod auth;
 pub mod backups;
 mod console_requests;
 mod dispatch;
+mod gate;
 mod links;
 mod old_clients;
 mod payloads;
@@ -41,6 +42,7 @@ use crate::transport::{Command, Identity, Recipients, Transport};
 
 use auth::{LoginThrottle, Secret};
 pub use console_requests::{Lock, Report, ResetDone};
+use gate::{Await, Gate};
 use links::Links;
 use old_clients::NotedClients;
 use reset::PendingReset;
@@ -51,6 +53,12 @@ use transfers::Transfers;
 const PRESENCE_DELAY: Duration = Duration::from_millis(30);
 /// Most messages the core reads in one turn of its loop.
 const TURN_MESSAGES: usize = 256;
+/// Most bytes of data frames the core reads in one turn (a larger frame
+/// comes alone): each byte is copied once into a reassembled payload or a
+/// datablock, so this bounds a turn's work at about a millisecond whatever
+/// the size of the messages, and the other clients' messages wait that
+/// long at most (docs/architecture.md, "Big payloads").
+const TURN_BYTES: usize = 4 << 20;
 /// A turn that read at least this many messages, but not as many as it
 /// could take, means they come faster than the core handles them one by
 /// one, and that it has caught up with them...
@@ -61,6 +69,11 @@ const GATHER_AFTER: usize = 16;
 /// Under light load turns hold a message or two and never pause; a full
 /// turn means more is waiting already, and does not pause either.
 const GATHER_PAUSE: Duration = Duration::from_micros(100);
+/// Longest the core goes without handing its thread back to the runtime.
+/// tokio only learns that a timer is due while the thread waits for
+/// events; under a flood the sockets are never empty, the loop never
+/// waits, and without this no PING would go out until the flood ended.
+const YIELD_EVERY: Duration = Duration::from_millis(1);
 /// An unfinished chunked transfer that receives nothing for this long is
 /// dropped: long enough for a 1 MiB chunk over a very slow link.
 const TRANSFER_IDLE: Duration = Duration::from_secs(120);
@@ -200,6 +213,14 @@ pub struct Core {
     presence_due: Option<Instant>,
     /// Changes were recorded and are not committed yet.
     recording_open: bool,
+    /// Some room's record is being written in the background: what its
+    /// members are sent waits in `gate` until it is committed.
+    committing: bool,
+    /// Commands waiting for a background commit, or behind one.
+    gate: Gate,
+    /// A client entered or left a room in this turn: the rooms of the
+    /// turn's recipients may have changed since their commands were made.
+    moved: bool,
     /// Transport commands of this turn of the loop, sent at its end: after
     /// the commit of the changes recorded before them (nothing is forwarded
     /// before it is recorded), and with forwarded updates ready together
@@ -254,6 +275,9 @@ impl Core {
             started: Instant::now(),
             presence_due: None,
             recording_open: false,
+            committing: false,
+            gate: Gate::default(),
+            moved: false,
             deferred: Vec::new(),
             outgoing: Vec::new(),
             run: Batcher::new(limits),
@@ -280,16 +304,35 @@ impl Core {
         );
         autosave.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(TURN_MESSAGES);
+        let recorded = self.rooms.wake().clone();
+        let mut yielded = std::time::Instant::now();
         loop {
             self.flush().await;
             if self.failure.is_some() {
                 break;
             }
             let presence_due = self.presence_due;
+            // Timers and the console come before the sockets: they are
+            // rarely ready and cheap, and under a flood of messages (an
+            // upload of a large scene) the sockets are always ready, so in
+            // the other order no heartbeat would go out until it ended.
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                n = self.transport.recv_many(&mut batch, TURN_MESSAGES) => {
+                _ = heartbeat.tick() => self.heartbeat().await,
+                // A background commit finished: the next flush sends what
+                // waited for it.
+                () = recorded.notified() => {}
+                () = sleep_until(presence_due), if presence_due.is_some() => {
+                    self.presence_due = None;
+                    self.broadcast_presence().await;
+                }
+                _ = autosave.tick(), if !autosave_every.is_off() => self.autosave(),
+                saved = reset::backup_written(&mut self.reset), if self.reset.is_some() => {
+                    self.finish_reset(saved).await;
+                }
+                Some(request) = console.recv() => self.console(request).await,
+                n = self.transport.recv_many(&mut batch, TURN_MESSAGES, TURN_BYTES) => {
                     if n == 0 {
                         tracing::error!("transport stopped unexpectedly");
                         break;
@@ -303,17 +346,18 @@ impl Core {
                         // timer would wait a whole millisecond.
                         std::thread::sleep(GATHER_PAUSE);
                     }
+                    if yielded.elapsed() >= YIELD_EVERY {
+                        tokio::task::yield_now().await;
+                        yielded = std::time::Instant::now();
+                    }
                 }
-                Some(request) = console.recv() => self.console(request).await,
-                _ = heartbeat.tick() => self.heartbeat().await,
-                () = sleep_until(presence_due), if presence_due.is_some() => {
-                    self.presence_due = None;
-                    self.broadcast_presence().await;
-                }
-                _ = autosave.tick(), if !autosave_every.is_off() => self.autosave(),
-                saved = reset::backup_written(&mut self.reset), if self.reset.is_some() => {
-                    self.finish_reset(saved).await;
-                }
+            }
+        }
+        self.flush().await;
+        // What waits for a background commit goes before the goodbyes.
+        for (_, entry) in self.rooms.iter_mut() {
+            if let Some(store) = &entry.store {
+                store.wait();
             }
         }
         self.flush().await;
@@ -338,23 +382,11 @@ impl Core {
         }
     }
 
-    /// Commits what was recorded, then sends what waited for it.
+    /// Commits what was recorded (or hands it to the room's recorder), then
+    /// sends what does not wait for a commit still under way.
     async fn flush(&mut self) {
-        if self.recording_open {
-            self.recording_open = false;
-            let started = std::time::Instant::now();
-            let mut failed = None;
-            for (_, entry) in self.rooms.iter_mut() {
-                if let Some(store) = &mut entry.store
-                    && let Err(e) = store.commit()
-                {
-                    failed.get_or_insert(e);
-                }
-            }
-            self.metrics.committed(started.elapsed());
-            if let Some(e) = failed {
-                self.fail(e);
-            }
+        if self.recording_open || self.committing {
+            self.commit();
         }
         if self.failure.is_some() {
             // Never forward what could not be recorded.
@@ -363,6 +395,10 @@ impl Core {
         }
         // The turn's buffers are taken out and put back, not reallocated.
         let mut commands = std::mem::take(&mut self.deferred);
+        if self.committing || !self.gate.is_empty() {
+            commands = self.through_gate(commands);
+        }
+        self.moved = false;
         let mut out = std::mem::take(&mut self.outgoing);
         let limits = self.run.limits();
         let mut run = std::mem::replace(&mut self.run, Batcher::new(limits));
@@ -371,6 +407,124 @@ impl Core {
             self.transport.send(command);
         }
         (self.deferred, self.outgoing, self.run) = (commands, out, run);
+    }
+
+    /// Hands every room's changes of this turn to its recorder, and notes
+    /// whether some room's record is still being written.
+    fn commit(&mut self) {
+        let mut failed = None;
+        let mut committing = false;
+        for (_, entry) in self.rooms.iter_mut() {
+            let Some(store) = &mut entry.store else {
+                continue;
+            };
+            if let Err(e) = store.commit() {
+                failed.get_or_insert(e);
+            }
+            if let Some(e) = store.take_failure() {
+                failed.get_or_insert(e);
+            }
+            for took in store.take_timings() {
+                self.metrics.committed(took);
+            }
+            committing |= store.busy();
+        }
+        self.recording_open = false;
+        self.committing = committing;
+        if let Some(e) = failed {
+            self.fail(e);
+        }
+    }
+
+    /// Of the turn's commands, those that wait for no background commit
+    /// and for no earlier command to the same client; the gate keeps the
+    /// others, and lets out those whose commit has finished.
+    fn through_gate(&mut self, commands: Vec<Command>) -> Vec<Command> {
+        let mut ready = Vec::with_capacity(commands.len());
+        let rooms = &self.rooms;
+        self.gate.release(
+            |room, batch| {
+                rooms
+                    .get(room)
+                    .and_then(|e| e.store.as_ref())
+                    .is_none_or(|s| s.committed() >= batch)
+            },
+            &mut ready,
+        );
+        // A busy room's updates share one list of recipients: their rooms
+        // are looked up once.
+        let mut last: Option<(Arc<[Identity]>, Vec<Await>)> = None;
+        for command in commands {
+            let after = match (&command, &last) {
+                (
+                    Command::Deliver {
+                        channel,
+                        to: Recipients::Many(to),
+                        ..
+                    },
+                    Some((seen, after)),
+                ) if *channel != Channel::Heartbeat && Arc::ptr_eq(to, seen) => after.clone(),
+                _ => {
+                    let after = self.awaits(&command);
+                    if let Command::Deliver {
+                        channel,
+                        to: Recipients::Many(to),
+                        ..
+                    } = &command
+                        && *channel != Channel::Heartbeat
+                    {
+                        last = Some((to.clone(), after.clone()));
+                    }
+                    after
+                }
+            };
+            self.gate.admit(command, after, &mut ready);
+        }
+        ready
+    }
+
+    /// The background commits a command may report: those of its
+    /// recipients' rooms. When a client changed rooms in this turn, the
+    /// rooms its commands were made in are not known any more, so they
+    /// wait for every room's. PINGs report nothing, and neither do the
+    /// commands that do not carry a message of a room.
+    fn awaits(&self, command: &Command) -> Vec<Await> {
+        let to = match command {
+            Command::Deliver {
+                channel: Channel::Heartbeat,
+                ..
+            }
+            | Command::Disconnect { .. }
+            | Command::Frames { .. }
+            | Command::Hold { .. }
+            | Command::Release { .. }
+            | Command::Users { .. } => return Vec::new(),
+            Command::Deliver { to, .. } => to,
+        };
+        let busy = |name: &Arc<str>| {
+            self.rooms
+                .get(name)
+                .and_then(|e| e.store.as_ref())
+                .filter(|s| s.busy())
+                .map(|s| (name.clone(), s.submitted()))
+        };
+        if self.moved {
+            return self.rooms.names().iter().filter_map(busy).collect();
+        }
+        let mut after: Vec<Await> = Vec::new();
+        for identity in to.iter() {
+            let room = self
+                .by_identity
+                .get(identity)
+                .and_then(|id| self.sessions.get(id))
+                .and_then(|s| s.room.as_ref());
+            if let Some(wait) = room.and_then(busy)
+                && !after.iter().any(|(r, _)| *r == wait.0)
+            {
+                after.push(wait);
+            }
+        }
+        after
     }
 
     /// Turns each run of forwarded updates that go to the same clients, one
@@ -484,7 +638,7 @@ impl Core {
 
     /// Records a room's accepted changes (before anything about them is
     /// sent).
-    fn record(&mut self, room: &str, changes: &[Change]) {
+    fn record(&mut self, room: &str, changes: Vec<Change>) {
         if changes.is_empty() {
             return;
         }
@@ -494,9 +648,7 @@ impl Core {
         entry.changed_since_autosave = true;
         if let Some(store) = &mut entry.store {
             self.recording_open = true;
-            if let Err(e) = store.record(changes) {
-                self.fail(e);
-            }
+            store.record(changes);
         }
     }
 
@@ -654,8 +806,8 @@ impl Core {
 
     /// Carries out what a room asked for: records its changes, then sends
     /// its messages.
-    async fn apply(&mut self, room: &str, effects: Effects) {
-        self.record(room, &effects.changes);
+    async fn apply(&mut self, room: &str, mut effects: Effects) {
+        self.record(room, std::mem::take(&mut effects.changes));
         if effects.streams_started > 0 {
             self.metrics
                 .streams_started

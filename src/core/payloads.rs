@@ -33,12 +33,6 @@ impl Pending {
             Pending::Update { req_id, .. } => ("UPDATE", *req_id),
         }
     }
-
-    fn uuid(&self) -> &str {
-        match self {
-            Pending::UploadSet { spec, .. } | Pending::Update { spec, .. } => &spec.uuid,
-        }
-    }
 }
 
 impl Core {
@@ -145,7 +139,7 @@ impl Core {
         channel: Channel,
         transfer: u64,
         index: u32,
-        payload: Option<Bytes>,
+        payload: Option<&[u8]>,
     ) {
         let refers_to = RefersTo {
             kind: Some("CHUNK".to_owned()),
@@ -159,10 +153,16 @@ impl Core {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
-        match session.transfers.chunk(channel, transfer, index, &data) {
+        match session.transfers.chunk(channel, transfer, index, data) {
             Ok(None) => {}
             Ok(Some((pending, data))) => self.finish(id, pending, data, Some(transfer)).await,
-            Err(e) => self.error_to_client(id, &e, refers_to).await,
+            Err(refused) => {
+                let refers_to = match &refused.data_of {
+                    Some(pending) => pending.refers_to(Some(transfer)),
+                    None => refers_to,
+                };
+                self.error_to_client(id, &refused.error, refers_to).await;
+            }
         }
     }
 
@@ -173,7 +173,9 @@ impl Core {
         // or for the refusal's context.
         let uuid = pending.uuid().to_owned();
         let update = matches!(pending, Pending::Update { .. });
-        match self.complete(id, pending, data, &uuid) {
+        // A chunked payload was checked chunk by chunk as it arrived.
+        let checked = transfer.is_some();
+        match self.complete(id, pending, data, &uuid, checked) {
             Ok((room, effects)) => {
                 if update {
                     self.metrics.updates.inc();
@@ -198,6 +200,7 @@ impl Core {
         pending: Pending,
         data: Bytes,
         uuid: &str,
+        checked: bool,
     ) -> Result<(Arc<str>, Effects), RoomError> {
         let max = self.config.limits.max_datablock_bytes;
         if data.len() > max {
@@ -214,7 +217,9 @@ impl Core {
         let (room_name, room) = self.room_mut(id)?;
         let effects = match pending {
             Pending::UploadSet { req_id, spec } => {
-                validate_value(&data).map_err(|e| bad_data(&spec.uuid, &e))?;
+                if !checked {
+                    validate_value(&data).map_err(|e| bad_data(&spec.uuid, &e))?;
+                }
                 room.upload(id, UploadStep::Set, req_id, Some((spec, data)))?
             }
             Pending::Update {
@@ -223,7 +228,7 @@ impl Core {
                 patch,
                 base_revision,
             } => {
-                if !patch {
+                if !patch && !checked {
                     validate_value(&data).map_err(|e| bad_data(&spec.uuid, &e))?;
                 }
                 let mut effects = room.update(id, spec, patch, base_revision, data)?;

@@ -141,15 +141,9 @@ impl Core {
         fresh.set_recording(entry.store.is_some());
         entry.room = fresh;
         entry.changed_since_autosave = false;
-        let recorded = match &mut entry.store {
-            Some(store) => {
-                self.recording_open = true;
-                store.record(&[Change::Clear, Change::State(SessionState::Waiting)])
-            }
-            None => Ok(()),
-        };
-        if let Err(e) = recorded {
-            self.fail(e);
+        if let Some(store) = &mut entry.store {
+            self.recording_open = true;
+            store.record([Change::Clear, Change::State(SessionState::Waiting)]);
         }
         match saved {
             Some(saved) => tracing::info!(

@@ -13,8 +13,11 @@ use super::{Core, protocol_error};
 use crate::config::{Config, Limits};
 use crate::protocol::{AuthStatus, ErrorCode, RoomInfo, SessionState, check_name};
 use crate::room::{ClientId, Room, RoomError};
+use tokio::sync::Notify;
+
 use crate::store::Change;
 use crate::store::db::{Store, StoreError};
+use crate::store::recorder::Recorder;
 
 /// The room of clients that name none. It always exists.
 pub const DEFAULT_ROOM: &str = "default";
@@ -26,7 +29,7 @@ const ROOMS_DIR: &str = "rooms";
 pub struct RoomEntry {
     pub room: Room,
     /// Its record, unless the server runs in memory.
-    pub store: Option<Store>,
+    pub store: Option<Recorder>,
     /// Stays when its last user leaves.
     pub keep_open: bool,
     /// Needed to join, besides the server's password.
@@ -70,7 +73,7 @@ impl Budget {
 }
 
 impl RoomEntry {
-    pub fn new(room: Room, store: Option<Store>) -> Self {
+    pub fn new(room: Room, store: Option<Recorder>) -> Self {
         Self {
             room,
             store,
@@ -83,13 +86,12 @@ impl RoomEntry {
     }
 
     /// Records a room setting, when the room is recorded.
-    fn record_setting(&mut self, key: &str, value: Option<String>) -> Result<(), StoreError> {
-        match &mut self.store {
-            Some(store) => store.record(&[Change::Setting {
+    fn record_setting(&mut self, key: &str, value: Option<String>) {
+        if let Some(store) = &mut self.store {
+            store.record([Change::Setting {
                 key: key.to_owned(),
                 value,
-            }]),
-            None => Ok(()),
+            }]);
         }
     }
 }
@@ -98,9 +100,17 @@ impl RoomEntry {
 #[derive(Default)]
 pub struct Rooms {
     entries: BTreeMap<Arc<str>, RoomEntry>,
+    /// Notified by the rooms' recorders each time they commit a batch in
+    /// the background.
+    wake: Arc<Notify>,
 }
 
 impl Rooms {
+    /// What the rooms' recorders notify.
+    pub fn wake(&self) -> &Arc<Notify> {
+        &self.wake
+    }
+
     pub fn insert(&mut self, name: &str, mut entry: RoomEntry) {
         entry.room.set_name(name);
         self.entries.insert(Arc::from(name), entry);
@@ -171,7 +181,11 @@ impl Rooms {
 
 /// Opens every recorded room in the data directory: the default room in
 /// the directory itself, the others under `rooms/`.
-pub fn open_recorded(config: &Config, dir: &Path) -> Result<Vec<(String, RoomEntry)>, StoreError> {
+pub fn open_recorded(
+    config: &Config,
+    dir: &Path,
+    wake: &Arc<Notify>,
+) -> Result<Vec<(String, RoomEntry)>, StoreError> {
     let mut found = Vec::new();
     let rooms_dir = dir.join(ROOMS_DIR);
     let listing = match std::fs::read_dir(&rooms_dir) {
@@ -205,11 +219,14 @@ pub fn open_recorded(config: &Config, dir: &Path) -> Result<Vec<(String, RoomEnt
         let mut entry = RoomEntry::new(room, None);
         entry.keep_open = store.setting("keep_open")?.as_deref() == Some("true");
         let recorded = store.setting("password")?;
-        entry.store = Some(store);
+        entry.store = Some(Recorder::spawn(store, wake.clone())?);
         if let Some(text) = recorded {
             let (password, rewrite) = RoomPassword::from_record(&text);
             if rewrite {
-                entry.record_setting("password", Some(password.recorded().to_owned()))?;
+                entry.record_setting("password", Some(password.recorded().to_owned()));
+                if let Some(store) = &mut entry.store {
+                    store.commit_and_wait()?;
+                }
                 tracing::info!(room = name, "the room's password is now recorded hashed");
             }
             entry.password = Some(password);
@@ -348,6 +365,7 @@ impl Core {
         let state = entry.room.state();
         if let Some(session) = self.sessions.get_mut(&client) {
             session.room = Some(key.clone());
+            self.moved = true;
         }
         self.presence_changed(&key);
         Ok(Joined {
@@ -384,14 +402,16 @@ impl Core {
                 if room_dir.exists() {
                     let _ = std::fs::remove_dir_all(&room_dir);
                 }
-                let (store, _) = Store::open(&room_dir, self.config.durability).map_err(|e| {
-                    tracing::error!("{e}");
-                    protocol_error(
-                        ErrorCode::LimitExceeded,
-                        "the server cannot record a new room now",
-                    )
-                })?;
-                Some(store)
+                let recorder = Store::open(&room_dir, self.config.durability)
+                    .and_then(|(store, _)| Recorder::spawn(store, self.rooms.wake().clone()))
+                    .map_err(|e| {
+                        tracing::error!("{e}");
+                        protocol_error(
+                            ErrorCode::LimitExceeded,
+                            "the server cannot record a new room now",
+                        )
+                    })?;
+                Some(recorder)
             }
             None => None,
         };
@@ -399,12 +419,8 @@ impl Core {
         entry.room.set_recording(entry.store.is_some());
         entry.password = password.as_deref().map(RoomPassword::new);
         let hashed = entry.password.as_ref().map(|p| p.recorded().to_owned());
-        let recorded = entry
-            .record_setting("name", Some(name.to_owned()))
-            .and_then(|()| entry.record_setting("password", hashed));
-        if let Err(e) = recorded {
-            self.fail(e);
-        }
+        entry.record_setting("name", Some(name.to_owned()));
+        entry.record_setting("password", hashed);
         self.recording_open |= entry.store.is_some();
         tracing::info!(room = name, "room created");
         self.rooms.insert(name, entry);
@@ -425,6 +441,7 @@ impl Core {
         }) else {
             return;
         };
+        self.moved = true;
         let Some(entry) = self.rooms.get_mut(&room) else {
             return;
         };
@@ -508,11 +525,8 @@ impl Core {
             ));
         }
         entry.keep_open = keep_open;
-        let recorded = entry.record_setting("keep_open", Some(keep_open.to_string()));
+        entry.record_setting("keep_open", Some(keep_open.to_string()));
         self.recording_open |= entry.store.is_some();
-        if let Err(e) = recorded {
-            self.fail(e);
-        }
         tracing::info!(room = %room, keep_open, "room settings changed");
         Ok(room)
     }

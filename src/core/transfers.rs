@@ -6,8 +6,24 @@ use bytes::{Bytes, BytesMut};
 use foldhash::HashMap;
 
 use crate::config::Limits;
+use crate::protocol::value_check::ValueCheck;
 use crate::protocol::{BlockSpec, Channel, ErrorCode};
 use crate::room::RoomError;
+
+impl Pending {
+    /// The datablock the payload is for.
+    pub fn uuid(&self) -> &str {
+        match self {
+            Pending::UploadSet { spec, .. } | Pending::Update { spec, .. } => &spec.uuid,
+        }
+    }
+
+    /// Whether the payload is a datablock's whole data (which must be one
+    /// MessagePack value), not a patch.
+    pub fn whole_value(&self) -> bool {
+        !matches!(self, Pending::Update { patch: true, .. })
+    }
+}
 
 /// What to do with a payload once all its chunks are in.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +42,24 @@ pub enum Pending {
     },
 }
 
+/// A refused chunk: the error, and the request whose data it refuses when
+/// the data itself is wrong (the ERROR then refers to that SET or UPDATE,
+/// as it would had the data arrived whole).
+#[derive(Debug)]
+pub struct ChunkRefused {
+    pub error: RoomError,
+    pub data_of: Option<Box<Pending>>,
+}
+
+impl From<RoomError> for ChunkRefused {
+    fn from(error: RoomError) -> Self {
+        Self {
+            error,
+            data_of: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Partial {
     pending: Pending,
@@ -35,6 +69,9 @@ struct Partial {
     size: u64,
     next_index: u32,
     data: BytesMut,
+    /// The data is checked to be one MessagePack value chunk by chunk
+    /// (full data; a patch is decoded whole when applied).
+    check: Option<ValueCheck>,
 }
 
 /// A client's unfinished transfers, keyed by channel and transfer id.
@@ -87,6 +124,7 @@ impl Transfers {
             ));
         }
         self.reserved += size;
+        let check = pending.whole_value().then(|| ValueCheck::new(size));
         self.partial.insert(
             (channel, transfer),
             Partial {
@@ -95,7 +133,12 @@ impl Transfers {
                 chunks,
                 size,
                 next_index: 0,
-                data: BytesMut::new(),
+                // The whole payload in one allocation, so that it is never
+                // copied again as it grows: the size is within the limits
+                // checked above, and pages are only taken as chunks fill
+                // them.
+                data: BytesMut::with_capacity(usize::try_from(size).unwrap_or(0)),
+                check,
             },
         );
         Ok(())
@@ -110,7 +153,7 @@ impl Transfers {
         transfer: u64,
         index: u32,
         data: &[u8],
-    ) -> Result<Option<(Pending, Bytes)>, RoomError> {
+    ) -> Result<Option<(Pending, Bytes)>, ChunkRefused> {
         let key = (channel, transfer);
         let Some(partial) = self.partial.get_mut(&key) else {
             return Err(RoomError::new(
@@ -119,7 +162,8 @@ impl Transfers {
                     "no transfer {transfer} in progress on the {} channel",
                     channel.name()
                 ),
-            ));
+            )
+            .into());
         };
         let failure = if index != partial.next_index {
             Some(format!(
@@ -147,12 +191,33 @@ impl Transfers {
             return Err(RoomError::new(
                 ErrorCode::TransferFailed,
                 format!("transfer {transfer} aborted: {message}"),
-            ));
+            )
+            .into());
+        }
+        let last = index + 1 == partial.chunks;
+        let checked = partial.check.as_mut().map_or(Ok(()), |check| {
+            check
+                .feed(data)
+                .and_then(|()| if last { check.finish() } else { Ok(()) })
+        });
+        if let Err(e) = checked {
+            let pending = self.abort(channel, transfer);
+            let uuid = pending.as_ref().map_or("", Pending::uuid);
+            return Err(ChunkRefused {
+                error: RoomError::new(
+                    ErrorCode::Malformed,
+                    format!(
+                        "transfer {transfer} aborted: the data of datablock {uuid} is not one \
+                         MessagePack value: {e}"
+                    ),
+                ),
+                data_of: pending.map(Box::new),
+            });
         }
         partial.data.extend_from_slice(data);
         partial.next_index += 1;
         partial.last_activity = Instant::now();
-        if partial.next_index < partial.chunks {
+        if !last {
             return Ok(None);
         }
         let Some(done) = self.partial.remove(&key) else {
@@ -194,10 +259,11 @@ impl Transfers {
         self.reserved = 0;
     }
 
-    fn abort(&mut self, channel: Channel, transfer: u64) {
-        if let Some(p) = self.partial.remove(&(channel, transfer)) {
-            self.reserved -= p.size;
-        }
+    /// Forgets a transfer; returns what it was for.
+    fn abort(&mut self, channel: Channel, transfer: u64) -> Option<Pending> {
+        let p = self.partial.remove(&(channel, transfer))?;
+        self.reserved -= p.size;
+        Some(p.pending)
     }
 }
 
@@ -227,11 +293,48 @@ mod tests {
         let mut t = Transfers::default();
         t.begin(Channel::Publisher, 7, 3, 5, pending(), &limits(100, 100))
             .unwrap();
-        assert!(t.chunk(Channel::Publisher, 7, 0, b"ab").unwrap().is_none());
-        assert!(t.chunk(Channel::Publisher, 7, 1, b"cd").unwrap().is_none());
-        let (_, data) = t.chunk(Channel::Publisher, 7, 2, b"e").unwrap().unwrap();
-        assert_eq!(&data[..], b"abcde");
+        // The string "abcd", split inside its marker's contents.
+        assert!(
+            t.chunk(Channel::Publisher, 7, 0, b"\xa4a")
+                .unwrap()
+                .is_none()
+        );
+        assert!(t.chunk(Channel::Publisher, 7, 1, b"bc").unwrap().is_none());
+        let (_, data) = t.chunk(Channel::Publisher, 7, 2, b"d").unwrap().unwrap();
+        assert_eq!(&data[..], b"\xa4abcd");
         assert_eq!(t.reserved, 0);
+    }
+
+    #[test]
+    fn data_that_is_not_one_value_aborts_at_the_chunk_that_shows_it() {
+        let mut t = Transfers::default();
+        t.begin(Channel::Publisher, 1, 3, 6, pending(), &limits(100, 100))
+            .unwrap();
+        // A string of 2 bytes, then a byte too many.
+        t.chunk(Channel::Publisher, 1, 0, b"\xa2a").unwrap();
+        let e = t.chunk(Channel::Publisher, 1, 1, b"bc").unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::Malformed, "{}", e.error.message);
+        assert_eq!(
+            e.data_of.as_deref(),
+            Some(&pending()),
+            "refers to the UPDATE"
+        );
+        assert_eq!(t.reserved, 0, "aborted");
+        // A patch is not a whole value: it is decoded when applied.
+        let patch = Pending::Update {
+            req_id: None,
+            spec: BlockSpec::checked("u".into(), None, None, None).unwrap(),
+            patch: true,
+            base_revision: None,
+        };
+        t.begin(Channel::Publisher, 2, 2, 2, patch, &limits(100, 100))
+            .unwrap();
+        t.chunk(Channel::Publisher, 2, 0, b"\xc1").unwrap();
+        assert!(
+            t.chunk(Channel::Publisher, 2, 1, b"\xc1")
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod message;
 pub mod old_multiuser;
 pub mod patch;
 mod update_header;
+pub mod value_check;
 pub mod wire;
 
 pub use codec::{decode_header, decode_publisher, decode_server, encode, validate_value};

@@ -4,7 +4,9 @@
 //!
 //! Tables:
 //! - `meta`: the session's state (`WAITING`, `SRV_SYNC` or `ACTIVE`).
-//! - `datablocks`: each datablock's last full data, with its revision.
+//! - `datablocks`: each datablock's last full data, with its revision; data
+//!   of a megabyte or more is in a file of its own under `blobs/`, which
+//!   the row names in `file` ([`blobs`]).
 //! - `patches`: patches applied since that full data, one row each. The
 //!   room replaces them with a new full row once they add up to more than
 //!   the data itself, so the database follows the size of the scene, not
@@ -15,6 +17,7 @@
 //! checkpoints the WAL into the database every [`SYNC_INTERVAL`], which also
 //! flushes it, so the core never waits for a checkpoint.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -34,8 +37,9 @@ pub const DB_FILE: &str = "session.db";
 const LOCK_FILE: &str = "lock";
 /// `PRAGMA application_id`: marks the database as ours ("RPLS").
 const APPLICATION_ID: i64 = 0x5250_4c53;
-/// `PRAGMA user_version`: the schema's version.
-const SCHEMA_VERSION: i64 = 1;
+/// `PRAGMA user_version`: the schema's version. Version 1 had no `file`
+/// column; it is added when such a database is opened.
+const SCHEMA_VERSION: i64 = 2;
 /// How often committed changes are checkpointed and flushed to the disk in
 /// the default durability: the most a power loss can take.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
@@ -56,7 +60,8 @@ CREATE TABLE IF NOT EXISTS datablocks (
     owner TEXT NOT NULL,
     deps BLOB NOT NULL,
     revision INTEGER NOT NULL,
-    data BLOB NOT NULL
+    data BLOB NOT NULL,
+    file TEXT
 );
 CREATE TABLE IF NOT EXISTS patches (
     uuid TEXT NOT NULL,
@@ -126,6 +131,8 @@ pub struct Store {
     /// Held for as long as the store is open.
     _lock: File,
     in_transaction: bool,
+    /// Large data, in files beside the database.
+    blobs: Blobs,
     /// The next datablock's creation sequence number.
     next_seq: i64,
     syncer: Option<Syncer>,
@@ -173,16 +180,19 @@ impl Store {
             Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path, e)),
         }
         let conn = Connection::open(&file).map_err(|e| open_error(&file, e))?;
+        let blobs = Blobs::open(dir).map_err(|e| io(dir, e))?;
         let mut store = Self {
             conn,
             file,
             _lock: lock,
             in_transaction: false,
+            blobs,
             next_seq: 0,
             syncer: None,
         };
         store.prepare(durability)?;
         let recovered = store.recover()?;
+        store.remove_unnamed_files()?;
         store.syncer = Some(Syncer::spawn(&store.file, durability)?);
         Ok((store, recovered))
     }
@@ -225,7 +235,7 @@ impl Store {
             .conn
             .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
             .map_err(err)?;
-        if tables > 0 && (app != APPLICATION_ID || version != SCHEMA_VERSION) {
+        if tables > 0 && (app != APPLICATION_ID || !(1..=SCHEMA_VERSION).contains(&version)) {
             return Err(StoreError::Foreign {
                 file,
                 detail: format!(
@@ -234,9 +244,14 @@ impl Store {
             });
         }
         self.check_integrity()?;
+        let upgrade = if tables > 0 && version == 1 {
+            "ALTER TABLE datablocks ADD COLUMN file TEXT;"
+        } else {
+            ""
+        };
         self.conn
             .execute_batch(&format!(
-                "BEGIN; {SCHEMA} PRAGMA application_id={APPLICATION_ID}; PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+                "BEGIN; {SCHEMA} {upgrade} PRAGMA application_id={APPLICATION_ID}; PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
             ))
             .map_err(|e| self.write_error(e))?;
         self.next_seq = self
@@ -284,12 +299,71 @@ impl Store {
             self.in_transaction = true;
         }
         for change in changes {
-            self.apply(change).map_err(|e| self.write_error(e))?;
+            self.apply(change)?;
         }
         Ok(())
     }
 
-    fn apply(&mut self, change: &Change) -> rusqlite::Result<()> {
+    fn apply(&mut self, change: &Change) -> Result<(), StoreError> {
+        self.release_files(change)?;
+        let file = match change {
+            Change::Put(b) if b.data.len() >= FILE_MIN_BYTES => Some(
+                self.blobs
+                    .write(&b.data)
+                    .map_err(|e| self.file_error(&self.blobs.path("new"), e))?,
+            ),
+            _ => None,
+        };
+        self.apply_row(change, file.as_deref())
+            .map_err(|e| self.write_error(e))
+    }
+
+    /// Notes the files that `change` stops a row from naming.
+    fn release_files(&mut self, change: &Change) -> Result<(), StoreError> {
+        let named: Vec<String> = match change {
+            Change::Put(StoredBlock { uuid, .. }) | Change::Delete { uuid } => self
+                .conn
+                .prepare_cached("SELECT file FROM datablocks WHERE uuid = ?1 AND file IS NOT NULL")
+                .and_then(|mut stmt| {
+                    stmt.query_map([uuid], |r| r.get(0))
+                        .and_then(Iterator::collect)
+                }),
+            Change::Clear => self
+                .conn
+                .prepare_cached("SELECT file FROM datablocks WHERE file IS NOT NULL")
+                .and_then(|mut stmt| stmt.query_map([], |r| r.get(0)).and_then(Iterator::collect)),
+            _ => Ok(Vec::new()),
+        }
+        .map_err(|e| self.write_error(e))?;
+        for name in named {
+            self.blobs.forget(name);
+        }
+        Ok(())
+    }
+
+    /// Removes the data files no row names.
+    fn remove_unnamed_files(&self) -> Result<(), StoreError> {
+        let named: HashSet<String> = self
+            .conn
+            .prepare("SELECT file FROM datablocks WHERE file IS NOT NULL")
+            .and_then(|mut stmt| stmt.query_map([], |r| r.get(0)).and_then(Iterator::collect))
+            .map_err(|e| self.read_error(e))?;
+        self.blobs.remove_unnamed(&named);
+        Ok(())
+    }
+
+    fn file_error(&self, path: &Path, source: std::io::Error) -> StoreError {
+        let dir = self.dir().to_owned();
+        match condition::of_io_error(&source, path, condition::room_for(&self.file), &dir) {
+            Some(condition) => StoreError::Storage(Diagnosis { dir, condition }),
+            None => StoreError::Io {
+                file: path.to_owned(),
+                detail: source.to_string(),
+            },
+        }
+    }
+
+    fn apply_row(&mut self, change: &Change, file: Option<&str>) -> rusqlite::Result<()> {
         let c = &self.conn;
         match change {
             Change::State(state) => {
@@ -302,11 +376,12 @@ impl Store {
             }
             Change::Put(b) => {
                 c.prepare_cached(
-                    "INSERT INTO datablocks (uuid, seq, type_id, owner, deps, revision, data)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                    "INSERT INTO datablocks (uuid, seq, type_id, owner, deps, revision, data, file)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT (uuid) DO UPDATE SET type_id = excluded.type_id,
                         owner = excluded.owner, deps = excluded.deps,
-                        revision = excluded.revision, data = excluded.data",
+                        revision = excluded.revision, data = excluded.data,
+                        file = excluded.file",
                 )?
                 .execute(params![
                     b.uuid,
@@ -315,7 +390,8 @@ impl Store {
                     b.owner,
                     encode_deps(&b.deps),
                     revision_i64(b.revision),
-                    &b.data[..]
+                    if file.is_some() { &[][..] } else { &b.data[..] },
+                    file
                 ])?;
                 self.next_seq += 1;
                 c.prepare_cached("DELETE FROM patches WHERE uuid = ?1")?
@@ -372,11 +448,18 @@ impl Store {
             return Ok(());
         }
         self.in_transaction = false;
+        if let Err(e) = self.blobs.sync() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            self.blobs.rolled_back();
+            return Err(self.file_error(&self.blobs.path(""), e));
+        }
         if let Err(e) = self.conn.execute_batch("COMMIT") {
             // Leave no half transaction open behind a failed commit.
             let _ = self.conn.execute_batch("ROLLBACK");
+            self.blobs.rolled_back();
             return Err(self.write_error(e));
         }
+        self.blobs.committed();
         if let Some(syncer) = &self.syncer {
             syncer.dirty.store(true, Ordering::Release);
         }
@@ -419,6 +502,7 @@ impl Drop for Store {
     fn drop(&mut self) {
         if self.in_transaction {
             let _ = self.conn.execute_batch("ROLLBACK");
+            self.blobs.rolled_back();
         }
         // Stop the checkpoint thread before the last connection closes, so
         // closing can checkpoint and remove the WAL.
@@ -513,9 +597,12 @@ fn decode_deps(bytes: &[u8]) -> Result<Vec<String>, String> {
     }
 }
 
+mod blobs;
 mod checkpoint;
 mod locate;
 
+use blobs::Blobs;
+pub use blobs::FILE_MIN_BYTES;
 use checkpoint::Syncer;
 #[cfg(test)]
 use recover::with_offset;

@@ -8,6 +8,7 @@
 pub mod condition;
 pub mod db;
 pub mod file;
+pub mod recorder;
 
 use bytes::Bytes;
 

@@ -342,13 +342,32 @@ impl Io {
     }
 
     /// Reads the messages waiting on one socket into `out`, at most `limit`
-    /// of them. Returns true when the socket may hold more: the caller must
-    /// then read again before waiting for the socket to signal.
-    pub(super) fn read(&mut self, channel: Channel, out: &mut Vec<Inbound>, limit: usize) -> bool {
+    /// of them, stopping once their data frames reach `bytes` (adding
+    /// their size to `read`). Returns true when the socket may hold more:
+    /// the caller must then read again before waiting for the socket to
+    /// signal.
+    pub(super) fn read(
+        &mut self,
+        channel: Channel,
+        out: &mut Vec<Inbound>,
+        limit: usize,
+        bytes: usize,
+        read: &mut usize,
+    ) -> bool {
         let socket = &self.sockets.sockets[channel as usize];
+        let mut taken = 0;
         for _ in 0..limit {
+            // At least one message, however large.
+            if taken > 0 && taken >= bytes {
+                return true;
+            }
             match read_message(socket, channel, self.limits.max_header_bytes, &self.traffic) {
-                Ok(Some(msg)) => out.push(msg),
+                Ok(Some(msg)) => {
+                    let size = data_len(&msg);
+                    taken += size;
+                    *read += size;
+                    out.push(msg);
+                }
                 // Nothing left. A read that finds nothing has libzmq take
                 // in every command waiting for the socket first (pipes that
                 // became readable included) and then look again, so the
@@ -631,6 +650,17 @@ fn read_message(
 }
 
 /// A message's size on the wire, without its routing frame.
+/// Bytes of a message's data frame.
+fn data_len(event: &Inbound) -> usize {
+    match event {
+        Inbound::Message {
+            payload: Some(frame),
+            ..
+        } => frame.len(),
+        _ => 0,
+    }
+}
+
 fn wire_bytes(wire: &Wire) -> usize {
     wire.header.len() + wire.payload.as_ref().map_or(0, |p| p.len())
 }

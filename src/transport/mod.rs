@@ -296,9 +296,11 @@ impl Transport {
     }
 
     /// Waits for inbound events and moves up to `limit` of them into `out`
-    /// (at least one). Meanwhile retries blocked outboxes when they are due.
-    /// Cancel-safe: nothing is taken from a socket at an await point.
-    pub async fn recv_many(&mut self, out: &mut Vec<Inbound>, limit: usize) -> usize {
+    /// (at least one), with at most about `bytes` of data frames among them
+    /// (a larger frame comes alone). Meanwhile retries blocked outboxes
+    /// when they are due. Cancel-safe: nothing is taken from a socket at an
+    /// await point.
+    pub async fn recv_many(&mut self, out: &mut Vec<Inbound>, limit: usize, bytes: usize) -> usize {
         let limit = limit.max(1);
         loop {
             self.io.flush(std::time::Instant::now());
@@ -308,7 +310,7 @@ impl Transport {
                     None => break,
                 }
             }
-            self.read_fairly(out, limit);
+            self.read_fairly(out, limit, bytes);
             if !out.is_empty() {
                 return out.len();
             }
@@ -337,22 +339,29 @@ impl Transport {
 
     /// Reads the sockets in channel order (under light load a message sent
     /// on one channel before another on the next is handed over first),
-    /// each up to its share of `limit`; what is left of `limit` then goes to
-    /// the sockets that filled their share, so that a flooded socket cannot
-    /// starve the others.
-    fn read_fairly(&mut self, out: &mut Vec<Inbound>, limit: usize) {
+    /// each up to its share of `limit` messages and of `bytes`; what is left
+    /// of both then goes to the sockets that filled their share, so that a
+    /// flooded socket cannot starve the others, whether it floods them with
+    /// many messages or with large ones.
+    fn read_fairly(&mut self, out: &mut Vec<Inbound>, limit: usize, bytes: usize) {
         let share = (limit / Channel::ALL.len()).max(1);
+        let byte_share = bytes / Channel::ALL.len();
+        let mut taken = 0;
         let mut more = [false; 4];
         for channel in Channel::ALL {
             let room = share.min(limit.saturating_sub(out.len()));
-            more[channel as usize] = room > 0 && self.io.read(channel, out, room);
+            let mut read = 0;
+            more[channel as usize] =
+                room > 0 && self.io.read(channel, out, room, byte_share, &mut read);
+            taken += read;
         }
         for channel in Channel::ALL {
-            if out.len() >= limit {
+            if out.len() >= limit || taken >= bytes {
                 break;
             }
             if more[channel as usize] {
-                self.io.read(channel, out, limit - out.len());
+                self.io
+                    .read(channel, out, limit - out.len(), bytes - taken, &mut taken);
             }
         }
     }

@@ -2,6 +2,7 @@
 //! process and prints a table of results (median and spread over several
 //! runs, server CPU and memory from /proc, the libzmq ceiling alongside).
 
+mod big;
 mod ceiling;
 mod guesses;
 mod proxy;
@@ -72,6 +73,10 @@ enum Scenario {
     /// Password guesses per second from one address, for each password
     /// (four minutes in full: run only when named with --only).
     Guesses,
+    /// Small updates in one room while another room uploads a large scene,
+    /// has it joined late and takes a large UPDATE, in memory and recorded,
+    /// with the disk's own speed (dd) measured in the same run.
+    Big,
 }
 
 /// Sizes of every scenario.
@@ -89,6 +94,7 @@ struct Plan {
     crowd_writers: usize,
     crowd_seconds: f64,
     guess_seconds: f64,
+    big: big::BigPlan,
 }
 
 impl Plan {
@@ -107,6 +113,11 @@ impl Plan {
             crowd_writers: 8,
             crowd_seconds: 5.0,
             guess_seconds: 60.0,
+            big: big::BigPlan {
+                upload_blocks: 64,
+                upload_block_bytes: 16 << 20,
+                update_bytes: 256 << 20,
+            },
         }
     }
 
@@ -125,6 +136,11 @@ impl Plan {
             crowd_writers: 2,
             crowd_seconds: 0.5,
             guess_seconds: 0.5,
+            big: big::BigPlan {
+                upload_blocks: 4,
+                upload_block_bytes: 2 << 20,
+                update_bytes: 4 << 20,
+            },
         }
     }
 }
@@ -550,6 +566,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    if wanted(Scenario::Big) {
+        big_rows(&mut setup, &plan, runs, &mut table)?;
+    }
+
     // On a virtual machine the host may take the cores away for a while:
     // figures measured then say more about the host than the server.
     if let (Some(before), Some(after)) = (stolen_before, server::stolen()) {
@@ -564,6 +584,103 @@ fn main() -> anyhow::Result<()> {
         );
     }
     print!("{}", table.render(runs));
+    Ok(())
+}
+
+/// The big-payload scenario, in memory and recorded, with the disk's own
+/// speed measured before each recorded run.
+fn big_rows(setup: &mut Setup, plan: &Plan, runs: usize, table: &mut Table) -> anyhow::Result<()> {
+    let total_mb = (plan.big.upload_blocks * plan.big.upload_block_bytes) >> 20;
+    let mut disk = Vec::new();
+    for storage in [Storage::InMemory, Storage::Normal] {
+        setup.storage = storage;
+        let mut results: Vec<big::BigRun> = Vec::new();
+        for _ in 0..runs {
+            if storage != Storage::InMemory {
+                disk.push(big::disk_speed(total_mb)?);
+            }
+            results.push(big::run(setup, plan.big)?);
+        }
+        let name = storage.name();
+        let Some(first) = results.first() else {
+            continue;
+        };
+        for (i, op) in first.ops.iter().enumerate() {
+            let of = |f: &dyn Fn(&big::BigOp) -> f64| -> Vec<f64> {
+                results.iter().filter_map(|r| r.ops.get(i)).map(f).collect()
+            };
+            let mb = op.bytes as f64 / 1e6;
+            if op.bytes == 0 {
+                table.row(
+                    &format!("{name}: {} in room B (the floor)", op.name),
+                    "",
+                    "",
+                    String::new(),
+                );
+            } else {
+                table.row(
+                    &format!("{name}: {} of {mb:.0} MB, room B", op.name),
+                    "MB/s",
+                    "",
+                    Spread::of(&of(&|o| o.bytes as f64 / 1e6 / o.seconds)).show(0),
+                );
+            }
+            table.row(
+                "  room A's small updates meanwhile: p50 / p99 / max",
+                "ms",
+                "max < 20",
+                format!(
+                    "{} / {} / {}",
+                    Spread::of(&of(&|o| o.p50_ms)).show(2),
+                    Spread::of(&of(&|o| o.p99_ms)).show(2),
+                    Spread::of(&of(&|o| o.max_ms)).show(2)
+                ),
+            );
+            let total = |f: fn(&big::BigOp) -> usize| -> usize {
+                results.iter().filter_map(|r| r.ops.get(i)).map(f).sum()
+            };
+            table.row(
+                "  small updates sent meanwhile",
+                "",
+                "",
+                total(|o| o.small_sent).to_string(),
+            );
+            table.row(
+                "  small updates lost meanwhile",
+                "",
+                "0",
+                total(|o| o.small_lost).to_string(),
+            );
+            table.row(
+                "  longest wait between two PINGs in room A",
+                "ms",
+                "< 1500",
+                Spread::of(&of(&|o| o.ping_gap_ms)).show(0),
+            );
+        }
+        let peak: Vec<f64> = results
+            .iter()
+            .map(|r| r.peak_rss as f64 / (1 << 20) as f64)
+            .collect();
+        table.row(
+            &format!(
+                "{name}: server peak RSS, scene of {:.0} MiB",
+                first.scene_bytes as f64 / (1 << 20) as f64
+            ),
+            "MiB",
+            "",
+            Spread::of(&peak).show(0),
+        );
+    }
+    setup.storage = Storage::InMemory;
+    if !disk.is_empty() {
+        table.row(
+            &format!("disk: dd bs=1M count={total_mb} conv=fdatasync, before each recorded run"),
+            "MB/s",
+            "",
+            Spread::of(&disk).show(0),
+        );
+    }
     Ok(())
 }
 

@@ -50,7 +50,7 @@ impl Storage {
 }
 
 impl Setup {
-    fn server(&self) -> anyhow::Result<ServerProcess> {
+    pub fn server(&self) -> anyhow::Result<ServerProcess> {
         let durability = match self.storage {
             Storage::InMemory => {
                 return ServerProcess::start(&self.binary, self.first_port, &[]);
@@ -233,7 +233,7 @@ struct Envelope {
 /// The data of each forwarded update in a subscriber message: one for an
 /// UPDATE, one per update for an UPDATES, none for anything else. The
 /// headers are not decoded beyond the type and the lengths.
-fn update_payloads(frames: &[zmq::Message]) -> Vec<&[u8]> {
+pub(crate) fn update_payloads(frames: &[zmq::Message]) -> Vec<&[u8]> {
     let (Some(header), Some(data)) = (frames.first(), frames.get(1)) else {
         return Vec::new();
     };

@@ -155,7 +155,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT uuid, type_id, owner, deps, revision, data FROM datablocks ORDER BY seq",
+                "SELECT uuid, type_id, owner, deps, revision, data, file FROM datablocks ORDER BY seq",
             )
             .map_err(|e| self.read_error(e))?;
         let rows = stmt
@@ -167,12 +167,34 @@ impl Store {
                     r.get::<_, Vec<u8>>(3)?,
                     r.get::<_, i64>(4)?,
                     r.get::<_, Vec<u8>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
                 ))
             })
             .and_then(Iterator::collect::<Result<Vec<_>, _>>)
             .map_err(|e| self.read_error(e))?;
         let mut blocks = Vec::with_capacity(rows.len());
-        for (uuid, type_id, owner, deps, revision, data) in rows {
+        for (uuid, type_id, owner, deps, revision, data, file) in rows {
+            let data = match file {
+                None => data,
+                Some(_) if !data.is_empty() => {
+                    return Err(self.bad_row(
+                        "datablocks",
+                        &uuid,
+                        "data both in the row and in a file",
+                    ));
+                }
+                Some(name) => self.blobs.read(&name).map_err(|e| match e.kind() {
+                    // Gone, or a name that is not ours: the record is wrong.
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData => {
+                        StoreError::Damaged {
+                            file: self.blobs.path(&name),
+                            detail: format!("the data file of datablock {uuid:?}: {e}"),
+                        }
+                    }
+                    // Unreadable for now: the device or its permissions.
+                    _ => self.file_error(&self.blobs.path(&name), e),
+                })?,
+            };
             let deps = decode_deps(&deps).map_err(|m| self.bad_row("datablocks", &uuid, &m))?;
             let revision = u64::try_from(revision)
                 .ok()

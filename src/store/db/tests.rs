@@ -369,3 +369,94 @@ fn deps_round_trip() {
     );
     assert!(decode_deps(&[0x91, 0x01]).is_err());
 }
+
+/// The names of the data files in a data directory.
+fn data_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("blobs"))
+        .map(|listing| {
+            listing
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn large_data_lives_in_files_that_follow_the_rows() {
+    let big = |byte: u8| rmpv::Value::Binary(vec![byte; FILE_MIN_BYTES]);
+    let dir = tempfile::tempdir().unwrap();
+    active_session(
+        dir.path(),
+        &[block("a", 1, big(1)), block("b", 1, map(&[("x", 1)]))],
+    );
+    assert_eq!(data_files(dir.path()).len(), 1, "only the large one");
+    {
+        let (mut store, recovered) = open(dir.path());
+        let blocks = recovered.image.unwrap().blocks;
+        assert_eq!(blocks[0].data, value_bytes(big(1)));
+        // Replaced by larger data: a new file, and the old one goes once
+        // the replacement is committed.
+        store.record(&[Change::Put(block("a", 2, big(2)))]).unwrap();
+        store.commit().unwrap();
+        assert_eq!(
+            data_files(dir.path()).len(),
+            1,
+            "{:?}",
+            data_files(dir.path())
+        );
+        // A file written in a transaction that never commits goes too.
+        store.record(&[Change::Put(block("b", 2, big(3)))]).unwrap();
+    }
+    assert_eq!(data_files(dir.path()).len(), 1, "rolled back");
+    let (mut store, recovered) = open(dir.path());
+    let blocks = recovered.image.unwrap().blocks;
+    assert_eq!(blocks[0].revision, 2);
+    assert_eq!(blocks[0].data, value_bytes(big(2)));
+    assert_eq!(blocks[1].data, value_bytes(map(&[("x", 1)])));
+    // Small data again, then a deletion: no file is left.
+    store
+        .record(&[
+            Change::Put(block("a", 3, map(&[("y", 2)]))),
+            Change::Put(block("c", 1, big(4))),
+            Change::Delete { uuid: "c".into() },
+        ])
+        .unwrap();
+    store.commit().unwrap();
+    drop(store);
+    assert!(
+        data_files(dir.path()).is_empty(),
+        "{:?}",
+        data_files(dir.path())
+    );
+    let (_store, recovered) = open(dir.path());
+    assert_eq!(recovered.image.unwrap().blocks.len(), 2);
+}
+
+#[test]
+fn a_missing_or_foreign_data_file_is_damage() {
+    let big = rmpv::Value::Binary(vec![1; FILE_MIN_BYTES]);
+    for (sql, expected) in [
+        (
+            "UPDATE datablocks SET file = '../session.db' WHERE uuid = 'a'",
+            "not the name of a data file",
+        ),
+        (
+            "UPDATE datablocks SET file = '999.bin' WHERE uuid = 'a'",
+            "the data file of datablock",
+        ),
+        (
+            "UPDATE datablocks SET data = x'c0' WHERE uuid = 'a'",
+            "both in the row and in a file",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        active_session(dir.path(), &[block("a", 1, big.clone())]);
+        tamper(dir.path(), sql);
+        let err = Store::open(dir.path(), Durability::Normal).unwrap_err();
+        assert!(matches!(err, StoreError::Damaged { .. }), "{sql}: {err:?}");
+        assert!(err.to_string().contains(expected), "{sql}: {err}");
+    }
+}
