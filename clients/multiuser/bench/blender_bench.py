@@ -118,7 +118,10 @@ def start_server(library: str, port: int, work: Path, libs: Path | None) -> subp
         command = ["/usr/bin/python3", "-c", "from replication.server import cli; cli()"]
         command += ["-p", str(port), "-apwd", ADMIN_PASSWORD, "-spwd", "", "-t", "60000"]
         env = dict(os.environ, PYTHONPATH=str(libs))
-    return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+    # The reference server writes multi_user_server.log where it runs.
+    return subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=work
+    )
 
 
 def addon(library: str, work: Path, python: str) -> Path:
