@@ -1,12 +1,15 @@
 //! Big payloads do not stall the server: while a large scene is received
-//! and recorded, the heartbeat keeps its pace.
+//! and recorded, the heartbeat keeps its pace; and the server holds a big
+//! datablock once, not once per step that handles it.
 
+mod child;
 mod common;
 
 use std::time::Duration;
 
+use child::{server_on, start_listening};
 use common::{T, TestServer, admin, block};
-use replication_serve::client::Block;
+use replication_serve::client::{Block, ClientOptions};
 use rmpv::Value;
 
 /// The heartbeat timeout of the test: what the uploader and the server
@@ -58,4 +61,52 @@ fn the_uploader_of_a_big_scene_is_not_dropped_while_it_is_recorded() {
         .count();
     assert_eq!(recorded, 16);
     server.stop();
+}
+
+/// The peak resident memory of a process (VmHWM), in bytes.
+fn peak_memory(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in kB");
+    kib * 1024
+}
+
+/// One 64 MiB datablock, uploaded in chunks to the binary that records it,
+/// raises the server's peak memory by about its size: the reassembled
+/// chunks, the stored value, its forward and its record share one buffer.
+/// The server used to hold three copies at once (a 512 MiB datablock took
+/// its peak to 1.59 GB).
+#[test]
+fn a_big_datablock_is_held_once() {
+    const SIZE: usize = 64 << 20;
+    let dir = tempfile::tempdir().expect("data directory");
+    let server = start_listening(false, |port| server_on(dir.path(), port, &[]));
+    let mut host = server.client(|p| ClientOptions::admin(p, "host", "admin"));
+    host.authenticate(T).expect("admin auth");
+    let before = peak_memory(&server.pid());
+    let image = block("image", "Image", Value::Binary(vec![7; SIZE]));
+    assert_eq!(
+        host.upload(std::slice::from_ref(&image), Duration::from_secs(120))
+            .expect("upload"),
+        1
+    );
+    // A late joiner is streamed the same buffer.
+    let mut joiner = server.client(|p| ClientOptions::new(p, "joiner"));
+    joiner.authenticate(T).expect("auth");
+    joiner
+        .download(Duration::from_secs(120), |_, _| {})
+        .expect("download");
+    let grown = peak_memory(&server.pid()).saturating_sub(before);
+    let size = SIZE as u64;
+    assert!(
+        grown >= size / 2,
+        "the peak grew by {grown} bytes for a {size}-byte datablock: is it held at all?"
+    );
+    assert!(
+        grown < size + size / 2,
+        "the peak grew by {grown} bytes for a {size}-byte datablock: more than one copy"
+    );
 }
