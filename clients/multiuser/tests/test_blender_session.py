@@ -295,7 +295,6 @@ def test_the_hosted_session_is_encrypted_and_the_joiner_trusted_its_key(pair):
     # default; the joiner, who typed only an address and a port, pinned the
     # key it was given on first use.
     import zmq
-
     from replication_client.keys import KnownServers, ask_server_key
 
     context = zmq.Context()

@@ -252,7 +252,6 @@ def test_an_encrypted_session_and_a_changed_key_in_the_add_ons_words(tmp_path, s
     # reason the add-on shows in its dialog says what may be happening and
     # how to accept a new key.
     import zmq
-
     from replication_client.keys import KnownServers, fingerprint
 
     server = Server(

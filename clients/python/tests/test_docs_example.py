@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import REPO, T, ServerProcess
+from conftest import REPO, ServerProcess, T
 
 
 def example_source(port: int) -> str:
@@ -32,7 +32,9 @@ class Lines:
         self.seen: list[str] = []
         assert proc.stdout is not None
         stream = proc.stdout
-        threading.Thread(target=lambda: [self.lines.put(line) for line in stream], daemon=True).start()
+        threading.Thread(
+            target=lambda: [self.lines.put(line) for line in stream], daemon=True
+        ).start()
 
     def wait_for(self, needle: str) -> str:
         deadline = time.monotonic() + T

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from conftest import ADMIN_PASSWORD, T, ServerProcess
+from conftest import ADMIN_PASSWORD, ServerProcess, T
 
 from replication_client import (
     ChangedServerKey,
@@ -23,7 +23,9 @@ from replication_client.keys import load_or_create_client_key
 
 
 def encrypted(start_server, tmp_path: Path, *args: str) -> ServerProcess:
-    return start_server("--encryption", "required", "--server-key", str(tmp_path / "server.key"), *args)
+    return start_server(
+        "--encryption", "required", "--server-key", str(tmp_path / "server.key"), *args
+    )
 
 
 def server_key(server: ServerProcess) -> str:
@@ -74,7 +76,13 @@ def test_a_changed_key_is_refused_until_accepted(start_server, tmp_path, connect
     with pytest.raises(ChangedServerKey) as refused:
         connect("again", port=server.port, known_servers=pins)
     message = str(refused.value)
-    for part in (fingerprint(old), "intercepting", "new key", str(pins), f"127.0.0.1:{server.port}"):
+    for part in (
+        fingerprint(old),
+        "intercepting",
+        "new key",
+        str(pins),
+        f"127.0.0.1:{server.port}",
+    ):
         assert part in message, message
     # Accepting the new key deliberately: the line deleted, trusted anew.
     pins.write_text("")
@@ -95,7 +103,9 @@ def test_an_unlisted_client_key_is_refused_with_the_key_to_send(start_server, tm
     assert mallory.public.decode() not in server.log(), "keys stay out of the log"
 
 
-def test_a_plain_client_on_a_required_server_is_refused_without_harm(start_server, tmp_path, connect):
+def test_a_plain_client_on_a_required_server_is_refused_without_harm(
+    start_server, tmp_path, connect
+):
     server = encrypted(start_server, tmp_path)
     member = connect("member", port=server.port)
     plain = Session("127.0.0.1", server.port, "plain", encrypt=False)

@@ -22,7 +22,13 @@ def test_changes_apply_to_the_whole_list() -> None:
             "type": "PRESENCE",
             "left": ["bob"],
             "joined": [{"name": "carol", "admin": False, "status": "LOBBY", "metadata": {"a": 1}}],
-            "changed": [{"name": "host", "status": "UPLOADING", "metadata": {"frame": 2, "color": None, "mode": "EDIT"}}],
+            "changed": [
+                {
+                    "name": "host",
+                    "status": "UPLOADING",
+                    "metadata": {"frame": 2, "color": None, "mode": "EDIT"},
+                }
+            ],
             "latency": {"host": 1.25, "carol": 3.5},
         },
     )
@@ -43,9 +49,10 @@ def test_a_latency_only_presence_changes_only_latencies() -> None:
 def test_the_session_shows_everyone_with_their_latest_metadata(server) -> None:
     from replication_client import Session, UsersChanged
 
-    with Session("127.0.0.1", server.port, "ann") as ann, Session(
-        "127.0.0.1", server.port, "ben"
-    ) as ben:
+    with (
+        Session("127.0.0.1", server.port, "ann") as ann,
+        Session("127.0.0.1", server.port, "ben") as ben,
+    ):
         ann.authenticate()
         ben.authenticate()
         seen: list[tuple[User, ...]] = []

@@ -42,6 +42,7 @@ from .events import (
     UploadDone,
     UsersChanged,
 )
+from .keys import fingerprint
 from .model import (
     COMMON,
     DEFAULT_ROOM,
@@ -53,7 +54,6 @@ from .model import (
     RoomJoined,
     User,
 )
-from .keys import fingerprint
 from .protocol import PROTOCOL_VERSION
 from .session import AUTO, Session
 

@@ -171,7 +171,9 @@ def load_or_create_client_key(path: str | os.PathLike[str] | None = None) -> Cli
     except (KeyError, ValueError) as e:
         raise ServerKeyError(f"the client key {path} is not a key file: {e}") from None
     if zmq.curve_public(secret) != public:
-        raise ServerKeyError(f"the client key {path}: public_key is not the public half of secret_key")
+        raise ServerKeyError(
+            f"the client key {path}: public_key is not the public half of secret_key"
+        )
     return ClientKey(public, secret)
 
 
@@ -218,9 +220,8 @@ def ask_server_key(
             now = time.monotonic()
             left = deadline - now
             if left <= 0 or (stop is not None and stop.is_set()):
-                raise Timeout(
-                    f"no answer from {server_name(host, port)} (port {port + 3}) within {timeout:g} s"
-                )
+                name = server_name(host, port)
+                raise Timeout(f"no answer from {name} (port {port + 3}) within {timeout:g} s")
             if now >= next_ask:
                 # Asked again every second: a request sent while the server
                 # was starting, or on a connection cut before it was read,

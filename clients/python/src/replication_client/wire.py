@@ -454,4 +454,3 @@ class WireHalf:
             self._uploads.pop(rid, None)
         up.finish(datablocks, error)
         self._post(up)
-
