@@ -140,7 +140,7 @@ struct Settings {
         long = "log-level",
         env = "REPLICATION_LOG_LEVEL",
         value_name = "LEVEL",
-        value_parser = LogLevelParser,
+        value_parser = FromStrParser::<LogLevel>::new(&LOG_LEVEL_NAMES),
         default_value_t = Config::default().log_level,
         allow_hyphen_values = true
     )]
@@ -264,7 +264,7 @@ struct Settings {
         env = "REPLICATION_ENCRYPTION",
         value_name = "MODE",
         default_value_t = Config::default().encryption,
-        value_parser = EncryptionParser,
+        value_parser = FromStrParser::<Encryption>::new(&ENCRYPTION_NAMES),
         help_heading = "Encryption"
     )]
     encryption: Encryption,
@@ -691,68 +691,54 @@ fn after_help() -> String {
     help
 }
 
-/// Parses `--encryption` with [`Encryption`]'s own `FromStr`, listing the
-/// modes in `--help`.
+/// Parses a value with its type's own `FromStr`, so that the command line
+/// accepts exactly what a config file does, while `--help` lists `shown`
+/// (each with its aliases).
 #[derive(Clone)]
-struct EncryptionParser;
+struct FromStrParser<T> {
+    shown: &'static [(&'static str, &'static [&'static str])],
+    parses: std::marker::PhantomData<fn() -> T>,
+}
 
-impl TypedValueParser for EncryptionParser {
-    type Value = Encryption;
-
-    fn parse_ref(
-        &self,
-        cmd: &Command,
-        arg: Option<&Arg>,
-        value: &OsStr,
-    ) -> Result<Encryption, clap::Error> {
-        StringValueParser::new()
-            .try_map(|s| s.parse::<Encryption>())
-            .parse_ref(cmd, arg, value)
-    }
-
-    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
-        Some(Box::new(
-            ["off", "on", "required"]
-                .into_iter()
-                .map(PossibleValue::new),
-        ))
+impl<T> FromStrParser<T> {
+    const fn new(shown: &'static [(&'static str, &'static [&'static str])]) -> Self {
+        Self {
+            shown,
+            parses: std::marker::PhantomData,
+        }
     }
 }
 
-/// Parses `-l` with [`LogLevel`]'s own `FromStr`, so the command line accepts
-/// exactly what a config file does, while still listing the levels in
-/// `--help`.
-#[derive(Clone)]
-struct LogLevelParser;
+impl<T> TypedValueParser for FromStrParser<T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Value = T;
 
-/// The levels shown in `--help`; a test checks each parses back to itself.
-const LOG_LEVEL_NAMES: [&str; 4] = ["ERROR", "WARNING", "INFO", "DEBUG"];
-
-impl TypedValueParser for LogLevelParser {
-    type Value = LogLevel;
-
-    fn parse_ref(
-        &self,
-        cmd: &Command,
-        arg: Option<&Arg>,
-        value: &OsStr,
-    ) -> Result<LogLevel, clap::Error> {
+    fn parse_ref(&self, cmd: &Command, arg: Option<&Arg>, value: &OsStr) -> Result<T, clap::Error> {
         StringValueParser::new()
-            .try_map(|s| s.parse::<LogLevel>())
+            .try_map(|s| s.parse::<T>())
             .parse_ref(cmd, arg, value)
     }
 
     fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
-        Some(Box::new(LOG_LEVEL_NAMES.iter().map(|&name| {
-            let value = PossibleValue::new(name);
-            if name == "WARNING" {
-                value.alias("WARN")
-            } else {
-                value
-            }
+        Some(Box::new(self.shown.iter().map(|&(name, aliases)| {
+            PossibleValue::new(name).aliases(aliases.iter().copied())
         })))
     }
 }
+
+/// The encryption modes shown in `--help`.
+const ENCRYPTION_NAMES: [(&str, &[&str]); 3] = [("off", &[]), ("on", &[]), ("required", &[])];
+
+/// The levels shown in `--help`; a test checks each parses back to itself.
+const LOG_LEVEL_NAMES: [(&str, &[&str]); 4] = [
+    ("ERROR", &[]),
+    ("WARNING", &["WARN"]),
+    ("INFO", &[]),
+    ("DEBUG", &[]),
+];
 
 #[cfg(test)]
 mod tests;

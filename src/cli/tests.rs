@@ -112,9 +112,25 @@ fn log_level_is_case_insensitive() {
 
 #[test]
 fn help_levels_parse_back_to_themselves() {
-    for name in LOG_LEVEL_NAMES {
+    for (name, aliases) in LOG_LEVEL_NAMES {
         assert_eq!(
             name.parse::<LogLevel>().map(|l| l.to_string()),
+            Ok(name.to_owned())
+        );
+        for alias in aliases {
+            assert_eq!(
+                alias.parse::<LogLevel>().map(|l| l.to_string()),
+                Ok(name.to_owned())
+            );
+        }
+    }
+}
+
+#[test]
+fn help_encryption_modes_parse_back_to_themselves() {
+    for (name, _) in ENCRYPTION_NAMES {
+        assert_eq!(
+            name.parse::<Encryption>().map(|e| e.to_string()),
             Ok(name.to_owned())
         );
     }
