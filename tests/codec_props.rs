@@ -759,7 +759,7 @@ fn server_message() -> BoxedStrategy<ServerMessage> {
             vec(text(), 0..3),
             vec(user_state(), 0..3),
             vec(
-                (text(), opt(user_status()), opt(metadata_value())).prop_map(
+                (text(), opt(user_status()), opt(metadata_map())).prop_map(
                     |(name, status, metadata)| UserChange {
                         name,
                         status,
