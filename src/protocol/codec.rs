@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::marker::{extent, length_width};
 use super::message::{DatablocksFrame, PublisherMessage, ServerMessage};
 use super::update_header::read_update;
 use super::{MAX_DEPTH, ProtocolError};
@@ -308,38 +309,17 @@ fn skip_nested(
         *slot -= 1;
         let marker = *bytes.get(pos).ok_or_else(|| truncated(pos, "a value"))?;
         pos += 1;
-        let (skip, children): (u64, u64) = match marker {
-            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
-            0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
-            0x90..=0x9f => (0, u64::from(marker & 0x0f)),
-            0xa0..=0xbf => (u64::from(marker & 0x1f), 0),
-            0xc1 => {
-                return Err(ProtocolError::Malformed(format!(
-                    "reserved byte 0xc1 at offset {}",
-                    pos - 1
-                )));
-            }
-            0xc4 | 0xd9 => (read_len(bytes, &mut pos, 1)?, 0),
-            0xc5 | 0xda => (read_len(bytes, &mut pos, 2)?, 0),
-            0xc6 | 0xdb => (read_len(bytes, &mut pos, 4)?, 0),
-            0xc7 => (read_len(bytes, &mut pos, 1)? + 1, 0),
-            0xc8 => (read_len(bytes, &mut pos, 2)? + 1, 0),
-            0xc9 => (read_len(bytes, &mut pos, 4)? + 1, 0),
-            0xca => (4, 0),
-            0xcb => (8, 0),
-            0xcc | 0xd0 => (1, 0),
-            0xcd | 0xd1 => (2, 0),
-            0xce | 0xd2 => (4, 0),
-            0xcf | 0xd3 => (8, 0),
-            0xd4 => (2, 0),
-            0xd5 => (3, 0),
-            0xd6 => (5, 0),
-            0xd7 => (9, 0),
-            0xd8 => (17, 0),
-            0xdc => (0, read_len(bytes, &mut pos, 2)?),
-            0xdd => (0, read_len(bytes, &mut pos, 4)?),
-            0xde => (0, 2 * read_len(bytes, &mut pos, 2)?),
-            0xdf => (0, 2 * read_len(bytes, &mut pos, 4)?),
+        let width = length_width(marker);
+        let len = if width > 0 {
+            read_len(bytes, &mut pos, width)?
+        } else {
+            0
+        };
+        let Some((skip, children)) = extent(marker, len) else {
+            return Err(ProtocolError::Malformed(format!(
+                "reserved byte 0xc1 at offset {}",
+                pos - 1
+            )));
         };
         let end = u64::try_from(pos)
             .ok()

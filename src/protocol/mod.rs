@@ -14,6 +14,7 @@
 
 pub mod batch;
 pub mod codec;
+mod marker;
 pub mod message;
 pub mod old_multiuser;
 pub mod patch;

@@ -3,6 +3,7 @@
 //! value: the same rules as [`super::validate_value`], which checks a
 //! payload that arrived whole.
 
+use super::marker::{extent, length_width};
 use super::{MAX_DEPTH, ProtocolError};
 
 /// The walk of one value, fed in pieces.
@@ -110,31 +111,10 @@ impl ValueCheck {
             .unwrap_or_default()
             .iter()
             .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
-        let (skip, children): (u64, u64) = match marker {
-            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
-            0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
-            0x90..=0x9f => (0, u64::from(marker & 0x0f)),
-            0xa0..=0xbf => (u64::from(marker & 0x1f), 0),
-            0xc1 => {
-                return Err(ProtocolError::Malformed(format!(
-                    "reserved byte 0xc1 at offset {at}"
-                )));
-            }
-            0xc4..=0xc6 | 0xd9..=0xdb => (len, 0),
-            0xc7..=0xc9 => (len + 1, 0),
-            0xca => (4, 0),
-            0xcb => (8, 0),
-            0xcc | 0xd0 => (1, 0),
-            0xcd | 0xd1 => (2, 0),
-            0xce | 0xd2 => (4, 0),
-            0xcf | 0xd3 => (8, 0),
-            0xd4 => (2, 0),
-            0xd5 => (3, 0),
-            0xd6 => (5, 0),
-            0xd7 => (9, 0),
-            0xd8 => (17, 0),
-            0xdc | 0xdd => (0, len),
-            0xde | 0xdf => (0, 2 * len),
+        let Some((skip, children)) = extent(marker, len) else {
+            return Err(ProtocolError::Malformed(format!(
+                "reserved byte 0xc1 at offset {at}"
+            )));
         };
         if let Some(count) = self.open.last_mut() {
             *count -= 1;
@@ -158,16 +138,6 @@ impl ValueCheck {
             self.open.push(children);
         }
         Ok(())
-    }
-}
-
-/// How many length bytes follow a marker.
-fn length_width(marker: u8) -> usize {
-    match marker {
-        0xc4 | 0xc7 | 0xd9 => 1,
-        0xc5 | 0xc8 | 0xda | 0xdc | 0xde => 2,
-        0xc6 | 0xc9 | 0xdb | 0xdd | 0xdf => 4,
-        _ => 0,
     }
 }
 
