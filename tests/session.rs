@@ -508,18 +508,27 @@ fn wrong_passwords_versions_and_names_are_refused() {
     .unwrap();
     refused(twin.authenticate(T), "NameTaken");
     // a different protocol version is refused with both versions named
+    let reason = refused_version(&server, 7, Some("letmein"));
+    assert!(reason.contains('7') && reason.contains('2'), "{reason}");
+}
+
+/// The reason of the AUTH FAILED answering a login that claims
+/// `protocol_version` (with the server password, when there is one).
+fn refused_version(server: &TestServer, version: u64, server_password: Option<&str>) -> String {
     let mut old = Client::connect(ClientOptions::new(server.port, "old")).unwrap();
-    let auth = Value::Map(vec![
+    let mut auth = vec![
         (Value::from("type"), Value::from("AUTH")),
         (Value::from("id"), Value::from(1)),
         (Value::from("user"), Value::from("old")),
         (Value::from("role"), Value::from("CLIENT")),
-        (Value::from("server_password"), Value::from("letmein")),
-        (Value::from("protocol_version"), Value::from(7)),
-    ]);
+        (Value::from("protocol_version"), Value::from(version)),
+    ];
+    if let Some(password) = server_password {
+        auth.push((Value::from("server_password"), Value::from(password)));
+    }
     old.send_raw(
         replication_serve::protocol::Channel::Commands,
-        &[&encode_value(&auth)],
+        &[&encode_value(&Value::Map(auth))],
     )
     .unwrap();
     let ev = wait(&mut old, "FAILED", |e| {
@@ -529,8 +538,7 @@ fn wrong_passwords_versions_and_names_are_refused() {
         unreachable!()
     };
     assert_eq!(status, AuthStatus::Failed);
-    let reason = reason.unwrap();
-    assert!(reason.contains('7') && reason.contains('2'), "{reason}");
+    reason.unwrap()
 }
 
 /// Clients of version 1 (before RESUME and presence deltas) are refused
@@ -538,27 +546,7 @@ fn wrong_passwords_versions_and_names_are_refused() {
 #[test]
 fn version_1_clients_are_told_to_update() {
     let server = TestServer::start();
-    let mut old = Client::connect(ClientOptions::new(server.port, "old")).unwrap();
-    let auth = Value::Map(vec![
-        (Value::from("type"), Value::from("AUTH")),
-        (Value::from("id"), Value::from(1)),
-        (Value::from("user"), Value::from("old")),
-        (Value::from("role"), Value::from("CLIENT")),
-        (Value::from("protocol_version"), Value::from(1)),
-    ]);
-    old.send_raw(
-        replication_serve::protocol::Channel::Commands,
-        &[&encode_value(&auth)],
-    )
-    .unwrap();
-    let ev = wait(&mut old, "FAILED", |e| {
-        matches!(e.message, ServerMessage::Auth { .. })
-    });
-    let ServerMessage::Auth { status, reason, .. } = ev.message else {
-        unreachable!()
-    };
-    assert_eq!(status, AuthStatus::Failed);
-    let reason = reason.unwrap();
+    let reason = refused_version(&server, 1, None);
     assert!(reason.contains("update the client"), "{reason}");
 }
 
