@@ -132,3 +132,19 @@ def one_holds_the_other_is_refused(pair: Any) -> None:
             time.sleep(0.1)
         assert bob.eval("artist.owner('Cube')") == "COMMON"  # still late
     bob.wait_until("artist.owner('Cube') == 'alice' and bpy.data.objects['Cube'].hide_select")
+
+
+def the_hosted_session_is_encrypted_and_pinned(pair: Any) -> None:
+    """Hosting starts a server that listens beyond loopback, so it encrypts
+    by default; the joiner, who typed only an address and a port, pinned
+    the key it was given on first use."""
+    import zmq
+    from replication_client.keys import KnownServers, ask_server_key
+
+    context = zmq.Context()
+    try:
+        key = ask_server_key(context, "127.0.0.1", pair.relay.target_port, 20.0)
+    finally:
+        context.destroy(linger=0)
+    assert key is not None, "the hosted server does not encrypt"
+    assert KnownServers().get(f"127.0.0.1:{pair.relay.port}") == key

@@ -38,6 +38,7 @@ from steps import (
     one_holds_the_other_is_refused,
     seen,
     settle,
+    the_hosted_session_is_encrypted_and_pinned,
 )
 from support import free_base_port, library
 
@@ -181,16 +182,4 @@ def test_the_admin_kicks_a_user_whose_locks_return_to_everyone(pair):
 
 
 def test_the_hosted_session_is_encrypted_and_the_joiner_trusted_its_key(pair):
-    # "Host" starts a server that listens beyond loopback, so it encrypts by
-    # default; the joiner, who typed only an address and a port, pinned the
-    # key it was given on first use.
-    import zmq
-    from replication_client.keys import KnownServers, ask_server_key
-
-    context = zmq.Context()
-    try:
-        key = ask_server_key(context, "127.0.0.1", pair.relay.target_port, 20.0)
-    finally:
-        context.destroy(linger=0)
-    assert key is not None, "the hosted server does not encrypt"
-    assert KnownServers().get(f"127.0.0.1:{pair.relay.port}") == key
+    the_hosted_session_is_encrypted_and_pinned(pair)
