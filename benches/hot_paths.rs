@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the server's hot paths: decoding an UPDATE header,
-//! a late joiner's client decoding a DATABLOCKS header, validating a data
+//! a late joiner's client decoding a DATABLOCKS header and a catalogue page, validating a data
 //! frame, applying a one-value patch to a large value,
 //! a room forwarding an update to eight clients, and batches of updates.
 
@@ -12,8 +12,9 @@ use replication_serve::protocol::codec::encode_value;
 use replication_serve::protocol::patch::{Patch, PatchOp, PathStep};
 use replication_serve::protocol::wire::DatablockRef;
 use replication_serve::protocol::{
-    BlockSpec, ChunkFields, DatablockHeader, PublisherMessage, ServerMessage, UploadStep, Wire,
-    batch, decode_header, decode_publisher, decode_server, encode, validate_value,
+    BlockSpec, CatalogueEntry, ChunkFields, DatablockHeader, PublisherMessage, ServerMessage,
+    SnapshotStep, UploadStep, Wire, batch, decode_header, decode_publisher, decode_server, encode,
+    validate_value,
 };
 use replication_serve::room::{ClientId, Room, StreamOptions};
 use rmpv::Value;
@@ -92,6 +93,31 @@ fn decode(c: &mut Criterion) {
     });
     c.bench_function("decode DATABLOCKS of 1,000 (the client's reader)", |b| {
         b.iter(|| decode_server(black_box(&datablocks), 1 << 24).unwrap())
+    });
+    // A page of a late joiner's catalogue.
+    let catalogue = encode(&ServerMessage::Snapshot {
+        step: SnapshotStep::Catalogue,
+        window: None,
+        window_bytes: None,
+        datablocks: None,
+        bytes: None,
+        entries: Some(
+            (0..1024)
+                .map(|i| CatalogueEntry {
+                    uuid: format!("6f1c2a4e-0d51-4b8e-9b43-{i:012}"),
+                    type_id: "Mesh".into(),
+                    revision: 1,
+                    size: 1000,
+                })
+                .collect(),
+        ),
+        batches: None,
+    });
+    c.bench_function("decode CATALOGUE of 1,024 (serde's tagged enum)", |b| {
+        b.iter(|| decode_header::<ServerMessage>(black_box(&catalogue), 1 << 24).unwrap())
+    });
+    c.bench_function("decode CATALOGUE of 1,024 (the client's reader)", |b| {
+        b.iter(|| decode_server(black_box(&catalogue), 1 << 24).unwrap())
     });
     let data = encode_value(&Value::Map(vec![
         (Value::from("name"), Value::from("Cube")),

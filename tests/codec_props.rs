@@ -9,7 +9,8 @@
 //!    unknown keys — decodes the same).
 //! 3. No decoder panics, on random bytes or on mutated valid frames, and
 //!    the readers that skip serde's buffering (UPDATE on the server,
-//!    DATABLOCKS in the client) agree with the enums on all of them.
+//!    SNAPSHOT and DATABLOCKS in the client) agree with the enums on all of
+//!    them.
 //! 4. `validate_value` agrees with rmpv.
 //! 5. `wire::with_payload` slices payloads into chunks correctly.
 //!
@@ -923,7 +924,7 @@ where
 }
 
 /// A message read without serde's buffering (the server's reader of UPDATE,
-/// the client's of DATABLOCKS) must be read exactly as the enum reads it:
+/// the client's of SNAPSHOT and DATABLOCKS) must be read exactly as the enum reads it:
 /// with each field left out, or replaced by a value of each other kind,
 /// both readers give the same message or both refuse.
 fn check_field_edits<T: PartialEq + std::fmt::Debug>(
@@ -963,6 +964,14 @@ fn check_field_edits<T: PartialEq + std::fmt::Debug>(
         }
     }
     Ok(())
+}
+
+/// The map a struct encodes to, as (key, value) entries.
+fn check_shape_of_struct<T: Serialize>(m: &T) -> Result<Vec<(Value, Value)>, TestCaseError> {
+    match read_whole(&encode(m)) {
+        Value::Map(entries) => Ok(entries),
+        other => Err(TestCaseError::fail(format!("not a map: {other:?}"))),
+    }
 }
 
 /// Decodes an encoded message as a plain value: exactly one value, no
@@ -1097,8 +1106,8 @@ fn feed_everything(bytes: &[u8]) {
     );
     let _ = decode_header::<SubscriberRequest>(bytes, usize::MAX);
     let _ = decode_header::<HeartbeatMessage>(bytes, usize::MAX);
-    // The client's reader, which takes DATABLOCKS through plain structs,
-    // must agree with the enum the same way.
+    // The client's readers of SNAPSHOT and DATABLOCKS must agree with the
+    // enum the same way.
     assert_eq!(
         decode_server(bytes, usize::MAX).ok(),
         decode_header::<ServerMessage>(bytes, usize::MAX).ok(),
@@ -1352,6 +1361,45 @@ proptest! {
         )?;
         let batch = ServerMessage::Datablocks { datablocks: vec![item], lengths };
         let entries = check_shape(&batch, "DATABLOCKS")?;
+        check_field_edits(
+            &entries,
+            |f| decode_server(f, usize::MAX).ok(),
+            |f| decode_header::<ServerMessage>(f, usize::MAX).ok(),
+        )?;
+    }
+
+    #[test]
+    fn the_snapshot_reader_agrees_with_the_enum_field_by_field(
+        step in snapshot_step(),
+        counts in (opt(any::<u64>()), opt(any::<u64>()), opt(any::<u64>()), opt(any::<u64>())),
+        entry in catalogue_entry(),
+        batches in opt(any::<bool>()),
+    ) {
+        let (window, window_bytes, datablocks, bytes) = counts;
+        let entry_entries = check_shape_of_struct(&entry)?;
+        let in_page = |entry: &[u8]| {
+            encode_map(vec![
+                (Value::from("type"), Value::from("SNAPSHOT")),
+                (Value::from("step"), Value::from("CATALOGUE")),
+                (Value::from("entries"), Value::Array(vec![read_whole(entry)])),
+            ])
+        };
+        // Each field of a catalogue entry, then each field of the message.
+        check_field_edits(
+            &entry_entries,
+            |f| decode_server(&in_page(f), usize::MAX).ok(),
+            |f| decode_header::<ServerMessage>(&in_page(f), usize::MAX).ok(),
+        )?;
+        let snapshot = ServerMessage::Snapshot {
+            step,
+            window,
+            window_bytes,
+            datablocks,
+            bytes,
+            entries: Some(vec![entry]),
+            batches,
+        };
+        let entries = check_shape(&snapshot, "SNAPSHOT")?;
         check_field_edits(
             &entries,
             |f| decode_server(f, usize::MAX).ok(),

@@ -120,7 +120,7 @@ impl Client {
         while let Ok(frames) = self.heartbeat.recv_multipart(zmq::DONTWAIT) {
             self.on_heartbeat(&frames)?;
         }
-        while let Ok(frames) = self.commands.recv_multipart(zmq::DONTWAIT) {
+        while let Some(frames) = recv_frames(&self.commands)? {
             self.on_message(Channel::Commands, frames)?;
         }
         Ok(())
@@ -133,19 +133,7 @@ impl Client {
     /// goes to this connection (a SNAPSHOT just sent, say), and a caller
     /// that reads raw frames has no way to answer it.
     fn try_subscriber_frames(&mut self) -> Result<Option<Vec<zmq::Message>>, ClientError> {
-        loop {
-            let first = match self.subscriber.recv_msg(zmq::DONTWAIT) {
-                Ok(first) => first,
-                Err(zmq::Error::EAGAIN) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            let mut more = first.get_more();
-            let mut frames = vec![first];
-            while more {
-                let part = self.subscriber.recv_msg(0)?;
-                more = part.get_more();
-                frames.push(part);
-            }
+        while let Some(frames) = recv_frames(&self.subscriber)? {
             // RESUME has no data frame: messages that carry data (every
             // forwarded update) are passed on without a look at their header.
             if let [header] = &frames[..]
@@ -156,6 +144,7 @@ impl Client {
             }
             return Ok(Some(frames));
         }
+        Ok(None)
     }
 
     /// Polls the sockets once and queues whatever arrived.
@@ -175,7 +164,7 @@ impl Client {
             self.service()?;
         }
         if ready[1] {
-            while let Ok(frames) = self.subscriber.recv_multipart(zmq::DONTWAIT) {
+            while let Some(frames) = recv_frames(&self.subscriber)? {
                 self.on_message(Channel::Subscriber, frames)?;
             }
         }
@@ -225,10 +214,14 @@ impl Client {
         }
     }
 
-    fn on_message(&mut self, channel: Channel, frames: Vec<Vec<u8>>) -> Result<(), ClientError> {
+    fn on_message(
+        &mut self,
+        channel: Channel,
+        frames: Vec<zmq::Message>,
+    ) -> Result<(), ClientError> {
         let mut frames = frames.into_iter();
-        let header = frames.next().unwrap_or_default();
-        let payload = frames.next().map(Bytes::from);
+        let header = frames.next().unwrap_or_else(zmq::Message::new);
+        let payload = frames.next().map(into_bytes);
         self.received[channel as usize] +=
             (header.len() + payload.as_ref().map_or(0, Bytes::len)) as u64;
         let message = decode_server(&header, MAX_HEADER)?;
@@ -410,6 +403,47 @@ impl Client {
             )?;
         }
         Ok(())
+    }
+}
+
+/// One whole multipart message if one is waiting, without blocking.
+fn recv_frames(socket: &zmq::Socket) -> Result<Option<Vec<zmq::Message>>, ClientError> {
+    let first = match socket.recv_msg(zmq::DONTWAIT) {
+        Ok(first) => first,
+        Err(zmq::Error::EAGAIN) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut more = first.get_more();
+    let mut frames = vec![first];
+    while more {
+        let part = socket.recv_msg(0)?;
+        more = part.get_more();
+        frames.push(part);
+    }
+    Ok(Some(frames))
+}
+
+/// From this size a data frame is kept in the buffer libzmq received it
+/// into, rather than copied: a late joiner's DATABLOCKS (up to a megabyte
+/// each) then cost no copy and no fresh pages. Smaller frames are copied, as
+/// libzmq may have read them into a buffer it shares with the frames around
+/// them, which a kept frame would hold in memory.
+const KEEP_FRAME_MIN: usize = 64 * 1024;
+
+/// A received frame's bytes.
+fn into_bytes(frame: zmq::Message) -> Bytes {
+    if frame.len() < KEEP_FRAME_MIN {
+        return Bytes::copy_from_slice(&frame);
+    }
+    Bytes::from_owner(KeptFrame(frame))
+}
+
+/// A libzmq message that owns the bytes of a [`Bytes`].
+struct KeptFrame(zmq::Message);
+
+impl AsRef<[u8]> for KeptFrame {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 

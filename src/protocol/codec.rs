@@ -6,7 +6,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::marker::{extent, length_width};
-use super::message::{DatablocksFrame, PublisherMessage, ServerMessage};
+use super::message::{PublisherMessage, ServerMessage};
+use super::snapshot_header::{read_datablocks, read_snapshot};
 use super::update_header::read_update;
 use super::{MAX_DEPTH, ProtocolError};
 
@@ -44,24 +45,22 @@ pub fn decode_publisher(frame: &[u8], limit: usize) -> Result<PublisherMessage, 
 
 /// Decodes a header frame from the server, like [`decode_header`].
 ///
-/// A DATABLOCKS, which carries a late joiner's scene a thousand datablocks
-/// at a time, is read through plain structs first (`DatablocksFrame`): serde
-/// reads the tagged enum by copying the message and each datablock into
-/// buffers of its own, about 1 us per datablock. Whatever that reading does
-/// not take goes through the general one, so the result, or the error, is
-/// the same either way.
+/// A late joiner's stream (SNAPSHOT and DATABLOCKS, a thousand datablocks
+/// at a time) is read by `snapshot_header`'s readers, which leave any other
+/// shape to serde, so the result, or the error, is the same either way.
 pub fn decode_server(frame: &[u8], limit: usize) -> Result<ServerMessage, ProtocolError> {
-    if check_header(frame, limit)? == Some(b"DATABLOCKS".as_slice())
-        && let Some(message) = deserialize::<DatablocksFrame>(frame)
-            .ok()
-            .and_then(DatablocksFrame::into_message)
-    {
-        return Ok(message);
+    let fast = match check_header(frame, limit)? {
+        Some(b"DATABLOCKS") => read_datablocks(frame),
+        Some(b"SNAPSHOT") => read_snapshot(frame),
+        _ => None,
+    };
+    match fast {
+        Some(message) => Ok(message),
+        None => deserialize(frame),
     }
-    deserialize(frame)
 }
 
-fn deserialize<T: DeserializeOwned>(frame: &[u8]) -> Result<T, ProtocolError> {
+pub(super) fn deserialize<T: DeserializeOwned>(frame: &[u8]) -> Result<T, ProtocolError> {
     let mut de = rmp_serde::Deserializer::from_read_ref(frame);
     // rmp-serde refuses once its budget reaches zero, so the budget is one
     // more than the depth validate_header already allowed.

@@ -18,6 +18,8 @@ mod marker;
 pub mod message;
 pub mod old_multiuser;
 pub mod patch;
+mod reader;
+mod snapshot_header;
 mod update_header;
 pub mod value_check;
 pub mod wire;
