@@ -41,6 +41,14 @@ pub const TOO_SLOW: &str = "too slow";
 /// Catalogue entries per CATALOGUE message.
 const CATALOGUE_PAGE: usize = 1024;
 
+/// A datablock of a snapshot stream being captured: inline (where its
+/// header lies in the shared header buffer, and its data), or already
+/// split into chunks.
+enum Pending {
+    Inline(std::ops::Range<usize>, Bytes),
+    Chunked(Vec<Wire>),
+}
+
 /// Most data in one DATABLOCKS of a snapshot stream (capped by
 /// `chunk_bytes`). The window bounds what is in flight, so batches can be
 /// larger than live ones; these are large enough that a message's fixed
@@ -563,6 +571,11 @@ impl Room {
                 },
             ))));
         }
+        // Every inline datablock's header is written into one buffer, which
+        // their queued entries share: a late join of 10,000 datablocks then
+        // makes one allocation for them rather than 10,000.
+        let mut headers = Vec::with_capacity(order.len() * 96);
+        let mut pending = Vec::with_capacity(order.len());
         for &(uuid, block) in &order {
             let data = block.content.settled().cloned().unwrap_or_default();
             if data.len() > limits.chunk_bytes {
@@ -579,16 +592,22 @@ impl Room {
                     limits.chunk_bytes,
                     transfer,
                 );
-                stream.extend(wires.into_iter().map(Queued::Message));
+                pending.push(Pending::Chunked(wires));
                 continue;
             }
-            let fields = block.fields(uuid);
-            let mut header = Vec::with_capacity(fields.header_bound());
-            fields.write_header(&mut header);
-            stream.push_back(Queued::Datablock {
-                header: Bytes::from(header),
-                data,
-            });
+            let start = headers.len();
+            block.fields(uuid).write_header(&mut headers);
+            pending.push(Pending::Inline(start..headers.len(), data));
+        }
+        let headers = Bytes::from(headers);
+        for item in pending {
+            match item {
+                Pending::Chunked(wires) => stream.extend(wires.into_iter().map(Queued::Message)),
+                Pending::Inline(span, data) => stream.push_back(Queued::Datablock {
+                    header: headers.slice(span),
+                    data,
+                }),
+            }
         }
         stream.push_back(Queued::Message(Wire::message(&ServerMessage::Snapshot {
             step: SnapshotStep::End,

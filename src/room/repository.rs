@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use foldhash::{HashMap, HashMapExt};
+use foldhash::HashMap;
 use rmpv::Value;
 
 use crate::protocol::codec::{decode_value, encode_value};
@@ -269,34 +269,48 @@ impl Repository {
     }
 
     /// Every datablock with its uuid, in [`Repository::snapshot_order`].
+    ///
+    /// Every late join computes this for the whole session, so the walk
+    /// works on positions in the creation order: one hash lookup per
+    /// dependency, none when no datablock has any.
     pub fn in_snapshot_order(&self) -> Vec<(&str, &Datablock)> {
         let mut by_creation: Vec<(&str, &Datablock)> =
             self.blocks.iter().map(|(u, b)| (u.as_str(), b)).collect();
-        by_creation.sort_by_key(|(_, b)| b.created);
-        let mut placed: HashMap<&str, bool> = HashMap::with_capacity(by_creation.len());
+        by_creation.sort_unstable_by_key(|(_, b)| b.created);
+        if by_creation.iter().all(|(_, b)| b.deps.is_empty()) {
+            return by_creation;
+        }
+        let position: HashMap<&str, usize> = by_creation
+            .iter()
+            .enumerate()
+            .map(|(i, (uuid, _))| (*uuid, i))
+            .collect();
+        let mut state = vec![Visit::New; by_creation.len()];
         let mut order = Vec::with_capacity(by_creation.len());
-        // Iterative depth-first walk; `placed[uuid] == false` marks a
-        // datablock whose dependencies are being placed (cycle guard).
-        let mut stack: Vec<(&str, &Datablock, usize)> = Vec::new();
-        for &(root, root_block) in &by_creation {
-            if placed.contains_key(root) {
+        // Iterative depth-first walk of (position, next dependency); a
+        // datablock `Visit::Placing` is having its dependencies placed,
+        // which is what breaks a cycle.
+        let mut stack: Vec<(usize, usize)> = Vec::new();
+        for root in 0..by_creation.len() {
+            if state[root] != Visit::New {
                 continue;
             }
-            stack.push((root, root_block, 0));
-            placed.insert(root, false);
-            while let Some((uuid, block, next_dep)) = stack.pop() {
+            state[root] = Visit::Placing;
+            stack.push((root, 0));
+            while let Some((at, next_dep)) = stack.pop() {
+                let (uuid, block) = by_creation[at];
                 match block.deps.get(next_dep) {
                     Some(dep) => {
-                        stack.push((uuid, block, next_dep + 1));
-                        if let Some((dep_key, dep_block)) = self.blocks.get_key_value(dep.as_str())
-                            && !placed.contains_key(dep_key.as_str())
+                        stack.push((at, next_dep + 1));
+                        if let Some(&dep_at) = position.get(dep.as_str())
+                            && state[dep_at] == Visit::New
                         {
-                            placed.insert(dep_key.as_str(), false);
-                            stack.push((dep_key.as_str(), dep_block, 0));
+                            state[dep_at] = Visit::Placing;
+                            stack.push((dep_at, 0));
                         }
                     }
                     None => {
-                        placed.insert(uuid, true);
+                        state[at] = Visit::Placed;
                         order.push((uuid, block));
                     }
                 }
@@ -304,6 +318,14 @@ impl Repository {
         }
         order
     }
+}
+
+/// Where the snapshot order's walk is with one datablock.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Visit {
+    New,
+    Placing,
+    Placed,
 }
 
 #[cfg(test)]
