@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import ProtocolError
+from .transport import Frame
 
 __all__ = ["Reassembler", "SnapshotWindow"]
 
@@ -17,7 +18,8 @@ class Reassembler:
     """Joins DATABLOCK/UPDATE payloads the server sends as CHUNKs (section 5)."""
 
     def __init__(self) -> None:
-        self._partial: dict[int, tuple[dict[str, Any], bytearray]] = {}
+        # Per transfer: the announcing header, the chunks so far and their size.
+        self._partial: dict[int, tuple[dict[str, Any], list[Frame], list[int]]] = {}
 
     def header(self, header: dict[str, Any]) -> bool:
         """Registers a header that announces a transfer; True if it did."""
@@ -27,26 +29,31 @@ class Reassembler:
         size = header.get("size")
         if type(size) is not int or size < 1:
             raise ProtocolError(f"transfer {transfer} announces an invalid size {size!r}")
-        self._partial[transfer] = (header, bytearray())
+        self._partial[transfer] = (header, [], [0])
         return True
 
     def chunk(
-        self, header: dict[str, Any], data: bytes | None
+        self, header: dict[str, Any], data: Frame | None
     ) -> tuple[dict[str, Any], bytes] | None:
-        """Adds a CHUNK; returns (announcing header, payload) when complete."""
+        """Adds a CHUNK; returns (announcing header, payload) when complete.
+
+        The chunks are kept as they came (views of libzmq's buffers when
+        large) and copied once, into the whole payload."""
         transfer = header.get("transfer")
         entry = self._partial.get(transfer)  # type: ignore[arg-type]
         if entry is None:
             raise ProtocolError(f"CHUNK of unknown transfer {transfer!r}")
-        announced, buf = entry
-        buf += data or b""
+        announced, parts, received = entry
+        if data:
+            parts.append(data)
+            received[0] += len(data)
         size = announced["size"]
-        if len(buf) < size:
+        if received[0] < size:
             return None
         del self._partial[transfer]  # type: ignore[arg-type]
-        if len(buf) > size:
-            raise ProtocolError(f"transfer {transfer} sent {len(buf)} bytes, announced {size}")
-        return announced, bytes(buf)
+        if received[0] > size:
+            raise ProtocolError(f"transfer {transfer} sent {received[0]} bytes, announced {size}")
+        return announced, b"".join(parts)
 
     def drop(self, transfer: Any) -> dict[str, Any] | None:
         """Forgets a transfer under way; returns its announcing header."""

@@ -31,7 +31,15 @@ from .protocol import Channel
 
 __all__ = ["Transport"]
 
-Handler = Callable[[Channel, list[bytes]], None]
+#: A received frame: ``bytes``, or a read-only view of the buffer libzmq
+#: received it into when it is at least :data:`KEEP_FRAME_MIN` bytes.
+Frame = bytes | memoryview
+Handler = Callable[[Channel, list[Frame]], None]
+
+#: From this size a frame is handed on as a view of libzmq's buffer instead
+#: of being copied into ``bytes``: the chunks of a large datablock are then
+#: copied once, into the whole payload (:class:`~.stream.Reassembler`).
+KEEP_FRAME_MIN = 64 * 1024
 
 # How long the outbox waits for the subscriber's handshake before sending
 # anyway (a server that does not answer yet; AUTH then waits in libzmq).
@@ -172,10 +180,10 @@ class Transport:
         ):
             while time.monotonic() <= deadline or handled == 0:
                 try:
-                    frames = sock.recv_multipart(zmq.DONTWAIT)
+                    received = sock.recv_multipart(zmq.DONTWAIT, copy=False)
                 except zmq.Again:
                     break
-                handle(channel, frames)
+                handle(channel, [_frame(f) for f in received])
                 handled += 1
                 self.flush()  # acknowledgements and answers leave at once
         return handled
@@ -189,3 +197,9 @@ class Transport:
             sock.close()
         self._wake_r.close()
         self._wake_w.close()
+
+
+def _frame(frame: zmq.Frame) -> Frame:
+    if len(frame) < KEEP_FRAME_MIN:
+        return frame.bytes
+    return frame.buffer

@@ -51,7 +51,7 @@ from .keys import KeyResolver, server_name
 from .model import AuthInfo
 from .protocol import BATCH_KINDS, DEFAULT_CHUNK_BYTES, Channel, message, split_batch
 from .stream import Reassembler, SnapshotWindow
-from .transport import Transport
+from .transport import Frame, Transport
 from .uploads import Upload
 
 __all__ = ["WireHalf"]
@@ -148,7 +148,7 @@ class WireHalf:
             self._inbox.append(item)
             self._inbox_cv.notify_all()
 
-    def _on_wire(self, channel: Channel, frames: list[bytes]) -> None:
+    def _on_wire(self, channel: Channel, frames: list[Frame]) -> None:
         try:
             header = unpack(frames[0]) if frames else None
             if not isinstance(header, dict) or type(header.get("type")) is not str:
@@ -177,6 +177,8 @@ class WireHalf:
                     if whole is None:
                         return
                     header, payload = whole
+                elif payload is not None:
+                    payload = bytes(payload)
                 elif kind in ("DATABLOCK", "UPDATE") and self._reassembler.header(header):
                     return
                 if kind in BATCH_KINDS:
@@ -191,6 +193,8 @@ class WireHalf:
                 for msg in msgs:
                     self._on_message(msg)
                 return
+            if payload is not None:
+                payload = bytes(payload)
             self._on_message(Message(channel, header, payload))
         except (ProtocolError, ValueError, KeyError, TypeError) as e:
             err = (
