@@ -50,6 +50,9 @@ __all__ = ["ConsumerHalf"]
 
 log = logging.getLogger("replication_client")
 
+#: Items the consumer takes from the inbox per turn of its lock.
+_TAKE_AT_ONCE = 256
+
 
 class ConsumerHalf:
     """Mixin of :class:`Session`; the attributes are set by its constructor."""
@@ -111,18 +114,28 @@ class ConsumerHalf:
         self._dispatching = True
         events: list[Event] = []
         deadline = None if budget is None else time.monotonic() + budget
+        taken: deque[Any] = deque()
         try:
             while True:
-                with self._inbox_cv:
-                    if not self._inbox:
-                        break
-                    item = self._inbox.popleft()
+                if not taken:
+                    # Up to a batch's worth of items per turn of the lock,
+                    # which the socket thread takes to post them.
+                    with self._inbox_cv:
+                        if not self._inbox:
+                            break
+                        for _ in range(min(len(self._inbox), _TAKE_AT_ONCE)):
+                            taken.append(self._inbox.popleft())
+                item = taken.popleft()
                 for event in self._consume(item):
                     events.append(event)
                     self._fire(event)
                 if deadline is not None and time.monotonic() > deadline:
                     break
         finally:
+            if taken:
+                # Out of budget: what was taken goes back, in order.
+                with self._inbox_cv:
+                    self._inbox.extendleft(reversed(taken))
             self._dispatching = False
         return events
 

@@ -148,6 +148,12 @@ class WireHalf:
             self._inbox.append(item)
             self._inbox_cv.notify_all()
 
+    def _post_all(self, items: list[Any]) -> None:
+        """Like :meth:`_post` for several items at once (a batch's)."""
+        with self._inbox_cv:
+            self._inbox.extend(items)
+            self._inbox_cv.notify_all()
+
     def _on_wire(self, channel: Channel, frames: list[Frame]) -> None:
         try:
             header = unpack(frames[0]) if frames else None
@@ -189,6 +195,11 @@ class WireHalf:
                     msgs = [Message(channel, header, payload)]
                 if self._room_lag < 0:  # a room whose answer has not arrived yet
                     self._held[-1].extend(msgs)
+                    return
+                if kind in BATCH_KINDS:
+                    # Its items answer no request (they carry no id) and
+                    # none is an ERROR: nothing to match, all posted at once.
+                    self._post_all(msgs)
                     return
                 for msg in msgs:
                     self._on_message(msg)
