@@ -25,6 +25,9 @@ fn every_benchmark_scenario_runs() {
     for measure in [
         "late join",
         "+20 ms round trip",
+        "bytes from the server to the joiner",
+        "one stream, bare loopback TCP: those bytes",
+        "late join's time (DATABLOCKS) / one stream's",
         "fan-out",
         "libzmq ceiling",
         "latency p99",

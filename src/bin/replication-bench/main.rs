@@ -1,14 +1,19 @@
 //! `replication-bench`: runs load scenarios against a real `replication-serve`
 //! process and prints a table of results (median and spread over several
-//! runs, server CPU and memory from /proc, the libzmq ceiling alongside).
+//! runs, server CPU and memory from /proc), beside the limits of the machine
+//! measured in the same run with bare programs: one TCP stream and a libzmq
+//! forwarder.
 
 mod big;
 mod ceiling;
+mod child;
 mod guesses;
+mod limits;
 mod proxy;
 mod scenarios;
 mod server;
 mod stats;
+mod stream;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,7 +21,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use scenarios::{Batching, Setup, Storage};
+use limits::StreamLimits;
+use scenarios::{Batching, Join, Setup, Storage};
 use stats::Spread;
 
 #[derive(Parser)]
@@ -56,6 +62,9 @@ enum Cmd {
         #[arg(long)]
         readers: usize,
     },
+    /// The writer of one bare TCP stream (started by the tool).
+    #[command(hide = true)]
+    Stream,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -95,6 +104,8 @@ struct Plan {
     crowd_seconds: f64,
     guess_seconds: f64,
     big: big::BigPlan,
+    /// Bytes of the one-stream throughput measure.
+    stream_bytes: u64,
 }
 
 impl Plan {
@@ -118,6 +129,7 @@ impl Plan {
                 upload_block_bytes: 16 << 20,
                 update_bytes: 256 << 20,
             },
+            stream_bytes: 1 << 30,
         }
     }
 
@@ -141,14 +153,17 @@ impl Plan {
                 upload_block_bytes: 2 << 20,
                 update_bytes: 4 << 20,
             },
+            stream_bytes: 16 << 20,
         }
     }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Cmd::Forwarder { port, readers }) = cli.command {
-        return ceiling::serve_forwarder(port, readers);
+    match cli.command {
+        Some(Cmd::Forwarder { port, readers }) => return ceiling::serve_forwarder(port, readers),
+        Some(Cmd::Stream) => return stream::serve(),
+        None => {}
     }
     if cli.encryption {
         server::encrypt();
@@ -181,27 +196,53 @@ fn main() -> anyhow::Result<()> {
     let stolen_before = server::stolen();
 
     if wanted(Scenario::LateJoin) || wanted(Scenario::LateJoinDelay) {
+        let join = Join {
+            count: plan.join_blocks,
+            size: 1024,
+            delay: None,
+            batches: true,
+            count_bytes: false,
+        };
         let mut single = Vec::new();
         let mut plain = Vec::new();
         let mut delayed = Vec::new();
         let mut rss = (0, 0);
+        let mut limits = StreamLimits::default();
+        let mut stream = if wanted(Scenario::LateJoin) {
+            Some(stream::OneStream::start()?)
+        } else {
+            None
+        };
         for _ in 0..runs {
-            if wanted(Scenario::LateJoin) {
+            if let Some(stream) = &mut stream {
                 // The joiner of the version before DATABLOCKS, as a baseline
                 // in the same run.
-                let r = scenarios::late_join(&setup, plan.join_blocks, 1024, None, false)?;
+                let r = scenarios::late_join(
+                    &setup,
+                    Join {
+                        batches: false,
+                        ..join
+                    },
+                )?;
                 single.push(r.seconds * 1e3);
-                let r = scenarios::late_join(&setup, plan.join_blocks, 1024, None, true)?;
+                let r = scenarios::late_join(
+                    &setup,
+                    Join {
+                        count_bytes: true,
+                        ..join
+                    },
+                )?;
                 plain.push(r.seconds * 1e3);
                 rss = (r.rss_empty, r.rss_loaded);
+                limits.measure(stream, &r, plan.stream_bytes)?;
             }
             if wanted(Scenario::LateJoinDelay) {
                 let r = scenarios::late_join(
                     &setup,
-                    plan.join_blocks,
-                    1024,
-                    Some(Duration::from_millis(10)),
-                    true,
+                    Join {
+                        delay: Some(Duration::from_millis(10)),
+                        ..join
+                    },
                 )?;
                 delayed.push(r.seconds * 1e3);
             }
@@ -220,6 +261,7 @@ fn main() -> anyhow::Result<()> {
                 "< 50",
                 Spread::of(&plain).show(1),
             );
+            limits.rows(&mut table, plan.stream_bytes);
             table.row("server RSS, empty", "MiB", "", mib(rss.0));
             table.row(
                 &format!("server RSS, {n} x 1 KB"),
