@@ -30,6 +30,8 @@ fn every_benchmark_scenario_runs() {
         "late join's time (DATABLOCKS) / one stream's",
         "fan-out",
         "libzmq ceiling",
+        "bare TCP relay",
+        "ours / relay",
         "latency p99",
         "one-value patch",
         "idle",

@@ -1,13 +1,14 @@
 //! The server's figures read against the machine's own limits, measured in
 //! the same run: each late join against one bare TCP stream of the bytes
-//! it moved.
+//! it moved, and the fan-out against a bare relay to the same readers.
 
 use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::Table;
-use crate::scenarios::LateJoin;
+use crate::relay;
+use crate::scenarios::{Fanout, LateJoin};
 use crate::stats::Spread;
 use crate::stream::OneStream;
 
@@ -81,6 +82,56 @@ impl StreamLimits {
             "GB/s",
             "",
             Spread::of(&self.gbps).show(2),
+        );
+    }
+}
+
+/// A bare relay beside each run's fan-out with the readers taking batches.
+#[derive(Default)]
+pub struct RelayLimits {
+    rate: Vec<f64>,
+    cpu_us: Vec<f64>,
+    /// Ours over the relay's, run by run.
+    share: Vec<f64>,
+    cpu_ratio: Vec<f64>,
+}
+
+impl RelayLimits {
+    /// Relays as many 1 KiB messages as the fan-out sent to as many
+    /// readers, and compares `ours` with it.
+    pub fn measure(&mut self, messages: u64, readers: usize, ours: &Fanout) -> anyhow::Result<()> {
+        let r = relay::measure(messages, 1024, readers)?;
+        self.rate.push(r.rate);
+        self.cpu_us.push(r.cpu_us);
+        self.share.push(ours.rate / r.rate);
+        self.cpu_ratio.push(ours.cpu_us / r.cpu_us);
+        Ok(())
+    }
+
+    pub fn rows(&self, table: &mut Table, readers: usize) {
+        table.row(
+            &format!("bare TCP relay 1 -> {readers}, 1 KiB, msgs/s to each reader"),
+            "/s",
+            "",
+            Spread::of(&self.rate).show(0),
+        );
+        table.row(
+            "  relay CPU per message",
+            "us",
+            "",
+            Spread::of(&self.cpu_us).show(2),
+        );
+        table.row(
+            "  ours / relay, readers take batches: updates/s",
+            "x",
+            "",
+            Spread::of(&self.share).show(2),
+        );
+        table.row(
+            "  ours / relay, readers take batches: CPU per update",
+            "x",
+            "",
+            Spread::of(&self.cpu_ratio).show(2),
         );
     }
 }

@@ -1,8 +1,8 @@
 //! `replication-bench`: runs load scenarios against a real `replication-serve`
 //! process and prints a table of results (median and spread over several
 //! runs, server CPU and memory from /proc), beside the limits of the machine
-//! measured in the same run with bare programs: one TCP stream and a libzmq
-//! forwarder.
+//! measured in the same run with bare programs: one TCP stream, a relay to
+//! N readers, and a libzmq forwarder.
 
 mod big;
 mod ceiling;
@@ -10,6 +10,7 @@ mod child;
 mod guesses;
 mod limits;
 mod proxy;
+mod relay;
 mod scenarios;
 mod server;
 mod stats;
@@ -21,7 +22,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use limits::StreamLimits;
+use limits::{RelayLimits, StreamLimits};
 use scenarios::{Batching, Join, Setup, Storage};
 use stats::Spread;
 
@@ -65,6 +66,12 @@ enum Cmd {
     /// The writer of one bare TCP stream (started by the tool).
     #[command(hide = true)]
     Stream,
+    /// The bare TCP relay to N readers (started by the tool).
+    #[command(hide = true)]
+    Relay {
+        #[arg(long)]
+        readers: usize,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -163,6 +170,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Cmd::Forwarder { port, readers }) => return ceiling::serve_forwarder(port, readers),
         Some(Cmd::Stream) => return stream::serve(),
+        Some(Cmd::Relay { readers }) => return relay::serve(readers),
         None => {}
     }
     if cli.encryption {
@@ -308,6 +316,7 @@ fn main() -> anyhow::Result<()> {
             .map(|_| (Vec::new(), Vec::new(), 0))
             .collect();
         let mut raw = (Vec::new(), Vec::new());
+        let mut relay = RelayLimits::default();
         for _ in 0..runs {
             for ((_, batching, _), results) in variants.iter().zip(&mut ours) {
                 let r = scenarios::fanout(
@@ -321,6 +330,9 @@ fn main() -> anyhow::Result<()> {
                 results.0.push(r.rate);
                 results.1.push(r.cpu_us);
                 results.2 += r.lost;
+                if batching.readers && batching.writer == 1 {
+                    relay.measure(plan.fanout_updates, plan.readers, &r)?;
+                }
             }
             let c = ceiling::measure(
                 plan.fanout_updates,
@@ -360,6 +372,7 @@ fn main() -> anyhow::Result<()> {
             "",
             Spread::of(&raw.1).show(2),
         );
+        relay.rows(&mut table, readers);
         let ceiling = Spread::of(&raw.0).median;
         let single = Spread::of(&ours[0].0).median;
         let batched = Spread::of(&ours[1].0).median;
