@@ -33,6 +33,7 @@ fn every_benchmark_scenario_runs() {
         "bare TCP relay",
         "ours / relay",
         "latency p99",
+        "p99 ours / libzmq ceiling's",
         "one-value patch",
         "idle",
         "stalled",

@@ -391,9 +391,14 @@ fn main() -> anyhow::Result<()> {
     }
 
     if wanted(Scenario::Latency) {
-        for (rate, target) in [(plan.slow_rate, "< 0.5"), (plan.fast_rate, "< 5")] {
-            let (mut p50, mut p99, mut raw_p50, mut raw_p99) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // At 50,000/s the forwarder itself runs at or past its most (40,000
+        // to 75,000 messages/s here) and falls behind: its p99 is no floor.
+        for (rate, target, compared) in [
+            (plan.slow_rate, "< 0.5", true),
+            (plan.fast_rate, "< 5", false),
+        ] {
+            let (mut p50, mut p99, mut raw_p50, mut raw_p99, mut ratio) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let mut lost = 0;
             for _ in 0..runs {
                 let updates = (rate * plan.latency_seconds) as u64;
@@ -414,6 +419,7 @@ fn main() -> anyhow::Result<()> {
                     ceiling::measure(updates, 1024, plan.readers, Some(rate), setup.first_port)?;
                 raw_p50.push(c.p50_us / 1e3);
                 raw_p99.push(c.p99_us / 1e3);
+                ratio.push(r.p99_us / c.p99_us);
             }
             let readers = plan.readers;
             table.row(
@@ -441,6 +447,14 @@ fn main() -> anyhow::Result<()> {
                 "",
                 Spread::of(&raw_p99).show(3),
             );
+            if compared {
+                table.row(
+                    "  p99 ours / libzmq ceiling's, run by run",
+                    "x",
+                    "<= 1.2",
+                    Spread::of(&ratio).show(2),
+                );
+            }
         }
     }
 
