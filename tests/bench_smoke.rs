@@ -43,6 +43,8 @@ fn every_benchmark_scenario_runs() {
         "late join of",
         "UPDATE of",
         "dd bs=1M",
+        "Rust client",
+        "late join's throughput / one stream's",
         "took from this machine",
     ] {
         assert!(stdout.contains(measure), "no {measure:?} row:\n{stdout}");

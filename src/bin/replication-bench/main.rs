@@ -8,6 +8,7 @@ mod big;
 mod ceiling;
 mod child;
 mod guesses;
+mod large_join;
 mod limits;
 mod proxy;
 mod relay;
@@ -93,6 +94,9 @@ enum Scenario {
     /// has it joined late and takes a large UPDATE, in memory and recorded,
     /// with the disk's own speed (dd) measured in the same run.
     Big,
+    /// A late joiner of a 1 GiB scene (64 datablocks of 16 MiB) alone,
+    /// against one bare TCP stream of the same bytes in the same run.
+    LargeJoin,
 }
 
 /// Sizes of every scenario.
@@ -113,6 +117,7 @@ struct Plan {
     big: big::BigPlan,
     /// Bytes of the one-stream throughput measure.
     stream_bytes: u64,
+    large_join: large_join::Scene,
 }
 
 impl Plan {
@@ -137,6 +142,10 @@ impl Plan {
                 update_bytes: 256 << 20,
             },
             stream_bytes: 1 << 30,
+            large_join: large_join::Scene {
+                blocks: 64,
+                block_bytes: 16 << 20,
+            },
         }
     }
 
@@ -161,6 +170,10 @@ impl Plan {
                 update_bytes: 4 << 20,
             },
             stream_bytes: 16 << 20,
+            large_join: large_join::Scene {
+                blocks: 4,
+                block_bytes: 1 << 20,
+            },
         }
     }
 }
@@ -637,6 +650,10 @@ fn main() -> anyhow::Result<()> {
 
     if wanted(Scenario::Big) {
         big_rows(&mut setup, &plan, runs, &mut table)?;
+    }
+
+    if wanted(Scenario::LargeJoin) {
+        large_join::rows(&setup, plan.large_join, runs, &mut table)?;
     }
 
     // On a virtual machine the host may take the cores away for a while:
