@@ -314,7 +314,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 "",
             ),
-            ("readers take batches", Batching::READERS, ">= 100000"),
+            ("readers take batches", Batching::READERS, ">= 250000"),
             (
                 "writer sends UPDATES of 32",
                 Batching {
@@ -368,7 +368,7 @@ fn main() -> anyhow::Result<()> {
             table.row(
                 "  server CPU per update",
                 "us",
-                if target.is_empty() { "" } else { "<= 5" },
+                if target.is_empty() { "" } else { "<= 3" },
                 Spread::of(cpu).show(2),
             );
             table.row("  updates lost", "", "0", lost.to_string());
