@@ -25,9 +25,15 @@ fn every_benchmark_scenario_runs() {
     for measure in [
         "late join",
         "+20 ms round trip",
+        "bytes from the server to the joiner",
+        "one stream, bare loopback TCP: those bytes",
+        "late join's time (DATABLOCKS) / one stream's",
         "fan-out",
         "libzmq ceiling",
+        "bare TCP relay",
+        "ours / relay",
         "latency p99",
+        "p99 ours / libzmq ceiling's",
         "one-value patch",
         "idle",
         "stalled",
@@ -37,6 +43,8 @@ fn every_benchmark_scenario_runs() {
         "late join of",
         "UPDATE of",
         "dd bs=1M",
+        "Rust client",
+        "late join's throughput / one stream's",
         "took from this machine",
     ] {
         assert!(stdout.contains(measure), "no {measure:?} row:\n{stdout}");

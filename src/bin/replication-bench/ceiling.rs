@@ -2,12 +2,13 @@
 //! libzmq forwarder (PULL in, ROUTER out, no server logic), in its own
 //! process so that its CPU is measured like the server's.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::child::KillOnDrop;
 use crate::server::{CpuMeter, free_base};
 use crate::stats::{TimedPayload, now_ns, quantile};
 
@@ -125,7 +126,7 @@ pub fn measure(
         })
     };
     ready.wait();
-    let meter = CpuMeter::start(child.0.id());
+    let meter = CpuMeter::start(child.pid());
     let push = ctx.socket(zmq::PUSH)?;
     push.connect(&format!("tcp://127.0.0.1:{}", base + 2))?;
     let mut payload = TimedPayload::new(size);
@@ -164,13 +165,4 @@ pub fn measure(
         p50_us: quantile(&mut latencies, 0.5) as f64 / 1e3,
         p99_us: quantile(&mut latencies, 0.99) as f64 / 1e3,
     })
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

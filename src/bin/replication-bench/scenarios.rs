@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use replication_serve::client::{Block, Client, ClientOptions};
+use replication_serve::client::{Block, Client, ClientOptions, Received};
 use replication_serve::protocol::patch::{Patch, PatchOp, PathStep};
 use rmpv::Value;
 
@@ -119,52 +119,89 @@ fn scene(count: usize, size: usize) -> Vec<Block> {
         .collect()
 }
 
-/// Late join: time for a new client to authenticate and download a scene of
-/// `count` datablocks of about `size` bytes, optionally through a proxy that
-/// delays every chunk of bytes by `delay` in each direction. With `batches`
-/// the joiner asks for DATABLOCKS (protocol section 16); without, each
-/// datablock is a message of its own.
+/// Late join: time for a new client to authenticate and download a scene.
+#[derive(Debug, Clone, Copy)]
+pub struct Join {
+    /// Datablocks in the scene, and the bytes of binary data in each.
+    pub count: usize,
+    pub size: usize,
+    /// Through a proxy that delays every chunk of bytes by this much in
+    /// each direction.
+    pub delay: Option<Duration>,
+    /// The joiner asks for DATABLOCKS (protocol section 16); without, each
+    /// datablock is a message of its own.
+    pub batches: bool,
+    /// After the timed join, a second joiner (the same options, no delay)
+    /// joins through a proxy that counts the bytes the server sends it.
+    pub count_bytes: bool,
+}
+
+/// What a late join measured.
 pub struct LateJoin {
     pub seconds: f64,
     pub rss_empty: u64,
     pub rss_loaded: u64,
+    /// Bytes the server sent the second joiner, with `count_bytes`.
+    pub wire_bytes: Option<u64>,
 }
 
-pub fn late_join(
-    setup: &Setup,
-    count: usize,
-    size: usize,
-    delay: Option<Duration>,
-    batches: bool,
-) -> anyhow::Result<LateJoin> {
+pub fn late_join(setup: &Setup, join: Join) -> anyhow::Result<LateJoin> {
     let server = setup.server()?;
     let rss_empty = server.rss();
     let ctx = zmq::Context::new();
     let mut host = admin(&ctx, server.port)?;
-    let blocks = scene(count, size);
-    host.upload(&blocks, WAIT)?;
+    host.upload(&scene(join.count, join.size), WAIT)?;
     let rss_loaded = server.rss();
-    let proxy = delay
+    let proxy = join
+        .delay
         .map(|d| DelayProxy::start(server.port, d))
         .transpose()?;
     let port = proxy.as_ref().map_or(server.port, |p| p.port);
     let started = Instant::now();
-    let options = ClientOptions {
-        batches,
-        ..ClientOptions::new(port, "joiner")
-    };
-    let mut joiner = Client::connect_in(&ctx, server::client(options))?;
-    joiner.authenticate(WAIT)?;
-    let got = joiner.download(WAIT, |_, _| {})?;
+    let joined = download(&ctx, port, "joiner", join)?;
     let seconds = started.elapsed().as_secs_f64();
-    if got.len() != count {
-        bail!("downloaded {} of {count} datablocks", got.len());
-    }
+    drop(joined);
+    let wire_bytes = if join.count_bytes {
+        let counter = DelayProxy::start(server.port, Duration::ZERO)?;
+        let _counted = download(&ctx, counter.port, "joiner-2", join)?;
+        Some(counter.bytes_from_server())
+    } else {
+        None
+    };
     Ok(LateJoin {
         seconds,
         rss_empty,
         rss_loaded,
+        wire_bytes,
     })
+}
+
+/// A new client joins on `port` and downloads the whole scene. Both are
+/// returned, so that the caller's timing does not include freeing them.
+fn download(
+    ctx: &zmq::Context,
+    port: u16,
+    name: &str,
+    join: Join,
+) -> anyhow::Result<(Client, Vec<Received>)> {
+    let options = ClientOptions {
+        batches: join.batches,
+        ..ClientOptions::new(port, name)
+    };
+    let mut joiner = Client::connect_in(ctx, server::client(options))?;
+    joiner.authenticate(WAIT)?;
+    let got = joiner.download(WAIT, |_, _| {})?;
+    if got.len() != join.count {
+        bail!("downloaded {} of {} datablocks", got.len(), join.count);
+    }
+    let bytes: usize = got.iter().map(|b| b.data.len()).sum();
+    if bytes < join.count * join.size {
+        bail!(
+            "downloaded {bytes} bytes of data, not {}",
+            join.count * join.size
+        );
+    }
+    Ok((joiner, got))
 }
 
 /// What one reader saw.
