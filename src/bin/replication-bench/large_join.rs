@@ -1,7 +1,8 @@
 //! A late joiner of a large scene, alone: the library's Rust client
 //! downloads 1 GiB (64 datablocks of 16 MiB, the big scenario's scene
 //! without the other room's traffic) with DATABLOCKS, against one bare TCP
-//! stream of as many bytes in the same run.
+//! stream of as many bytes in the same run; then the Python client joins
+//! it too (`python`).
 
 use crate::Table;
 use crate::limits::{gbps, size};
@@ -22,6 +23,7 @@ pub fn rows(setup: &Setup, scene: Scene, runs: usize, table: &mut Table) -> anyh
     let bytes = (scene.blocks * scene.block_bytes) as u64;
     let mut stream = OneStream::start()?;
     let (mut ours, mut raw, mut share) = (Vec::new(), Vec::new(), Vec::new());
+    let mut python = Vec::new();
     for _ in 0..runs {
         let r = scenarios::late_join(
             setup,
@@ -31,8 +33,10 @@ pub fn rows(setup: &Setup, scene: Scene, runs: usize, table: &mut Table) -> anyh
                 delay: None,
                 batches: true,
                 count_bytes: false,
+                python: true,
             },
         )?;
+        python.extend(r.python.map(|p| bytes as f64 / p.seconds / 1e9));
         let joined = bytes as f64 / r.seconds / 1e9;
         let limit = gbps(bytes, stream.transfer(bytes)?);
         ours.push(joined);
@@ -50,6 +54,17 @@ pub fn rows(setup: &Setup, scene: Scene, runs: usize, table: &mut Table) -> anyh
         ">= 1",
         Spread::of(&ours).show(2),
     );
+    let label = "  the same, Python client";
+    if python.is_empty() {
+        table.row(
+            label,
+            "GB/s",
+            ">= 1",
+            "not run: no Python client (pass --python, or run scripts/test.sh once)".to_owned(),
+        );
+    } else {
+        table.row(label, "GB/s", ">= 1", Spread::of(&python).show(2));
+    }
     table.row(
         &format!("one stream, bare loopback TCP, {}", size(bytes)),
         "GB/s",

@@ -11,6 +11,7 @@ mod guesses;
 mod large_join;
 mod limits;
 mod proxy;
+mod python;
 mod relay;
 mod scenarios;
 mod server;
@@ -52,6 +53,11 @@ struct Cli {
     /// every client does too: what encryption costs, against a run without.
     #[arg(long)]
     encryption: bool,
+    /// The Python interpreter with the Python client installed, for the late
+    /// joins also made with it (default: $REPLICATION_PYTHON, else the
+    /// repository's .venv that scripts/test.sh makes).
+    #[arg(long)]
+    python: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -205,6 +211,7 @@ fn main() -> anyhow::Result<()> {
         binary,
         first_port: cli.port,
         storage: Storage::InMemory,
+        python: python::interpreter(cli.python),
     };
     let (plan, runs) = if cli.quick {
         (Plan::quick(), 1)
@@ -223,9 +230,11 @@ fn main() -> anyhow::Result<()> {
             delay: None,
             batches: true,
             count_bytes: false,
+            python: false,
         };
         let mut single = Vec::new();
         let mut plain = Vec::new();
+        let mut python = Vec::new();
         let mut delayed = Vec::new();
         let mut rss = (0, 0);
         let mut limits = StreamLimits::default();
@@ -250,10 +259,12 @@ fn main() -> anyhow::Result<()> {
                     &setup,
                     Join {
                         count_bytes: true,
+                        python: true,
                         ..join
                     },
                 )?;
                 plain.push(r.seconds * 1e3);
+                python.extend(r.python.map(|p| (p.seconds * 1e3, p.cpu_seconds * 1e3)));
                 rss = (r.rss_empty, r.rss_loaded);
                 limits.measure(stream, &r, plan.stream_bytes)?;
             }
@@ -283,6 +294,11 @@ fn main() -> anyhow::Result<()> {
                 Spread::of(&plain).show(1),
             );
             limits.rows(&mut table, plan.stream_bytes);
+            python_rows(
+                &mut table,
+                &format!("late join, {n} x 1 KB, loopback, Python client"),
+                &python,
+            );
             table.row("server RSS, empty", "MiB", "", mib(rss.0));
             table.row(
                 &format!("server RSS, {n} x 1 KB"),
@@ -768,6 +784,28 @@ fn big_rows(setup: &mut Setup, plan: &Plan, runs: usize, table: &mut Table) -> a
         );
     }
     Ok(())
+}
+
+/// The Python client's late joins: (time, CPU time), in ms.
+fn python_rows(table: &mut Table, label: &str, joins: &[(f64, f64)]) {
+    if joins.is_empty() {
+        table.row(
+            label,
+            "ms",
+            "",
+            "not run: no Python client (pass --python, or run scripts/test.sh once)".to_owned(),
+        );
+        return;
+    }
+    let times: Vec<f64> = joins.iter().map(|j| j.0).collect();
+    let cpu: Vec<f64> = joins.iter().map(|j| j.1).collect();
+    table.row(label, "ms", "", Spread::of(&times).show(1));
+    table.row(
+        "  its CPU time (all threads)",
+        "ms",
+        "",
+        Spread::of(&cpu).show(1),
+    );
 }
 
 fn mib(bytes: u64) -> String {

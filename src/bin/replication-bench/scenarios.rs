@@ -14,6 +14,7 @@ use replication_serve::protocol::patch::{Patch, PatchOp, PathStep};
 use rmpv::Value;
 
 use crate::proxy::DelayProxy;
+use crate::python::{self, PythonJoin};
 use crate::server::{self, CpuMeter, ServerProcess};
 use crate::stats::{TimedPayload, now_ns, quantile};
 
@@ -26,6 +27,9 @@ pub struct Setup {
     pub first_port: u16,
     /// How the server records the session.
     pub storage: Storage,
+    /// The Python interpreter that has the Python client, for the joins
+    /// that are also made with it.
+    pub python: Option<PathBuf>,
 }
 
 /// The server's recording mode for a scenario.
@@ -134,6 +138,8 @@ pub struct Join {
     /// After the timed join, a second joiner (the same options, no delay)
     /// joins through a proxy that counts the bytes the server sends it.
     pub count_bytes: bool,
+    /// Then the Python client joins too (directly), when there is one.
+    pub python: bool,
 }
 
 /// What a late join measured.
@@ -141,6 +147,8 @@ pub struct LateJoin {
     pub seconds: f64,
     pub rss_empty: u64,
     pub rss_loaded: u64,
+    /// The Python client's join, with `python` and an interpreter.
+    pub python: Option<PythonJoin>,
     /// Bytes the server sent the second joiner, with `count_bytes`.
     pub wire_bytes: Option<u64>,
 }
@@ -168,10 +176,26 @@ pub fn late_join(setup: &Setup, join: Join) -> anyhow::Result<LateJoin> {
     } else {
         None
     };
+    let python = match (&setup.python, join.python) {
+        (Some(python), true) => {
+            let config = server::scratch_dir();
+            let joined = python::join(
+                python,
+                server.port,
+                join.count,
+                join.count * join.size,
+                &config,
+            );
+            let _ = std::fs::remove_dir_all(&config);
+            Some(joined?)
+        }
+        _ => None,
+    };
     Ok(LateJoin {
         seconds,
         rss_empty,
         rss_loaded,
+        python,
         wire_bytes,
     })
 }
