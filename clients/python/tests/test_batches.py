@@ -7,6 +7,7 @@ handler (what it reads) and its send (what it writes)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -165,6 +166,27 @@ def test_readers_with_and_without_batches_see_a_burst_in_order(connect):
         assert s.blocks["img"].data == BIG[::-1] and s.blocks["img"].revision == 2
         assert s.blocks["n1099"].data == {"i": 1099} and s.blocks["n1099"].revision == 1
     assert host.fetch("obj").revision == 601
+
+
+def test_a_spent_budget_leaves_the_rest_of_a_batch_in_order(connect):
+    hosted(connect)
+    writer = joined(connect, "writer")
+    fast = reader(connect, "fast")
+    burst = [FullUpdate(f"n{i}", {"i": i}, type_id="Note", owner=COMMON) for i in range(600)]
+    writer.push_many(burst)
+
+    # With no budget each poll applies one item and leaves the rest of the
+    # batch it took for the next poll, in order, none lost or seen twice.
+    seen: list[str] = []
+    most = 0
+    deadline = time.monotonic() + T
+    while len(seen) < len(burst) and time.monotonic() < deadline:
+        got = [e.uuid for e in fast.poll(0.05, budget=0.0) if isinstance(e, Updated)]
+        most = max(most, len(got))
+        seen += got
+    assert seen == [u.uuid for u in burst]
+    assert most == 1
+    assert fast.blocks["n599"].data == {"i": 599}
 
 
 def test_one_batch_reaches_a_batching_reader_as_one_message(connect):
