@@ -307,10 +307,18 @@ impl Core {
         let recorded = self.rooms.wake().clone();
         let mut yielded = std::time::Instant::now();
         loop {
+            // A late joiner's stream goes out a slice per turn, so that the
+            // first slices travel while the next are built, and whatever
+            // else arrives is not kept waiting behind a whole snapshot.
+            let downloading = self.downloads_ready();
+            if downloading {
+                self.continue_downloads().await;
+            }
             self.flush().await;
             if self.failure.is_some() {
                 break;
             }
+            let downloading = downloading && self.downloads_ready();
             let presence_due = self.presence_due;
             // Timers and the console come before the sockets: they are
             // rarely ready and cheap, and under a flood of messages (an
@@ -351,6 +359,8 @@ impl Core {
                         yielded = std::time::Instant::now();
                     }
                 }
+                // Nothing else is ready: the next turn sends the next slice.
+                () = std::future::ready(()), if downloading => {}
             }
         }
         self.flush().await;
@@ -379,6 +389,31 @@ impl Core {
         match self.failure.take() {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// True when some room has a download that may send more now.
+    fn downloads_ready(&mut self) -> bool {
+        self.rooms
+            .iter_mut()
+            .any(|(_, entry)| entry.room.downloads_ready())
+    }
+
+    /// Releases the next slice of every download that may send more
+    /// (`room::download::PUMP_BYTES`).
+    async fn continue_downloads(&mut self) {
+        let ready: Vec<Arc<str>> = self
+            .rooms
+            .iter_mut()
+            .filter(|(_, entry)| entry.room.downloads_ready())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in ready {
+            let Some(entry) = self.rooms.get_mut(&name) else {
+                continue;
+            };
+            let effects = entry.room.continue_downloads();
+            self.apply(&name, effects).await;
         }
     }
 

@@ -30,6 +30,14 @@ pub enum Queued {
     Datablock { header: Bytes, data: Bytes },
 }
 
+/// Most bytes of the stream one call of [`Download::pump`] releases. The
+/// window lets a client have megabytes in flight, but releasing them all at
+/// once means building every batch before the first is sent; in slices, the
+/// core hands the first ones to libzmq at the end of the turn and builds
+/// the next ones in the following turns while they travel and the client
+/// reads them (docs/benchmarks.md, "Close to the wire").
+pub const PUMP_BYTES: usize = 1 << 20;
+
 /// The state of one client's download.
 #[derive(Debug)]
 pub struct Download {
@@ -80,16 +88,18 @@ impl Download {
         }
     }
 
-    /// Sends what the window allows. Called when the download starts and
-    /// after each acknowledgement.
+    /// Sends what the window allows, up to [`PUMP_BYTES`] (at least one
+    /// message). Called when the download starts, after each
+    /// acknowledgement, and at each turn of the core while
+    /// [`Download::ready`] says more may go.
     pub fn pump(&mut self) -> Released {
         let mut out = Released::default();
-        while self.in_flight.len() < self.window_messages
-            && (self.in_flight_bytes < self.window_bytes || self.in_flight.is_empty())
-        {
+        let mut released = 0;
+        while self.window_open() && (released < PUMP_BYTES || out.wires.is_empty()) {
             let Some(wire) = self.next_message() else {
                 break;
             };
+            released += wire.len();
             self.in_flight.push_back((self.sent, wire.len()));
             self.in_flight_bytes += wire.len();
             self.sent += 1;
@@ -127,6 +137,16 @@ impl Download {
             }
         }
         batch.finish()
+    }
+
+    /// True when messages wait that the window lets go now.
+    pub fn ready(&self) -> bool {
+        !self.queue.is_empty() && self.window_open()
+    }
+
+    fn window_open(&self) -> bool {
+        self.in_flight.len() < self.window_messages
+            && (self.in_flight_bytes < self.window_bytes || self.in_flight.is_empty())
     }
 
     /// The client has received the first `received` messages of the stream.
@@ -214,6 +234,30 @@ mod tests {
             Ok(m @ ServerMessage::Datablock { .. }) => (vec![uuid(&m)], false),
             _ => (Vec::new(), false),
         }
+    }
+
+    #[test]
+    fn a_wide_window_is_filled_a_slice_at_a_time() {
+        // Ten messages of just over a third of a slice each, a window that takes them
+        // all: each pump releases one slice (and never less than a message),
+        // in order, until the queue is empty.
+        let size = PUMP_BYTES / 3 + 1;
+        let queue: VecDeque<Queued> = (0..10).map(|_| queued(size)).collect();
+        let mut d = Download::new(queue, 100, 100 * PUMP_BYTES, None);
+        let mut slices = Vec::new();
+        while d.ready() {
+            let released = d.pump();
+            let bytes: usize = released.wires.iter().map(Wire::len).sum();
+            assert!(bytes < PUMP_BYTES + size, "a slice of {bytes} bytes");
+            slices.push((released.wires.len(), released.finished));
+        }
+        assert_eq!(slices, [(3, false), (3, false), (3, false), (1, true)]);
+        assert_eq!(d.sent(), 10);
+
+        // A message larger than a slice still goes, alone.
+        let mut d = Download::new(VecDeque::from([queued(3 * PUMP_BYTES)]), 100, 1 << 30, None);
+        assert_eq!(d.pump().wires.len(), 1);
+        assert!(!d.ready());
     }
 
     #[test]

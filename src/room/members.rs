@@ -177,6 +177,10 @@ impl Members {
             .map(|(c, _)| *c)
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = (ClientId, &Member)> {
+        self.list.iter().map(|(c, m)| (*c, m))
+    }
+
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (ClientId, &mut Member)> {
         self.list.iter_mut().map(|(c, m)| (*c, m))
     }

@@ -495,6 +495,36 @@ impl Room {
         Ok(fx)
     }
 
+    /// True when some member's download has messages its window lets go
+    /// now: [`Room::continue_downloads`] has work.
+    pub fn downloads_ready(&self) -> bool {
+        self.members
+            .iter()
+            .any(|(_, m)| m.download.as_ref().is_some_and(Download::ready))
+    }
+
+    /// Releases the next slice of every download that may send more.
+    pub fn continue_downloads(&mut self) -> Effects {
+        let ready: Vec<ClientId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.download.as_ref().is_some_and(Download::ready))
+            .map(|(id, _)| id)
+            .collect();
+        let mut fx = Effects::default();
+        for id in ready {
+            let released = self
+                .members
+                .get_mut(id)
+                .and_then(|m| m.download.as_mut())
+                .map(Download::pump);
+            if let Some(released) = released {
+                self.deliver_released(id, released, &mut fx);
+            }
+        }
+        fx
+    }
+
     fn start_download(&mut self, id: ClientId, fx: &mut Effects) {
         let max = self.limits.snapshot_window_messages;
         let Some(options) = self.members.get(id).map(|m| m.stream) else {
