@@ -35,7 +35,7 @@ pub enum Queued {
 /// once means building every batch before the first is sent; in slices, the
 /// core hands the first ones to libzmq at the end of the turn and builds
 /// the next ones in the following turns while they travel and the client
-/// reads them (docs/benchmarks.md, "Close to the wire").
+/// reads them (docs/architecture.md, "Snapshot streams").
 pub const PUMP_BYTES: usize = 1 << 20;
 
 /// The state of one client's download.
