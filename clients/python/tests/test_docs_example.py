@@ -32,9 +32,10 @@ class Lines:
         self.seen: list[str] = []
         assert proc.stdout is not None
         stream = proc.stdout
-        threading.Thread(
+        self.reader = threading.Thread(
             target=lambda: [self.lines.put(line) for line in stream], daemon=True
-        ).start()
+        )
+        self.reader.start()
 
     def wait_for(self, needle: str) -> str:
         deadline = time.monotonic() + T
@@ -48,10 +49,17 @@ class Lines:
                 return line
         raise AssertionError(f"no {needle!r} within {T} s; got:\n{''.join(self.seen)}")
 
+    def rest(self) -> list[str]:
+        """Every line, once the child has ended and its output is read."""
+        self.reader.join(T)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get_nowait())
+        return self.seen
+
 
 def run_once(script: Path) -> str:
     viewer = subprocess.Popen(
-        [sys.executable, "-u", str(script), "viewer"],
+        [sys.executable, "-u", "-X", "faulthandler", str(script), "viewer"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -69,7 +77,16 @@ def run_once(script: Path) -> str:
         assert "mat is at revision" in host.stdout, host.stdout
         seen.wait_for("Blue")
         viewer.send_signal(signal.SIGINT)
-        viewer.wait(T)
+        try:
+            viewer.wait(T)
+        except subprocess.TimeoutExpired:
+            # faulthandler prints every thread's stack on SIGABRT.
+            viewer.send_signal(signal.SIGABRT)
+            viewer.wait(T)
+            raise AssertionError(
+                f"the viewer did not stop within {T} s of Ctrl-C; it printed:\n"
+                + "".join(seen.rest())
+            ) from None
         return host.stdout
     finally:
         if viewer.poll() is None:

@@ -213,6 +213,12 @@ def test_join_room_switches_to_another_rooms_scene(connect):
     assert traveller.fetch("cube", timeout=T).owner == "t"
     assert room_data(traveller) == {b.uuid: b.data for b in scene_of("a")}
     assert traveller.push_confirmed("cube", {"room": "a", "x": 1}, timeout=T) == 2
+    # The PRESENCE that shows the traveller ACTIVE leaves the server a short
+    # while after its download ends: taken now, it is not one of the
+    # switch's events.
+    traveller.wait_until(
+        lambda: any(u.name == "t" and u.status == "ACTIVE" for u in traveller.users), T
+    )
 
     events = record(traveller)
     joined = traveller.join_room("b", timeout=T)
