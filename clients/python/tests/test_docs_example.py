@@ -57,9 +57,20 @@ class Lines:
         return self.seen
 
 
+#: Runs the example as its viewer, with Ctrl-C raising KeyboardInterrupt as
+#: in a terminal: a test run started in the background (``cmd &`` in a
+#: script) has SIGINT ignored, which Python, and so the viewer, would keep.
+VIEWER = (
+    "import runpy, signal, sys; "
+    "signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv = [sys.argv[1], 'viewer']; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
 def run_once(script: Path) -> str:
     viewer = subprocess.Popen(
-        [sys.executable, "-u", "-X", "faulthandler", str(script), "viewer"],
+        [sys.executable, "-u", "-X", "faulthandler", "-c", VIEWER, str(script)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
