@@ -10,11 +10,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use replication_serve::config::Limits;
 use replication_serve::protocol::codec::encode_value;
 use replication_serve::protocol::patch::{Patch, PatchOp, PathStep};
-use replication_serve::protocol::wire::DatablockRef;
+use replication_serve::protocol::wire::{self, DatablockRef};
 use replication_serve::protocol::{
-    BlockSpec, CatalogueEntry, ChunkFields, DatablockHeader, PublisherMessage, ServerMessage,
-    SnapshotStep, UploadStep, Wire, batch, decode_header, decode_publisher, decode_server, encode,
-    validate_value,
+    BlockSpec, ChunkFields, DatablockHeader, PublisherMessage, ServerMessage, UploadStep, Wire,
+    batch, decode_header, decode_publisher, decode_server, encode, validate_value,
 };
 use replication_serve::room::{ClientId, Room, StreamOptions};
 use rmpv::Value;
@@ -94,25 +93,12 @@ fn decode(c: &mut Criterion) {
     c.bench_function("decode DATABLOCKS of 1,000 (the client's reader)", |b| {
         b.iter(|| decode_server(black_box(&datablocks), 1 << 24).unwrap())
     });
-    // A page of a late joiner's catalogue.
-    let catalogue = encode(&ServerMessage::Snapshot {
-        step: SnapshotStep::Catalogue,
-        window: None,
-        window_bytes: None,
-        datablocks: None,
-        bytes: None,
-        entries: Some(
-            (0..1024)
-                .map(|i| CatalogueEntry {
-                    uuid: format!("6f1c2a4e-0d51-4b8e-9b43-{i:012}"),
-                    type_id: "Mesh".into(),
-                    revision: 1,
-                    size: 1000,
-                })
-                .collect(),
-        ),
-        batches: None,
-    });
+    // A page of a late joiner's catalogue, as the server writes it.
+    let uuids: Vec<String> = (0..1024)
+        .map(|i| format!("6f1c2a4e-0d51-4b8e-9b43-{i:012}"))
+        .collect();
+    let catalogue =
+        wire::catalogue_page(uuids.iter().map(|u| (u.as_str(), "Mesh", 1, 1000))).header;
     c.bench_function("decode CATALOGUE of 1,024 (serde's tagged enum)", |b| {
         b.iter(|| decode_header::<ServerMessage>(black_box(&catalogue), 1 << 24).unwrap())
     });

@@ -6,6 +6,7 @@
 
 use crate::Table;
 use crate::limits::{gbps, size};
+use crate::python;
 use crate::scenarios::{self, Join, Setup};
 use crate::stats::Spread;
 use crate::stream::OneStream;
@@ -56,12 +57,7 @@ pub fn rows(setup: &Setup, scene: Scene, runs: usize, table: &mut Table) -> anyh
     );
     let label = "  the same, Python client";
     if python.is_empty() {
-        table.row(
-            label,
-            "GB/s",
-            ">= 1",
-            "not run: no Python client (pass --python, or run scripts/test.sh once)".to_owned(),
-        );
+        table.row(label, "GB/s", ">= 1", python::missing());
     } else {
         table.row(label, "GB/s", ">= 1", Spread::of(&python).show(2));
     }

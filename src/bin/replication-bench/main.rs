@@ -789,12 +789,7 @@ fn big_rows(setup: &mut Setup, plan: &Plan, runs: usize, table: &mut Table) -> a
 /// The Python client's late joins: (time, CPU time), in ms.
 fn python_rows(table: &mut Table, label: &str, joins: &[(f64, f64)]) {
     if joins.is_empty() {
-        table.row(
-            label,
-            "ms",
-            "",
-            "not run: no Python client (pass --python, or run scripts/test.sh once)".to_owned(),
-        );
+        table.row(label, "ms", "", python::missing());
         return;
     }
     let times: Vec<f64> = joins.iter().map(|j| j.0).collect();

@@ -18,6 +18,11 @@ pub struct PythonJoin {
     pub cpu_seconds: f64,
 }
 
+/// What a Python row shows when there is no interpreter with the client.
+pub fn missing() -> String {
+    "not run: no Python client (pass --python, or run scripts/test.sh once)".to_owned()
+}
+
 /// The Python interpreter that has the client: `--python`, else
 /// `$REPLICATION_PYTHON`, else the repository's `.venv` (which
 /// scripts/test.sh makes), if it is there.
