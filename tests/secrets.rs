@@ -25,15 +25,18 @@ fn announced_key(server: &Server) -> (PublicKey, String) {
     let line = server.stdout.expect_from(0, "the public key", |l| {
         l.starts_with("server public key: ")
     });
+    // The two lines are written one after the other; the second may not
+    // have been read from the pipe yet when the first is seen.
+    let second = server
+        .stdout
+        .expect_from(line, "the fingerprint", |l| l.starts_with("fingerprint:"));
     let lines = server.stdout.snapshot();
     let key: PublicKey = lines[line]
         .trim_start_matches("server public key: ")
         .parse()
         .expect("a key");
-    let fingerprint = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("fingerprint:"))
-        .expect("a fingerprint line")
+    let fingerprint = lines[second]
+        .trim_start_matches("fingerprint:")
         .trim()
         .to_owned();
     (key, fingerprint)
