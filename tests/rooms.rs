@@ -742,3 +742,56 @@ fn updates_and_errors(client: &mut Client, wait: Duration) -> usize {
     }
     errors
 }
+
+#[test]
+fn a_closed_room_can_be_made_again_at_once_and_leftovers_of_closing_go_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_listening(false, |port| {
+        server_on(dir.path(), port, &["--autosave", "0"])
+    });
+    // Large enough that its data is in files of their own, which the
+    // closing removes while the new room of the same name records.
+    let big = Value::Binary(vec![7; 3 << 20]);
+    let mut first = host_room(server.port, "again", &[block("old", "Image", big.clone())]);
+    first
+        .update_raw(
+            &block("old", "Image", Value::Nil),
+            &replication_serve::protocol::codec::encode_value(&big),
+        )
+        .expect("a large update on its way");
+    first.leave().expect("leave");
+    wait_until(
+        || room_named(server.port, "again").is_none(),
+        "the room to close",
+    );
+    let mut second = connect(server.port, "host-again-2", Some("again"), true);
+    assert_eq!(second.authenticate(T).expect("auth"), AuthStatus::Lobby);
+    second
+        .upload(&[block("new", "Image", big.clone())], T)
+        .expect("upload into the new room");
+    second
+        .update_confirmed(&block("new", "Image", Value::Binary(vec![9; 2 << 20])), T)
+        .expect("update");
+    let mut server = server;
+    server.signal("KILL");
+    let _ = server.wait_exit();
+    drop(server);
+
+    // A closing cut short by a stop leaves a directory that is no room.
+    std::fs::create_dir_all(dir.path().join("rooms/.closing-1-0/blobs")).expect("leftover");
+    let server = start_listening(false, |port| {
+        server_on(dir.path(), port, &["--autosave", "0"])
+    });
+    let names: Vec<String> = rooms(server.port).into_iter().map(|r| r.name).collect();
+    assert_eq!(names, ["default", "again"]);
+    let mut viewer = connect(server.port, "viewer", Some("again"), false);
+    assert_eq!(viewer.authenticate(T).expect("auth"), AuthStatus::Running);
+    let scene = viewer.download(T, |_, _| {}).expect("download");
+    assert_eq!(uuids(&scene), ["new"], "the new room's record, whole");
+    assert_eq!(value(&scene[0].data), Value::Binary(vec![9; 2 << 20]));
+    let left: Vec<String> = std::fs::read_dir(dir.path().join("rooms"))
+        .expect("rooms dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["again"], "no closing left behind");
+}

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rmpv::Value;
 
@@ -203,6 +204,18 @@ pub fn open_recorded(
         .map(|e| e.path())
         .filter(|p| p.is_dir())
         .collect();
+    // Records of rooms closed just before the last stop, not yet removed.
+    dirs.retain(|p| {
+        let closing = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(CLOSING_PREFIX));
+        if closing {
+            tracing::info!(dir = %p.display(), "removing the record of a room closed before the last stop");
+            remove_dir(p);
+        }
+        !closing
+    });
     dirs.sort();
     for room_dir in dirs {
         let (store, recovered) = Store::open(&room_dir, config.durability)?;
@@ -239,6 +252,76 @@ pub fn open_recorded(
         found.push((name, entry));
     }
     Ok(found)
+}
+
+/// A closed room's directory is renamed to this prefix and a number, then
+/// removed in the background. Room directories never start with `.`
+/// ([`dir_name`]), so the two cannot meet, and one left by a stop before
+/// its removal ended is removed at the next start.
+const CLOSING_PREFIX: &str = ".closing-";
+
+/// Removes a closed room's record without holding the core: its recorder
+/// may still be writing a large upload (seconds), and deleting a gigabyte
+/// of files takes time too. The recorder is abandoned and the directory
+/// renamed out of the way, at once, so a room of the same name can be
+/// created and recorded right away; a thread of its own waits for the
+/// recorder and removes the directory.
+fn remove_record(room: &str, store: Recorder) {
+    static CLOSED: AtomicU64 = AtomicU64::new(0);
+    let dir = store.dir().to_owned();
+    let trash = dir.with_file_name(format!(
+        "{CLOSING_PREFIX}{}-{}",
+        std::process::id(),
+        CLOSED.fetch_add(1, Ordering::Relaxed)
+    ));
+    // Abandoned first, so that whatever fails once the directory has moved
+    // is nobody's concern.
+    let writer = store.abandon();
+    if let Err(e) = std::fs::rename(&dir, &trash) {
+        tracing::warn!(room, dir = %dir.display(), "cannot move the closed room's data aside ({e}); removing it in place");
+        // The recorder ends first, so nothing writes into the directory
+        // after.
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
+        remove_dir(&dir);
+        return;
+    }
+    let removal = std::thread::Builder::new()
+        .name("room-removal".into())
+        .spawn(move || {
+            if let Some(writer) = writer {
+                let _ = writer.join();
+            }
+            remove_dir(&trash);
+        });
+    if let Err(e) = removal {
+        tracing::warn!(dir = %dir.display(), "cannot start a thread to remove the closed room's data ({e}); it is removed at the next start");
+    }
+}
+
+/// A room holding at least this many bytes is freed on a thread of its own.
+const FREE_APART_BYTES: usize = 64 << 20;
+
+/// Frees a closed room's scene. Giving a gigabyte back to the kernel takes
+/// the core 40-120 ms (a page at a time), so a large scene is freed on a
+/// thread of its own; a small one here, where a thread would cost more.
+fn free_in_background(entry: RoomEntry) {
+    if entry.room.status().bytes < FREE_APART_BYTES {
+        return;
+    }
+    if let Err(e) = std::thread::Builder::new()
+        .name("room-free".into())
+        .spawn(move || drop(entry))
+    {
+        tracing::debug!("cannot free a closed room's scene apart ({e}); freed in place");
+    }
+}
+
+fn remove_dir(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), "cannot remove a closed room's data: {e}");
+    }
 }
 
 /// A room's directory name: its name with every byte other than ASCII
@@ -474,13 +557,9 @@ impl Core {
             return;
         };
         if let Some(store) = entry.store.take() {
-            let dir = store.dir().to_owned();
-            // Closing first, so nothing writes into the directory after.
-            drop(store);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(room, dir = %dir.display(), "cannot remove the closed room's data: {e}");
-            }
+            remove_record(room, store);
         }
+        free_in_background(entry);
     }
 
     /// The console's `close ROOM`: disconnects its users and removes it.

@@ -15,6 +15,7 @@
 //! and every room waited for them.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -41,6 +42,9 @@ struct Shared {
     progress: Mutex<Progress>,
     /// Signalled at each batch committed, for [`Recorder::wait`].
     changed: Condvar,
+    /// The record is being thrown away ([`Recorder::abandon`]): batches
+    /// not begun are skipped, and a failure is nobody's concern.
+    abandoned: AtomicBool,
 }
 
 /// One batch for the recorder's thread.
@@ -178,6 +182,18 @@ impl Recorder {
         }
     }
 
+    /// Stops recording for good, for a room whose record is being removed:
+    /// the batches the thread has not begun are skipped, and the one it is
+    /// writing may end in an error that nobody is told of. Returns the
+    /// thread, so that the caller may wait for it somewhere other than the
+    /// core: it ends once that batch does, which for a large upload may
+    /// take seconds.
+    pub fn abandon(mut self) -> Option<JoinHandle<()>> {
+        self.shared.abandoned.store(true, Ordering::Release);
+        self.batches.take();
+        self.thread.take()
+    }
+
     fn stopped(&self) -> StoreError {
         StoreError::Directory {
             dir: self.dir.clone(),
@@ -199,6 +215,9 @@ impl Drop for Recorder {
 /// The recorder's thread: each batch as one transaction, in order.
 fn write_batches(mut store: Store, shared: &Shared, queue: &mpsc::Receiver<Batch>, wake: &Notify) {
     for batch in queue {
+        if shared.abandoned.load(Ordering::Acquire) {
+            return;
+        }
         let Batch {
             mut number,
             mut changes,
@@ -218,6 +237,11 @@ fn write_batches(mut store: Store, shared: &Shared, queue: &mpsc::Receiver<Batch
         // room no longer holds it.
         drop(changes);
         let failed = result.is_err();
+        if failed && shared.abandoned.load(Ordering::Acquire) {
+            // The record is being removed under the thread: its errors
+            // (files or a database no longer there) mean nothing.
+            return;
+        }
         {
             let mut progress = lock(&shared.progress);
             match result {
@@ -287,5 +311,39 @@ mod tests {
             .map(|b| b.uuid)
             .collect();
         assert_eq!(uuids, ["a", "b"]);
+    }
+
+    #[test]
+    fn an_abandoned_recorder_ends_and_reports_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let room = dir.path().join("room");
+        let (store, _) = Store::open(&room, Durability::Normal).unwrap();
+        let mut recorder = Recorder::spawn(store, Arc::new(Notify::new())).unwrap();
+        recorder.record([put("a", b"\x01")]);
+        recorder.commit_and_wait().unwrap();
+        // The room is closed while batches are still queued for it (one
+        // with data for a file of its own): the recorder is abandoned, its
+        // directory moved aside and removed.
+        for uuid in ["b", "c", "d"] {
+            recorder.record([put(uuid, b"\x02")]);
+            recorder.commit().unwrap();
+        }
+        recorder.record([Change::Put(StoredBlock {
+            uuid: "e".to_owned(),
+            type_id: "Image".to_owned(),
+            owner: "COMMON".to_owned(),
+            deps: Vec::new(),
+            revision: 1,
+            data: bytes::Bytes::from(vec![3; crate::store::db::FILE_MIN_BYTES]),
+        })]);
+        recorder.commit().unwrap();
+        let shared = recorder.shared.clone();
+        let thread = recorder.abandon().expect("the thread");
+        std::fs::rename(&room, dir.path().join("aside")).unwrap();
+        std::fs::remove_dir_all(dir.path().join("aside")).unwrap();
+        thread.join().expect("it ends");
+        let progress = lock(&shared.progress);
+        assert!(progress.failure.is_none(), "{:?}", progress.failure);
+        assert!(!room.exists(), "nothing made again where the room was");
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use replication_serve::client::{Block, Client, ClientOptions};
+use replication_serve::protocol::ServerMessage;
 use rmpv::Value;
 
 use crate::scenarios::{Setup, update_payloads};
@@ -22,6 +23,8 @@ use crate::stats::{TimedPayload, now_ns, quantile};
 
 /// Deadline for each big operation.
 const WAIT: Duration = Duration::from_secs(300);
+/// The name of the operation that closes room B.
+pub const CLOSING: &str = "closing";
 /// Small updates a second from room A's writer.
 const SMALL_RATE: f64 = 50.0;
 
@@ -277,12 +280,12 @@ pub fn run(setup: &Setup, plan: BigPlan) -> anyhow::Result<BigRun> {
     // The late joiner receives the large update below: its own thread
     // reads it (and answers pings) while the host waits for the ACK.
     let update_bytes = plan.update_bytes;
-    let receiver = std::thread::spawn(move || -> anyhow::Result<()> {
+    let receiver = std::thread::spawn(move || -> anyhow::Result<Client> {
         late.wait_for(WAIT, |e| {
             e.payload.as_ref().is_some_and(|p| p.len() >= update_bytes)
         })
         .context("the late joiner never received the large update")?;
-        Ok(())
+        Ok(late)
     });
 
     let big = Block {
@@ -300,10 +303,31 @@ pub fn run(setup: &Setup, plan: BigPlan) -> anyhow::Result<BigRun> {
     host.update_raw_confirmed(&big, &data, WAIT)?;
     let to = now_ns();
     drop(data);
-    receiver
+    let mut late = receiver
         .join()
         .map_err(|_| anyhow::anyhow!("the late joiner's thread panicked"))??;
     ops.push(small.during("UPDATE", plan.update_bytes as u64, from, to));
+
+    // Both leave, which closes room B and removes its record (the scene and
+    // the UPDATE, in files when recorded). The closing lasts until the
+    // server no longer lists the room; room A is watched for a second more,
+    // while the files may still be removed.
+    let from = now_ns();
+    late.leave()?;
+    host.leave()?;
+    let mut probe = Client::connect_in(&ctx, ClientOptions::new(port, "b-probe"))?;
+    let listed = loop {
+        match probe.server_info(WAIT)? {
+            ServerMessage::ServerInfo { rooms, .. } if rooms.iter().all(|r| r.name != "B") => {
+                break now_ns();
+            }
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let mut closing = small.during(CLOSING, 0, from, now_ns());
+    closing.seconds = (listed - from) as f64 / 1e9;
+    ops.push(closing);
 
     let peak_rss = peak_rss(server.pid());
     small.stop()?;

@@ -712,7 +712,14 @@ fn big_rows(setup: &mut Setup, plan: &Plan, runs: usize, table: &mut Table) -> a
                 results.iter().filter_map(|r| r.ops.get(i)).map(f).collect()
             };
             let mb = op.bytes as f64 / 1e6;
-            if op.bytes == 0 {
+            if op.name == big::CLOSING {
+                table.row(
+                    &format!("{name}: room B closed, its scene removed, until the server no longer lists it"),
+                    "ms",
+                    "",
+                    Spread::of(&of(&|o| o.seconds * 1e3)).show(1),
+                );
+            } else if op.bytes == 0 {
                 table.row(
                     &format!("{name}: {} in room B (the floor)", op.name),
                     "",

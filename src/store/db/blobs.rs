@@ -39,22 +39,19 @@ pub(super) struct Blobs {
 }
 
 impl Blobs {
-    /// The files of the data directory `data_dir` (the folder is made when
-    /// the first file is written).
+    /// The files of the data directory `data_dir`. The folder is made now
+    /// and never again: a record moved aside while its recorder writes (a
+    /// room being closed) must not have its folder made anew where a new
+    /// room of the same name may be recording.
     pub(super) fn open(data_dir: &Path) -> std::io::Result<Self> {
         let dir = data_dir.join(BLOBS_DIR);
+        std::fs::create_dir_all(&dir)?;
         let mut next = 0;
-        match std::fs::read_dir(&dir) {
-            Ok(listing) => {
-                for entry in listing {
-                    let name = entry?.file_name();
-                    if let Some(n) = name.to_str().and_then(number) {
-                        next = next.max(n.saturating_add(1));
-                    }
-                }
+        for entry in std::fs::read_dir(&dir)? {
+            let name = entry?.file_name();
+            if let Some(n) = name.to_str().and_then(number) {
+                next = next.max(n.saturating_add(1));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
         }
         Ok(Self {
             dir,
@@ -67,9 +64,6 @@ impl Blobs {
     /// Writes `data` to a new file; returns its name. [`Blobs::sync`]
     /// flushes it.
     pub(super) fn write(&mut self, data: &[u8]) -> std::io::Result<String> {
-        if self.written.is_empty() {
-            std::fs::create_dir_all(&self.dir)?;
-        }
         let name = format!("{}{SUFFIX}", self.next);
         self.next += 1;
         let path = self.dir.join(&name);
