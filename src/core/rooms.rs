@@ -300,24 +300,6 @@ fn remove_record(room: &str, store: Recorder) {
     }
 }
 
-/// A room holding at least this many bytes is freed on a thread of its own.
-const FREE_APART_BYTES: usize = 64 << 20;
-
-/// Frees a closed room's scene. Giving a gigabyte back to the kernel takes
-/// the core 40-120 ms (a page at a time), so a large scene is freed on a
-/// thread of its own; a small one here, where a thread would cost more.
-fn free_in_background(entry: RoomEntry) {
-    if entry.room.status().bytes < FREE_APART_BYTES {
-        return;
-    }
-    if let Err(e) = std::thread::Builder::new()
-        .name("room-free".into())
-        .spawn(move || drop(entry))
-    {
-        tracing::debug!("cannot free a closed room's scene apart ({e}); freed in place");
-    }
-}
-
 fn remove_dir(dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir) {
         tracing::warn!(dir = %dir.display(), "cannot remove a closed room's data: {e}");
@@ -559,7 +541,9 @@ impl Core {
         if let Some(store) = entry.store.take() {
             remove_record(room, store);
         }
-        free_in_background(entry);
+        // A large scene is freed off the core (`memory::release`).
+        let bytes = entry.room.status().bytes;
+        crate::memory::release(entry, bytes);
     }
 
     /// The console's `close ROOM`: disconnects its users and removes it.

@@ -247,6 +247,8 @@ impl Transfers {
             .filter_map(|key| {
                 let p = self.partial.remove(&key)?;
                 self.reserved -= p.size;
+                let received = p.data.len();
+                crate::memory::release(p.data, received);
                 Some((p.pending, key.1))
             })
             .collect()
@@ -255,7 +257,8 @@ impl Transfers {
     /// Drops every unfinished transfer (the client left its room, where
     /// they were going).
     pub fn clear(&mut self) {
-        self.partial.clear();
+        let received = self.received();
+        crate::memory::release(std::mem::take(&mut self.partial), received);
         self.reserved = 0;
     }
 
@@ -263,7 +266,22 @@ impl Transfers {
     fn abort(&mut self, channel: Channel, transfer: u64) -> Option<Pending> {
         let p = self.partial.remove(&(channel, transfer))?;
         self.reserved -= p.size;
+        let received = p.data.len();
+        crate::memory::release(p.data, received);
         Some(p.pending)
+    }
+
+    /// Bytes received by unfinished transfers (the memory they hold).
+    fn received(&self) -> usize {
+        self.partial.values().map(|p| p.data.len()).sum()
+    }
+}
+
+impl Drop for Transfers {
+    /// A client that leaves in the middle of a large upload may hold a
+    /// gigabyte of it: freed off the core (`memory::release`).
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 

@@ -142,7 +142,12 @@ impl Room {
                             RoomError::new(ErrorCode::PatchFailed, e.to_string())
                         })?;
                     }
-                    None => b.content = Content::from_encoded(payload.clone()),
+                    None => {
+                        let old =
+                            std::mem::replace(&mut b.content, Content::from_encoded(payload.clone()));
+                        let bytes = old.size();
+                        crate::memory::release(old, bytes);
+                    }
                 }
                 if let Some(deps) = deps {
                     b.deps = deps;
@@ -318,7 +323,10 @@ impl Room {
         let block = self.repository.get(&uuid).ok_or_else(|| unknown(&uuid))?;
         check_owner(block, &uuid, &member.name, force, member.admin)?;
         let sender = member.name.clone();
-        self.repository.remove(&uuid);
+        if let Some(old) = self.repository.remove(&uuid) {
+            let bytes = old.content.size();
+            crate::memory::release(old, bytes);
+        }
         let mut fx = Effects::default();
         self.record(&mut fx, || Change::Delete { uuid: uuid.clone() });
         fx.reply(

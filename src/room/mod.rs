@@ -404,7 +404,8 @@ impl Room {
         if self.uploader == Some(id) {
             tracing::warn!(user = %member.name, "uploader left during the initial upload; the partial scene is discarded");
             self.uploader = None;
-            self.repository.clear();
+            let bytes = self.repository.bytes();
+            crate::memory::release(self.repository.clear(), bytes);
             self.state = SessionState::Waiting;
             self.record(&mut fx, || Change::Clear);
             self.record(&mut fx, || Change::State(SessionState::Waiting));

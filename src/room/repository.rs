@@ -229,9 +229,11 @@ impl Repository {
         Some(block)
     }
 
-    pub fn clear(&mut self) {
-        self.blocks.clear();
+    /// Removes every datablock; returns them, for the caller to free
+    /// (`memory::release`).
+    pub fn clear(&mut self) -> HashMap<String, Datablock> {
         self.bytes = 0;
+        std::mem::take(&mut self.blocks)
     }
 
     /// Every datablock a user holds (not COMMON), in no order.
