@@ -279,15 +279,8 @@ pub fn run(setup: &Setup, plan: BigPlan) -> anyhow::Result<BigRun> {
     ops.push(small.during("late join", scene_bytes, from, to));
     // The late joiner receives the large update below: its own thread
     // reads it (and answers pings) while the host waits for the ACK.
-    let update_bytes = plan.update_bytes;
-    let receiver = std::thread::spawn(move || -> anyhow::Result<Client> {
-        late.wait_for(WAIT, |e| {
-            e.payload.as_ref().is_some_and(|p| p.len() >= update_bytes)
-        })
-        .context("the late joiner never received the large update")?;
-        Ok(late)
-    });
-
+    // Then the same UPDATE again, which replaces the data of the first
+    // (freed by the server once the new data is in).
     let big = Block {
         uuid: "texture".to_owned(),
         type_id: "Image".to_owned(),
@@ -299,14 +292,24 @@ pub fn run(setup: &Setup, plan: BigPlan) -> anyhow::Result<BigRun> {
             7u8;
             plan.update_bytes
         ]));
-    let from = now_ns();
-    host.update_raw_confirmed(&big, &data, WAIT)?;
-    let to = now_ns();
+    for name in ["UPDATE", "UPDATE replacing it"] {
+        let update_bytes = plan.update_bytes;
+        let receiver = std::thread::spawn(move || -> anyhow::Result<Client> {
+            late.wait_for(WAIT, |e| {
+                e.payload.as_ref().is_some_and(|p| p.len() >= update_bytes)
+            })
+            .context("the late joiner never received the large update")?;
+            Ok(late)
+        });
+        let from = now_ns();
+        host.update_raw_confirmed(&big, &data, WAIT)?;
+        let to = now_ns();
+        late = receiver
+            .join()
+            .map_err(|_| anyhow::anyhow!("the late joiner's thread panicked"))??;
+        ops.push(small.during(name, plan.update_bytes as u64, from, to));
+    }
     drop(data);
-    let mut late = receiver
-        .join()
-        .map_err(|_| anyhow::anyhow!("the late joiner's thread panicked"))??;
-    ops.push(small.during("UPDATE", plan.update_bytes as u64, from, to));
 
     // Both leave, which closes room B and removes its record (the scene and
     // the UPDATE, in files when recorded). The closing lasts until the

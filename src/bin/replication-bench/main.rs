@@ -773,8 +773,9 @@ fn big_rows(setup: &mut Setup, plan: &Plan, runs: usize, table: &mut Table) -> a
             .collect();
         table.row(
             &format!(
-                "{name}: server peak RSS, scene of {:.0} MiB",
-                first.scene_bytes as f64 / (1 << 20) as f64
+                "{name}: server peak RSS, scene of {:.0} MiB and a replacement of {:.0} MiB on its way",
+                first.scene_bytes as f64 / (1 << 20) as f64,
+                plan.big.update_bytes as f64 / (1 << 20) as f64
             ),
             "MiB",
             "",
